@@ -1,0 +1,1 @@
+"""Argument parsing shared by the thin entry scripts (scripts parse, the library does the work)."""

@@ -1,0 +1,69 @@
+"""The dataset card: a machine-readable description of a preprocessed dataset."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..utils.io import read_json, write_json
+
+CARD_NAME = "dataset_card.json"
+CARD_SCHEMA = 1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def file_list_checksum(relative_paths: Iterable[str]) -> str:
+    """sha256 of the sorted relative paths (one per line): identifies a split's exact file list."""
+    h = hashlib.sha256()
+    for rel in sorted(relative_paths):
+        h.update(rel.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Sorted image files directly under ``folder`` (extensions matched case-insensitively)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def split_summary(root: Path, bin_name: str, split: str, classes: Iterable[str]) -> dict[str, Any]:
+    """Counts per class and the file-list checksum of ``root/bin/split`` as it is on disk."""
+    per_class: dict[str, int] = {}
+    rels: list[str] = []
+    for cls in classes:
+        folder = root / bin_name / split / cls
+        files = list_images(folder) if folder.is_dir() else []
+        per_class[cls] = len(files)
+        rels.extend(f"{bin_name}/{split}/{cls}/{p.name}" for p in files)
+    return {"count": sum(per_class.values()), "per_class": per_class, "checksum": file_list_checksum(rels)}
+
+
+def build_card(root: Path, *, dataset: str, classes: list[str], bins: list[str], seed: int,
+               extra: dict[str, Any] | None = None, bin_extra: dict[str, dict] | None = None) -> dict[str, Any]:
+    from .. import __version__
+    from .splits import SPLITS
+
+    card: dict[str, Any] = {
+        "schema": CARD_SCHEMA,
+        "dataset": dataset,
+        "classes": list(classes),
+        "label_order": {c: i for i, c in enumerate(classes)},
+        "bins": {},
+        "seed": seed,
+        "built_with": f"multisource {__version__}",
+    }
+    for b in bins:
+        entry: dict[str, Any] = {"splits": {s: split_summary(root, b, s, classes) for s in SPLITS}}
+        entry.update((bin_extra or {}).get(b, {}))
+        card["bins"][b] = entry
+    card.update(extra or {})
+    return card
+
+
+def write_card(root: Path, card: dict[str, Any]) -> Path:
+    return write_json(root / CARD_NAME, card)
+
+
+def read_card(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / CARD_NAME
+    return read_json(path) if path.is_file() else None

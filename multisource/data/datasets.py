@@ -1,0 +1,74 @@
+"""The dataset registry: one entry per time-binned dataset (directory, bins in order, classes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..paths import DATASETS_DIR
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    dir_name: str
+    bins: tuple[str, ...]
+    classes: tuple[str, ...]
+    image_size: int = 224
+    bin_flag: str = "bin"  # the paper's flag name for a bin (--year_name, --subset_name)
+    preprocess_script: str = ""
+    hflip: bool = True  # horizontal flip is a valid augmentation (not for digits)
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def default_root(self) -> Path:
+        return DATASETS_DIR / self.dir_name
+
+    def build_command(self) -> str:
+        return f"python preprocessing/{self.preprocess_script}"
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+
+CLEAR10_CLASSES = (
+    "baseball", "bus", "camera", "cosplay", "dress", "hockey", "laptop", "racing", "soccer", "sweater",
+)
+CLEAR100_30_CLASSES = (
+    "airplane", "aquarium", "baseball", "beer", "boat", "bookstore", "bowling_ball", "bridge", "bus", "camera",
+    "castle", "chocolate", "coins", "diving", "field_hockey", "food_truck", "football", "guitar", "hair_salon",
+    "helicopter", "horse_riding", "motorcycle", "pet_store", "racing_car", "shopping_mall", "skyscraper",
+    "soccer", "stadium", "train", "video_game",
+)
+CLEAR_BINS = ("year_1-2", "year_3-4", "year_5-6", "year_7-8", "year_9-10")
+
+DATASETS.register("drift_digits", DatasetInfo(
+    name="drift_digits", dir_name="DriftDigits", bins=("era_1", "era_2", "era_3", "era_4", "era_5"),
+    classes=tuple(str(d) for d in range(10)), image_size=32, bin_flag="era_name",
+    preprocess_script="drift_digits_preprocessing.py", hflip=False,
+    description="Embedded offline benchmark: scikit-learn digits rendered with an era-dependent style.",
+), aliases=("driftdigits", "digits"))
+DATASETS.register("clear10", DatasetInfo(
+    name="clear10", dir_name="CLEAR10", bins=CLEAR_BINS, classes=CLEAR10_CLASSES, image_size=224,
+    bin_flag="year_name", preprocess_script="clear10_preprocessing.py",
+    description="CLEAR-10 (10 object classes, buckets 1-10 paired into five two-year bins).",
+), aliases=("clear-10",))
+DATASETS.register("clear100", DatasetInfo(
+    name="clear100", dir_name="CLEAR100_30classes", bins=CLEAR_BINS, classes=CLEAR100_30_CLASSES,
+    image_size=224, bin_flag="year_name", preprocess_script="clear100_preprocessing.py",
+    description="CLEAR-100, 30-class subset, buckets 1-10 paired into five two-year bins.",
+), aliases=("clear-100", "clear100_30classes"))
+DATASETS.register("yearbook", DatasetInfo(
+    name="yearbook", dir_name="Yearbook_Decades", bins=("before_1950s", "1950s_1960s", "1970s_1980s",
+                                                        "1990s_and_later"),
+    classes=("F", "M"), image_size=224, bin_flag="subset_name", preprocess_script="yearbook_preprocessing.py",
+    description="Yearbook portraits 1905-2013 in four periods; binary gender classification.",
+), aliases=("yearbook_decades",))
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    return DATASETS.get(name)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.list()

@@ -1,0 +1,59 @@
+"""A bin's split as an ImageFolder whose labels come from the declared class list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .card import list_images
+
+
+class DataError(RuntimeError):
+    """The data on disk is missing or unusable; the message names the path and the fix."""
+
+
+class BinSplitDataset(Dataset):
+    """``<root>/<bin>/<split>/<class>/<image>``; label = index of the class in ``classes``."""
+
+    def __init__(self, root: Path, bin_name: str, split: str, classes: Sequence[str],
+                 transform: Callable | None = None, *, fix_hint: str = "") -> None:
+        self.root, self.bin_name, self.split = Path(root), bin_name, split
+        self.classes = list(classes)
+        self.transform = transform
+        folder = self.root / bin_name / split
+        if not folder.is_dir():
+            raise DataError(f"Split folder {folder} does not exist. {fix_hint}".strip())
+        unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in self.classes)
+        if unknown:
+            raise DataError(f"{folder} has class folders {unknown} that are not in the dataset's class list "
+                            f"{self.classes}. {fix_hint}".strip())
+        self.samples: list[tuple[Path, int]] = []
+        for label, cls in enumerate(self.classes):
+            cls_dir = folder / cls
+            if cls_dir.is_dir():
+                self.samples.extend((p, label) for p in list_images(cls_dir))
+        if not self.samples:
+            raise DataError(f"Split {folder} holds no images. {fix_hint}".strip())
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int) -> Image.Image:
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"Cannot read image {path} ({exc}). Delete it or re-run the dataset's "
+                            "preprocessing script.") from exc
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.load_image(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.samples[index][1]

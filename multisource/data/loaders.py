@@ -1,0 +1,83 @@
+"""Build a dataset's bin/split datasets and data loaders with clear errors for missing data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .card import read_card
+from .datasets import DatasetInfo, get_dataset
+from .folder import BinSplitDataset, DataError
+from .transforms import DataConfig, make_transform
+
+
+@dataclass
+class DatasetHandle:
+    """A preprocessed dataset on disk: its registry entry, root folder and (authoritative) class list."""
+
+    info: DatasetInfo
+    root: Path
+    classes: list[str]
+    bins: list[str]
+    card: dict | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def fix_hint(self) -> str:
+        return f"Build it with: {self.info.build_command()} (or pass --data_root to the dataset's folder)."
+
+    def check_bins(self, *bins: str) -> None:
+        # "upstream" is the pretraining pool some datasets carry beside their bins (drifting digits).
+        missing = [b for b in bins if b not in self.bins and not (b == "upstream" and (self.root / b).is_dir())]
+        if missing:
+            raise DataError(f"Unknown bin(s) {missing} for dataset {self.info.name}; its bins are {self.bins}.")
+        absent = [b for b in bins if not (self.root / b).is_dir()]
+        if absent:
+            raise DataError(f"Bin folder(s) {[str(self.root / b) for b in absent]} missing. {self.fix_hint}")
+
+    def split(self, bin_name: str, split: str, transform=None) -> Dataset:
+        self.check_bins(bin_name)
+        from .packed import open_packed  # optional fast path, used when a valid cache exists
+
+        packed = open_packed(self, bin_name, split, transform)
+        if packed is not None:
+            return packed
+        return BinSplitDataset(self.root, bin_name, split, self.classes, transform, fix_hint=self.fix_hint)
+
+
+def open_dataset(name: str, data_root: str | Path | None = None) -> DatasetHandle:
+    """Resolve a registered dataset's folder and class list; error early if it is not built."""
+    info = get_dataset(name)
+    root = Path(data_root).expanduser().resolve() if data_root else info.default_root()
+    if not root.is_dir():
+        raise DataError(f"Dataset folder {root} for '{info.name}' does not exist. Build it with: "
+                        f"{info.build_command()} (or pass --data_root to the dataset's folder).")
+    card = read_card(root)
+    classes = list(card["classes"]) if card and card.get("classes") else list(info.classes)
+    bins = [b for b in info.bins if not card or b in card.get("bins", {})] if card else list(info.bins)
+    return DatasetHandle(info=info, root=root, classes=classes, bins=bins or list(info.bins), card=card)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """Deterministic shuffling from ``seed``; persistent workers when workers are used."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train, num_workers=num_workers, generator=generator,
+        drop_last=drop_last and len(dataset) > batch_size, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+
+
+def split_loader(handle: DatasetHandle, bin_name: str, split: str, data_cfg: DataConfig, *, batch_size: int,
+                 num_workers: int = 0, seed: int = 0, train: bool | None = None) -> DataLoader:
+    """Loader for one bin's split; train transforms and shuffling for the train split unless told otherwise."""
+    is_train = (split == "train") if train is None else train
+    ds = handle.split(bin_name, split, make_transform(data_cfg, is_train))
+    return make_loader(ds, batch_size=batch_size, train=is_train, num_workers=num_workers, seed=seed)

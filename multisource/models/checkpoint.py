@@ -1,0 +1,132 @@
+"""Checkpoints loadable without Lightning: weights + class list, model name, config and metrics.
+
+Loading is strict: the wrong architecture or class count is a clear error, never a silently random head.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "multisource-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the classifier head (timm's pretrained_cfg, else common names)."""
+    inner = getattr(model, "model", model)
+    cfg = getattr(inner, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ("classifier", "head", "fc")
+    names = (names,) if isinstance(names, str) else tuple(names)
+    prefix = "model." if inner is not model else ""
+    return tuple(prefix + n + "." for n in names)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, classes: Sequence[str],
+                    dataset: str | None = None, bin_name: str | None = None, config: dict | None = None,
+                    metrics: dict | None = None, extra: dict | None = None) -> Path:
+    """Write atomically (temp file + rename) so an interrupted run never leaves a truncated checkpoint."""
+    from ..utils.io import atomic_write
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_name": model_name,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "dataset": dataset,
+        "bin": bin_name,
+        "config": config or {},
+        "metrics": metrics or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
+    return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist. Train it first (baseline_training/"
+                              "train_all_subsets.py) or pass the right --checkpoint_dir.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file: say which
+        raise CheckpointError(f"Cannot read checkpoint {path} ({exc}); delete it and re-train.") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a multisource checkpoint (no '{CHECKPOINT_FORMAT}' header).")
+    return payload
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """Everything but the weights."""
+    return {k: v for k, v in _read(path).items() if k != "state_dict"}
+
+
+def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
+                    expected_classes: Sequence[str] | None = None, image_size: int | None = None,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the checkpoint's architecture and load its weights strictly."""
+    from .factory import create_model, resolve_model
+
+    payload = _read(path)
+    name = payload["model_name"]
+    if expected_model is not None and resolve_model(expected_model).name != resolve_model(name).name:
+        raise CheckpointError(f"Checkpoint {path} holds model '{name}', but '{expected_model}' was asked for; "
+                              "use the checkpoint of the right model (--model / --checkpoint_dir).")
+    classes = list(payload["classes"])
+    if expected_classes is not None and list(expected_classes) != classes:
+        raise CheckpointError(
+            f"Checkpoint {path} was trained for {len(classes)} classes {classes[:5]}..., but the data has "
+            f"{len(expected_classes)} classes {list(expected_classes)[:5]}...; re-train it on this dataset.")
+    size = image_size or payload.get("config", {}).get("image_size")
+    model = create_model(name, num_classes=len(classes), pretrained=False, image_size=size)
+    load_state_dict_strict(model, payload["state_dict"], source=str(path))
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.to(device), meta
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shape:
+        parts = []
+        if shape:
+            parts.append(f"shape mismatch in {shape[:3]} (e.g. {tuple(state[shape[0]].shape)} vs "
+                         f"{tuple(own[shape[0]].shape)})")
+        if missing:
+            parts.append(f"missing keys {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}")
+        raise CheckpointError(f"{source} does not fit this model: {'; '.join(parts)}. It was saved for another "
+                              "architecture or class count.")
+    model.load_state_dict(state, strict=True)
+
+
+def load_backbone(model: nn.Module, path: str | Path) -> None:
+    """Initialise from pretrained weights: every backbone tensor must match; the head is re-initialised
+    only when its shape differs (another class count), which is the one intended mismatch."""
+    state = _read(path)["state_dict"]
+    own = model.state_dict()
+    heads = head_prefixes(model)
+    keep: dict[str, torch.Tensor] = {}
+    for key, value in own.items():
+        if key in state and state[key].shape == value.shape:
+            keep[key] = state[key]
+        elif not key.startswith(heads):
+            raise CheckpointError(f"Pretrained weights {path} do not fit backbone tensor '{key}'; they were saved "
+                                  "for another architecture.")
+        else:
+            keep[key] = value
+    model.load_state_dict(keep, strict=True)

@@ -1,0 +1,166 @@
+"""``create_model(name, num_classes, ...)``: one entry point; names resolve to specs and backends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from ..registry import Registry
+from .registry import MODELS, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """Unknown model, unavailable weights, or a model that cannot be built as asked."""
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """Never touch the network while building models (the hub client would retry for about a minute)."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """A registered name or alias; otherwise any timm model name or Hugging Face image-classification id."""
+    if name in MODELS:
+        return MODELS.get(name)
+    import timm
+
+    if "/" in name:
+        canonical = re.sub(r"[^A-Za-z0-9._-]+", "--", name)
+        return ModelSpec(canonical, "hf", name)
+    if timm.is_model(name):
+        return ModelSpec(name, "timm", name)
+    raise ModelError(f"Unknown model '{name}'. Registered: {', '.join(MODELS.list())}; any timm model name "
+                     "or Hugging Face image-classification id (org/name) also works.")
+
+
+BACKENDS: Registry[Callable[..., nn.Module]] = Registry("model backend")
+
+
+def _timm_cached_weights(model_name: str) -> str | None:
+    """Path of the model's default pretrained weights in the local Hugging Face cache, if any."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub_id, filename)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def missing_weights_message(spec: ModelSpec) -> str:
+    return (f"No pretrained weights for {spec.name} in the local cache. Pass --weights PATH, download them with "
+            f"'python baseline_training/download_weights.py --model_name {spec.name}', or use --no-pretrained.")
+
+
+@BACKENDS.register("timm")
+def _build_timm(spec: ModelSpec, num_classes: int, pretrained: bool, weights: str | None,
+                image_size: int | None) -> nn.Module:
+    import timm
+
+    kwargs: dict = {"num_classes": num_classes}
+    if spec.takes_img_size and image_size:
+        kwargs["img_size"] = image_size
+    if pretrained:
+        file = weights or _timm_cached_weights(spec.source)
+        if file is None:
+            raise ModelError(missing_weights_message(spec))
+        with offline():
+            return timm.create_model(spec.source, pretrained=True, pretrained_cfg_overlay={"file": str(file)},
+                                     **kwargs)
+    return timm.create_model(spec.source, pretrained=False, **kwargs)
+
+
+class HFClassifier(nn.Module):
+    """Wraps a transformers image classifier so ``forward(x)`` returns logits like a timm model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+@BACKENDS.register("hf")
+def _build_hf(spec: ModelSpec, num_classes: int, pretrained: bool, weights: str | None,
+              image_size: int | None) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    source = weights or spec.source
+    with offline():
+        try:
+            if pretrained:
+                model = AutoModelForImageClassification.from_pretrained(
+                    source, num_labels=num_classes, ignore_mismatched_sizes=True, local_files_only=True)
+            else:
+                config = AutoConfig.from_pretrained(source, num_labels=num_classes, local_files_only=True)
+                model = AutoModelForImageClassification.from_config(config)
+        except OSError as exc:
+            raise ModelError(f"{missing_weights_message(spec)} ({type(exc).__name__})") from exc
+    return HFClassifier(model)
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | Path | None = None,
+                 image_size: int | None = None) -> nn.Module:
+    """Build model ``name`` with a ``num_classes`` head.
+
+    ``pretrained`` loads ImageNet weights from ``weights`` or the local cache (never the network) and
+    fails with instructions when there are none. Tiny models' "pretrained" weights are upstream
+    checkpoints, resolved by the training layer and passed here as ``weights``.
+    """
+    spec = resolve_model(name)
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be >= 1, got {num_classes}.")
+    if weights is not None and not Path(weights).exists():
+        raise ModelError(f"Pretrained weights file {weights} does not exist; pass an existing path to --weights.")
+    if spec.pretrained == "upstream" and pretrained:
+        if weights is None:
+            raise ModelError(f"{spec.name} is pretrained on a dataset's upstream pool; run "
+                             f"'python baseline_training/pretrain_upstream.py --model_name {spec.name}' "
+                             "or use --no-pretrained.")
+        from .checkpoint import load_backbone
+
+        model = BACKENDS.get(spec.backend)(spec, num_classes, False, None, image_size)
+        load_backbone(model, weights)
+        return model
+    return BACKENDS.get(spec.backend)(spec, num_classes, pretrained, str(weights) if weights else None, image_size)
+
+
+def data_config(model: nn.Module, image_size: int | None = None, *, hflip: bool = True) -> DataConfig:
+    """Input size and normalisation that travel with the model (timm's pretrained config when present)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    size = image_size or (cfg.get("input_size", (3, 224, 224))[-1])
+    return replace(DataConfig(), image_size=int(size), mean=mean, std=std, hflip=hflip)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
