@@ -16,11 +16,16 @@ class DataError(RuntimeError):
     """The data on disk is missing or unusable; the message names the path and the fix."""
 
 
+# Decoded images are kept in memory when a whole split fits in this budget (the small embedded benchmark);
+# large real datasets use the packed cache instead (see data/packed.py).
+MEMORY_CACHE_BYTES = 256 * 2**20
+
+
 class BinSplitDataset(Dataset):
     """``<root>/<bin>/<split>/<class>/<image>``; label = index of the class in ``classes``."""
 
     def __init__(self, root: Path, bin_name: str, split: str, classes: Sequence[str],
-                 transform: Callable | None = None, *, fix_hint: str = "") -> None:
+                 transform: Callable | None = None, *, fix_hint: str = "", cache: bool | None = None) -> None:
         self.root, self.bin_name, self.split = Path(root), bin_name, split
         self.classes = list(classes)
         self.transform = transform
@@ -39,6 +44,12 @@ class BinSplitDataset(Dataset):
         if not self.samples:
             raise DataError(f"Split {folder} holds no images. {fix_hint}".strip())
         self.targets = [label for _, label in self.samples]
+        self._cache: dict[int, Image.Image] | None = {} if (cache if cache is not None else self._fits_memory()) \
+            else None
+
+    def _fits_memory(self) -> bool:
+        first = self.load_image(0)
+        return first.width * first.height * 3 * len(self.samples) <= MEMORY_CACHE_BYTES
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,7 +64,12 @@ class BinSplitDataset(Dataset):
                             "preprocessing script.") from exc
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = self.load_image(index)
+        if self._cache is None:
+            img = self.load_image(index)
+        else:
+            img = self._cache.get(index)
+            if img is None:
+                img = self._cache[index] = self.load_image(index)
         if self.transform is not None:
             img = self.transform(img)
         return img, self.samples[index][1]

@@ -80,4 +80,6 @@ def split_loader(handle: DatasetHandle, bin_name: str, split: str, data_cfg: Dat
     """Loader for one bin's split; train transforms and shuffling for the train split unless told otherwise."""
     is_train = (split == "train") if train is None else train
     ds = handle.split(bin_name, split, make_transform(data_cfg, is_train))
-    return make_loader(ds, batch_size=batch_size, train=is_train, num_workers=num_workers, seed=seed)
+    # Training drops a ragged last batch: a batch of one image breaks BatchNorm in train mode.
+    return make_loader(ds, batch_size=batch_size, train=is_train, num_workers=num_workers, seed=seed,
+                       drop_last=is_train)

@@ -164,3 +164,18 @@ def data_config(model: nn.Module, image_size: int | None = None, *, hflip: bool 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def data_config_for(name: str, image_size: int | None = None, *, hflip: bool = True) -> DataConfig:
+    """Like ``data_config`` but from the model's registered pretrained config, without building it."""
+    spec = resolve_model(name)
+    cfg: dict = {}
+    if spec.backend == "timm":
+        import timm
+
+        pcfg = timm.models.get_pretrained_cfg(spec.source)
+        cfg = pcfg.to_dict() if pcfg is not None else {}
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    size = image_size or (cfg.get("input_size", (3, 224, 224))[-1])
+    return replace(DataConfig(), image_size=int(size), mean=mean, std=std, hflip=hflip)

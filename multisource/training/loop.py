@@ -29,6 +29,9 @@ class FinetuneConfig:
     head_lr_multiplier: float = 1.0
     warmup_epochs: float = 0.0
     gradient_clip: float = 1.0
+    schedule: str = "cosine"  # or "constant"
+    include_initial: bool = False  # let the weights before training compete in the best-val selection
+    freeze_batchnorm: bool = False  # keep BatchNorm in eval mode (running statistics untouched)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     train_images: int = 0  # images seen in training steps (for FLOPs)
     val_images: int = 0
+    optimizer_state_bytes: int = 0
 
 
 def autocast(device: torch.device, precision: str):
@@ -75,22 +79,31 @@ def finetune(model: nn.Module, train_loader, val_loader, cfg: FinetuneConfig, de
              on_epoch_end: Callable[[int, float], None] | None = None) -> FitResult:
     """Fine-tune ``model`` in place; it ends holding the weights of its best-validation epoch.
 
-    The best state is kept as a CPU copy (one state dict, whatever the number of sources). Epoch 0 is the
-    model before training, so fine-tuning never returns something worse on val than what it was given.
+    The best state is kept as a CPU copy (one state dict, whatever the number of sources). Selection is
+    over the trained epochs 1..E (SPEC 5); with ``include_initial`` the untrained weights (epoch 0) compete too.
     """
     model.to(device)
     if optimizer is None:
         optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.weight_decay,
                                                    cfg.head_lr_multiplier))
     steps_per_epoch = max(1, len(train_loader))
-    scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = (warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+                 if cfg.schedule == "cosine" else None)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "16-mixed")
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    best_acc = accuracy(model, val_loader, device, precision)
-    best_state, best_epoch = _cpu_state(model), 0
-    result = FitResult(best_acc, 0, [{"epoch": 0, "val_accuracy": best_acc, "train_loss": None}])
+    result = FitResult(None, None)
+    best_acc, best_state, best_epoch = -1.0, None, None
+    if cfg.include_initial or cfg.epochs == 0:
+        best_acc = accuracy(model, val_loader, device, precision)
+        best_state, best_epoch = _cpu_state(model), 0
+        result.history.append({"epoch": 0, "val_accuracy": best_acc, "train_loss": None})
+        result.val_images += len(val_loader.dataset)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        if cfg.freeze_batchnorm:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         total, n = 0.0, 0
         for x, y in tqdm(train_loader, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -103,18 +116,23 @@ def finetune(model: nn.Module, train_loader, val_loader, cfg: FinetuneConfig, de
                 torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
             total += float(loss.detach()) * len(y)
             n += len(y)
         result.train_images += n
         val_acc = accuracy(model, val_loader, device, precision)
-        result.val_images += len(val_loader.dataset) if hasattr(val_loader, "dataset") else 0
+        result.val_images += len(val_loader.dataset)
         result.history.append({"epoch": epoch, "val_accuracy": val_acc, "train_loss": total / max(1, n)})
         if on_epoch_end:
             on_epoch_end(epoch, val_acc)
         if val_acc > best_acc:
             best_acc, best_epoch, best_state = val_acc, epoch, _cpu_state(model)
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    from ..measure.memory import optimizer_state_bytes
+
+    result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     optimizer.zero_grad(set_to_none=True)
     del optimizer, best_state
     result.best_val_accuracy, result.best_epoch = best_acc, best_epoch

@@ -1,0 +1,1 @@
+"""Running experiments: one target x method x trial (runner), sweeps over them, and summary reports."""

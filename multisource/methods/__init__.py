@@ -1,0 +1,8 @@
+"""The four ways of combining source models for a target bin: ensemble, fusion, grasp, pearl.
+
+Each method is a registry entry: a config dataclass plus ``run(config, pool, target, meter) -> MethodResult``.
+"""
+
+from .base import METHODS, MethodResult, MethodSpec, SourcePool, TargetData, get_method, list_methods  # noqa: F401
+from . import ensemble, fusion, grasp, pearl  # noqa: F401,E402  (registers the methods)
+from .api import run_method  # noqa: F401,E402

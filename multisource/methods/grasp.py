@@ -1,0 +1,124 @@
+"""GRASP: gradient-aligned sequential parameter transfer (the paper's method, SPEC 5).
+
+At most two models are resident at any time (the evolving target model and one source), whatever K is:
+the first source becomes ``current`` and is fine-tuned on the target; each further source is loaded,
+its per-tensor gradient alignment with ``current`` is measured on target batches, the aligned tensors are
+copied into ``current``, the source is freed, and ``current`` is fine-tuned again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import check_choice, check_range
+from ..training.loop import FinetuneConfig, autocast, accuracy
+from .base import SOURCE_ORDERS, MethodResult, SourcePool, TargetData, iterate_batches, register_method
+from .merge import (batchnorm_buffers_for, gradient_alignment, parameter_gradients, recalibrate_batchnorm,
+                    select_tensors, transfer_tensors)
+from .tuning import finetune_on_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GraspConfig:
+    initial_epochs: int = 3
+    finetune_epochs: int = 3
+    num_alignment_batches: int = 1
+    alignment_threshold: float = 0.3
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    source_order: str = "chronological"
+    eval_mode_alignment: bool = False  # compute alignment gradients with BatchNorm in eval mode
+    transfer_bn_buffers: bool = False  # copy running stats of BatchNorm layers whose weight is transferred
+    recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on target train data after a transfer
+
+    def __post_init__(self) -> None:
+        check_range(self, "initial_epochs", 0)
+        check_range(self, "finetune_epochs", 0)
+        check_range(self, "num_alignment_batches", 1)
+        check_range(self, "learning_rate", 0)
+        check_choice(self, "source_order", SOURCE_ORDERS)
+
+    def finetune_config(self, epochs: int) -> FinetuneConfig:
+        return FinetuneConfig(epochs=epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay)
+
+
+def alignment_gradients(model: nn.Module, batches: list, device: torch.device, precision: str,
+                        eval_mode: bool) -> dict[str, torch.Tensor]:
+    """Summed cross-entropy gradient of every parameter over ``batches`` (flattened copies).
+
+    A measurement only: BatchNorm running statistics updated by train-mode forwards are restored, so
+    neither model changes. ``eval_mode`` decides which statistics the forward itself normalises with.
+    """
+    saved_buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    was_training = model.training
+    model.train(not eval_mode)
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        with autocast(device, precision):
+            loss = nn.functional.cross_entropy(model(x.to(device)).float(), y.to(device))
+        loss.backward()
+    grads = parameter_gradients(model)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(saved_buffers[k])
+    return grads
+
+
+def transfer_step(current: nn.Module, source: nn.Module, batches: list, cfg: GraspConfig, device: torch.device,
+                  precision: str = "32") -> dict:
+    """Align ``source`` with ``current`` on ``batches`` and copy the aligned tensors into ``current``."""
+    g_cur = alignment_gradients(current, batches, device, precision, cfg.eval_mode_alignment)
+    g_src = alignment_gradients(source, batches, device, precision, cfg.eval_mode_alignment)
+    scores = gradient_alignment(g_src, g_cur)
+    del g_cur, g_src
+    chosen = select_tensors(scores, cfg.alignment_threshold)
+    names = chosen + (batchnorm_buffers_for(current, chosen) if cfg.transfer_bn_buffers else [])
+    elements = transfer_tensors(current, source.state_dict(), names)
+    return {"alignment": scores, "transferred": chosen, "transferred_buffers": names[len(chosen):],
+            "num_tensors": len(scores), "num_transferred": len(chosen), "transferred_elements": elements,
+            "total_elements": sum(p.numel() for p in current.parameters())}
+
+
+@register_method("grasp", GraspConfig, "Sequential gradient-aligned parameter transfer (2 models resident).")
+def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
+    names = pool.names  # already in the requested order (see order_sources)
+    history: list[dict] = []
+    with meter.phase("load"):
+        current = pool.load(names[0], key="current")
+    fit = finetune_on_target(current, target, cfg.finetune_config(cfg.initial_epochs), meter,
+                             phase="finetune", desc=f"grasp init[{names[0]}]")
+    history += [{"step": 0, "source": names[0], **h} for h in fit.history]
+    record = {"source_order": cfg.source_order, "order": names, "initial_source": names[0],
+              "initial_val_accuracy": fit.best_val_accuracy, "steps": []}
+    batches = list(iterate_batches(target.train, cfg.num_alignment_batches))
+    macs = target.forward_macs(current)
+    align_images = sum(len(y) for _, y in batches)
+    for step, name in enumerate(names[1:], start=1):
+        with meter.phase("align"):
+            with pool.borrow(name) as source:
+                info = transfer_step(current, source, batches, cfg, target.device, target.precision)
+                del source  # freed with its gradients before fine-tuning
+        meter.flops.add_training("align", macs, 2 * align_images)
+        meter.flops.add("align", 4 * info["total_elements"])  # cosine terms + copies
+        if cfg.recalibrate_bn and info["num_transferred"]:
+            with meter.phase("align"):
+                used = recalibrate_batchnorm(current, target.train, target.device)
+            meter.flops.add_forward("bn_recalibration", macs, used)
+        val_after_transfer = accuracy(current, target.val, target.device, target.precision)
+        fit = finetune_on_target(current, target, cfg.finetune_config(cfg.finetune_epochs), meter,
+                                 phase="finetune", desc=f"grasp step {step}[{name}]")
+        history += [{"step": step, "source": name, **h} for h in fit.history]
+        record["steps"].append({"step": step, "source": name, **info, "val_accuracy_after_transfer":
+                                val_after_transfer, "val_accuracy": fit.best_val_accuracy,
+                                "best_epoch": fit.best_epoch})
+        log.info("GRASP step %d (%s): transferred %d/%d tensors, val %.4f", step, name, info["num_transferred"],
+                 info["num_tensors"], fit.best_val_accuracy)
+    return MethodResult(model=current, record=record, history=history)

@@ -1,0 +1,117 @@
+"""Pure functions over state dicts and gradients: averaging, alignment scores, tensor transfer.
+
+Kept free of models and loaders so that tests can check them against oracles directly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+def is_averageable(t: torch.Tensor) -> bool:
+    """Float tensors are averaged; integer buffers (BatchNorm's num_batches_tracked) are not."""
+    return torch.is_floating_point(t) or torch.is_complex(t)
+
+
+def average_state_dicts(states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform average of float tensors; integer tensors taken from the first state dict."""
+    acc: dict[str, torch.Tensor] | None = None
+    count = 0
+    for sd in states:
+        count += 1
+        if acc is None:
+            acc = {k: v.detach().clone() for k, v in sd.items()}
+        else:
+            running_mean_(acc, sd, count)
+    if acc is None:
+        raise ValueError("average_state_dicts needs at least one state dict")
+    return acc
+
+
+@torch.no_grad()
+def running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], count: int) -> int:
+    """Streaming mean, in place: if ``acc`` is the mean of ``count - 1`` states, it becomes the mean of
+    ``count`` states including ``state``. ``acc`` may be a live model's state dict (tensors share storage),
+    so only one source needs to be resident besides it, whatever the number of sources. Returns the
+    elements updated."""
+    if set(acc) != set(state):
+        diff = sorted(set(acc) ^ set(state))[:3]
+        raise ValueError(f"state dicts have different keys (e.g. {diff}); sources must share one architecture")
+    elements = 0
+    for k, v in state.items():
+        if is_averageable(v):
+            if acc[k].shape != v.shape:
+                raise ValueError(f"tensor {k} has shape {tuple(v.shape)} vs {tuple(acc[k].shape)}")
+            acc[k].add_((v.detach().to(acc[k].device, acc[k].dtype) - acc[k]) / count)
+            elements += v.numel()
+    return elements
+
+
+def parameter_gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Flattened copies of every parameter's gradient (zeros where a parameter got none)."""
+    return {n: (p.grad.detach().flatten().clone() if p.grad is not None else torch.zeros(p.numel(), device=p.device))
+            for n, p in model.named_parameters()}
+
+
+def gradient_alignment(grads_source: Mapping[str, torch.Tensor],
+                       grads_current: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Per tensor, cosine(flatten(g_source), flatten(g_current)); 0.0 where either gradient is all zero."""
+    scores: dict[str, float] = {}
+    for name, g_cur in grads_current.items():
+        g_src = grads_source[name]
+        denom = g_src.norm() * g_cur.norm()
+        scores[name] = float((g_src.double() @ g_cur.double()) / denom.double()) if denom > 0 else 0.0
+    return scores
+
+
+def select_tensors(scores: Mapping[str, float], threshold: float) -> list[str]:
+    """Tensors whose alignment is strictly above the threshold (threshold > 1 selects none)."""
+    return [n for n, s in scores.items() if s > threshold]
+
+
+@torch.no_grad()
+def transfer_tensors(target: nn.Module, source_state: Mapping[str, torch.Tensor], names: Iterable[str]) -> int:
+    """Copy ``source_state[name]`` into ``target``'s tensor of that name; returns the elements copied."""
+    own = target.state_dict()
+    elements = 0
+    for name in names:
+        own[name].copy_(source_state[name].to(own[name].device, own[name].dtype))
+        elements += own[name].numel()
+    return elements
+
+
+def batchnorm_buffers_for(model: nn.Module, parameter_names: Iterable[str]) -> list[str]:
+    """Running-stat buffers of the BatchNorm layers whose weight is among ``parameter_names``."""
+    chosen = set(parameter_names)
+    out: list[str] = []
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and f"{mod_name}.weight" in chosen:
+            out += [f"{mod_name}.{b}" for b in ("running_mean", "running_var") if getattr(mod, b, None) is not None]
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_batches: int | None = None) -> int:
+    """Re-estimate BatchNorm running statistics on ``loader`` (cumulative average); returns images used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    seen = 0
+    for i, (x, _) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        model(x.to(device))
+        seen += len(x)
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+    model.train(was_training)
+    return seen

@@ -1,0 +1,60 @@
+"""Shared fixtures: a small drifting-digits build and tiny source models, made once per test session.
+
+Everything is built offline under pytest's temporary directory; nothing touches the project's own
+datasets/ or results/ folders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+# One intra-op thread: on a small shared CPU, torch's thread pool oversubscribes the cores and tiny
+# models train ~20x slower. Set before torch is imported; inherited by subprocess tests.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = "tiny-resnet"
+# Small batches give the tiny models enough optimiser steps to learn (batch 64 left them at chance).
+SOURCE_EPOCHS = 4
+UPSTREAM_EPOCHS = 8
+SOURCE_BATCH = 16
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory) -> Path:
+    """Drifting digits with one render per instance (fast), default seed and style."""
+    from multisource.data.drift_digits import DriftDigitsConfig, build_drift_digits
+
+    root = tmp_path_factory.mktemp("data") / "DriftDigits"
+    build_drift_digits(root, DriftDigitsConfig(train_renders=1, eval_renders=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_sources(digits_root, tmp_path_factory) -> dict:
+    """Upstream-pretrained tiny-resnet and one source checkpoint per era (a few epochs each).
+
+    Returns {"results_dir", "checkpoint_dir", "data_root", "model", "bins", "reports"}.
+    """
+    from multisource.training.source import RunOptions, SourceTrainConfig, train_source
+    from multisource.training.upstream import ensure_upstream
+    from multisource.data.loaders import open_dataset
+
+    results = tmp_path_factory.mktemp("results")
+    opts = RunOptions(data_root=str(digits_root), results_dir=str(results), progress=False)
+    handle = open_dataset("drift_digits", digits_root)
+    base = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL, max_epochs=SOURCE_EPOCHS,
+                             batch_size=SOURCE_BATCH, seed=0)
+    ensure_upstream(handle, base, opts, epochs=UPSTREAM_EPOCHS)
+    reports = {}
+    for b in handle.bins:
+        cfg = SourceTrainConfig(**{**base.__dict__, "bin": b})
+        reports[b] = train_source(cfg, opts)
+    return {"results_dir": results, "checkpoint_dir": results / "drift_digits" / "baselines" / TINY_MODEL,
+            "data_root": digits_root, "model": TINY_MODEL, "bins": list(handle.bins), "reports": reports}
