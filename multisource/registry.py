@@ -26,12 +26,12 @@ class Registry(Generic[T]):
             key = self._key(name)
             if key in self._items or key in self._aliases:
                 raise ValueError(f"{self.kind} '{name}' is already registered; pick another name.")
-            self._items[key] = o
-            for alias in aliases:
+            for alias in aliases:  # check every alias first: a failed registration leaves nothing behind
                 akey = self._key(alias)
-                if akey in self._items or (akey in self._aliases and self._aliases[akey] != key):
+                if akey == key or akey in self._items or akey in self._aliases:
                     raise ValueError(f"{self.kind} alias '{alias}' is already registered.")
-                self._aliases[akey] = key
+            self._items[key] = o
+            self._aliases.update((self._key(alias), key) for alias in aliases)
             return o
 
         return _do if obj is None else _do(obj)

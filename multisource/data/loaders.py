@@ -80,6 +80,6 @@ def split_loader(handle: DatasetHandle, bin_name: str, split: str, data_cfg: Dat
     """Loader for one bin's split; train transforms and shuffling for the train split unless told otherwise."""
     is_train = (split == "train") if train is None else train
     ds = handle.split(bin_name, split, make_transform(data_cfg, is_train))
-    # Training drops a ragged last batch: a batch of one image breaks BatchNorm in train mode.
+    # A training batch of a single image breaks BatchNorm in train mode: drop a last batch of exactly one.
     return make_loader(ds, batch_size=batch_size, train=is_train, num_workers=num_workers, seed=seed,
-                       drop_last=is_train)
+                       drop_last=is_train and len(ds) % batch_size == 1)

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..data.loaders import DatasetHandle, open_dataset, split_loader
+from ..data.loaders import DatasetHandle, open_dataset
 from ..measure.meter import Meter
 from ..measure.metrics import classification_metrics
-from ..methods import SourcePool, TargetData, get_method
-from ..methods.api import make_config
+from ..methods import get_method
+from ..methods.api import make_config, source_pool, target_data
 from ..methods.base import order_sources
 from ..models.checkpoint import CheckpointError, read_checkpoint_meta, save_checkpoint
-from ..models.factory import count_parameters, data_config_for, resolve_model
+from ..models.factory import count_parameters, resolve_model
 from ..paths import checkpoint_path, experiment_dir
 from ..training.loop import predict
 from ..utils.env import environment
@@ -88,21 +88,6 @@ def source_checkpoints(cfg: ExperimentConfig, opts: ExperimentOptions, handle: D
     return paths
 
 
-def _target_data(cfg: ExperimentConfig, opts: ExperimentOptions, handle: DatasetHandle, device: torch.device,
-                 seed: int) -> TargetData:
-    image_size = cfg.image_size or handle.info.image_size
-    dcfg = data_config_for(cfg.model, image_size, hflip=handle.info.hflip)
-    kw = dict(batch_size=cfg.batch_size, num_workers=opts.num_workers)
-
-    def bin_loader(bin_name: str, split: str):
-        return split_loader(handle, bin_name, split, dcfg, seed=seed, **kw)
-
-    return TargetData(bin=cfg.target, classes=handle.classes, train=bin_loader(cfg.target, "train"),
-                      val=bin_loader(cfg.target, "val"), test=bin_loader(cfg.target, "test"), device=device,
-                      precision=opts.resolved_precision(device), image_size=image_size, seed=seed,
-                      bin_loader=bin_loader)
-
-
 def run_experiment(cfg: ExperimentConfig, opts: ExperimentOptions | None = None) -> dict[str, Any]:
     """Run one experiment and write its folder; returns the metrics.json content."""
     opts = opts or ExperimentOptions()
@@ -153,9 +138,10 @@ def _replace_dir(staging: Path, out: Path) -> None:
 def _execute(cfg, opts, method, method_cfg, handle, sources, checkpoints, device, seed, staging) -> dict:
     seed_everything(seed)
     meter = Meter(device)
-    target = _target_data(cfg, opts, handle, device, seed)
-    pool = SourcePool(checkpoints, model_name=cfg.model, classes=handle.classes, image_size=target.image_size,
-                      device=device, residency=meter.models)
+    target = target_data(handle, cfg.target, model=cfg.model, batch_size=cfg.batch_size,
+                         num_workers=opts.num_workers, device=device, precision=opts.resolved_precision(device),
+                         seed=seed, image_size=cfg.image_size)
+    pool = source_pool(checkpoints, target, model=cfg.model, residency=meter.models)
     log.info("%s on %s/%s: target %s, sources %s, trial %d (seed %d), device %s", method, handle.info.name,
              resolve_model(cfg.model).name, cfg.target, sources, cfg.trial, seed, device)
     t0 = time.perf_counter()

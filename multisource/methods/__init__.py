@@ -5,4 +5,4 @@ Each method is a registry entry: a config dataclass plus ``run(config, pool, tar
 
 from .base import METHODS, MethodResult, MethodSpec, SourcePool, TargetData, get_method, list_methods  # noqa: F401
 from . import ensemble, fusion, grasp, pearl  # noqa: F401,E402  (registers the methods)
-from .api import run_method  # noqa: F401,E402
+from .api import run_method, source_pool, target_data  # noqa: F401,E402

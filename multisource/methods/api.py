@@ -1,10 +1,20 @@
-"""Calling a method from Python without the scripts."""
+"""Calling a method from Python without the scripts.
+
+    target = target_data("drift_digits", "era_5", model="tiny-resnet")
+    result = run_method("grasp", {"era_1": "results/.../era_1.ckpt", ...}, target, {"alignment_threshold": 0.3})
+    result.model, result.record
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from ..config import build
+from ..data.loaders import DatasetHandle, open_dataset, split_loader
+from ..models.factory import data_config_for
 from .base import MethodResult, SourcePool, TargetData, get_method
 
 
@@ -16,13 +26,42 @@ def make_config(method: str, values: Mapping[str, Any] | Any | None = None) -> A
     return build(spec.config_cls, dict(values or {}))
 
 
-def run_method(method: str, pool: SourcePool, target: TargetData, config: Mapping[str, Any] | Any | None = None,
-               meter: Any | None = None) -> MethodResult:
-    """Run a registered method; a fresh Meter is used when none is given."""
+def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_root: str | Path | None = None,
+                batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu",
+                precision: str = "32", seed: int = 0, image_size: int | None = None) -> TargetData:
+    """The target bin's loaders (train with train transforms and seeded shuffling; val/test for evaluation)."""
+    handle = dataset if isinstance(dataset, DatasetHandle) else open_dataset(dataset, data_root)
+    handle.check_bins(target)
+    image_size = image_size or handle.info.image_size
+    dcfg = data_config_for(model, image_size, hflip=handle.info.hflip)
+
+    def bin_loader(bin_name: str, split: str):
+        return split_loader(handle, bin_name, split, dcfg, batch_size=batch_size, num_workers=num_workers, seed=seed)
+
+    return TargetData(bin=target, classes=handle.classes, train=bin_loader(target, "train"),
+                      val=bin_loader(target, "val"), test=bin_loader(target, "test"), device=torch.device(device),
+                      precision=precision, image_size=image_size, seed=seed, bin_loader=bin_loader)
+
+
+def source_pool(checkpoints: Mapping[str, str | Path], target: TargetData, *, model: str,
+                residency: Any | None = None) -> SourcePool:
+    """A pool over ``{bin: checkpoint}`` in the given order."""
+    return SourcePool({b: Path(p) for b, p in checkpoints.items()}, model_name=model, classes=target.classes,
+                      image_size=target.image_size, device=target.device, residency=residency)
+
+
+def run_method(method: str, pool: SourcePool | Mapping[str, str | Path], target: TargetData,
+               config: Mapping[str, Any] | Any | None = None, meter: Any | None = None, *,
+               model: str | None = None) -> MethodResult:
+    """Run a registered method on a pool (or a ``{bin: checkpoint}`` mapping plus ``model``)."""
     from ..measure.meter import Meter
 
     cfg = make_config(method, config)
     meter = meter if meter is not None else Meter(target.device)
+    if not isinstance(pool, SourcePool):
+        if model is None:
+            raise ValueError("run_method needs model= when given checkpoint paths instead of a SourcePool.")
+        pool = source_pool(pool, target, model=model)
     if pool.residency is None:
         pool.residency = meter.models
     return get_method(method).run(cfg, pool, target, meter)

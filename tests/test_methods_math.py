@@ -1,0 +1,157 @@
+"""Oracle and property tests for the methods' math (pure functions and wrapper modules)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from multisource.methods.base import order_sources
+from multisource.methods.ensemble import EnsembleConfig, EnsembleModule
+from multisource.methods.merge import (average_state_dicts, batchnorm_buffers_for, gradient_alignment,
+                                       running_mean_, select_tensors, transfer_tensors)
+from multisource.config import ConfigError
+
+
+def _net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5))
+
+
+def _materialised(seed: int) -> nn.Module:
+    net = _net(seed)
+    net(torch.randn(2, 3, 6, 6))  # materialise the lazy layer and move BN statistics
+    return net
+
+
+def test_average_equals_elementwise_mean_and_keeps_integer_buffers():
+    nets = [_materialised(s) for s in range(3)]
+    for i, n in enumerate(nets):
+        n[1].num_batches_tracked.fill_(10 + i)
+    avg = average_state_dicts(n.state_dict() for n in nets)
+    for key, value in nets[0].state_dict().items():
+        stacked = torch.stack([n.state_dict()[key] for n in nets])
+        if torch.is_floating_point(value):
+            torch.testing.assert_close(avg[key], stacked.mean(0), rtol=1e-6, atol=1e-7)
+        else:
+            assert torch.equal(avg[key], value)  # taken from the first model, not averaged
+    assert int(avg["1.num_batches_tracked"]) == 10
+
+
+def test_streaming_mean_in_place_matches_batch_mean():
+    nets = [_materialised(s) for s in range(4)]
+    acc_model = _materialised(0)
+    acc = acc_model.state_dict()
+    for k, n in enumerate(nets[1:], start=2):
+        running_mean_(acc, n.state_dict(), k)
+    expected = average_state_dicts(n.state_dict() for n in nets)
+    for key, value in acc_model.state_dict().items():  # the live model was updated through its state dict
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-6)
+
+
+def test_identical_sources_average_to_the_same_model():
+    net = _materialised(1)
+    avg = average_state_dicts([net.state_dict()] * 5)
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(avg[key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_running_mean_rejects_other_architectures():
+    a, b = _materialised(0).state_dict(), nn.Linear(2, 2).state_dict()
+    with pytest.raises(ValueError, match="different keys"):
+        running_mean_(a, b, 2)
+
+
+def test_gradient_alignment_is_per_tensor_cosine():
+    g_cur = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([1.0, 2.0, 3.0]), "z": torch.zeros(3)}
+    g_src = {"a": torch.tensor([0.0, 2.0]), "b": torch.tensor([-2.0, -4.0, -6.0]), "z": torch.ones(3)}
+    scores = gradient_alignment(g_src, g_cur)
+    assert scores["a"] == pytest.approx(0.0)
+    assert scores["b"] == pytest.approx(-1.0)
+    assert scores["z"] == 0.0  # undefined cosine (zero gradient) counts as unaligned
+    g_src["a"] = torch.tensor([3.0, 4.0])
+    assert gradient_alignment(g_src, g_cur)["a"] == pytest.approx(0.6)
+
+
+def test_select_tensors_threshold_is_strict():
+    scores = {"x": 0.3, "y": 0.31, "z": -0.5}
+    assert select_tensors(scores, 0.3) == ["y"]
+    assert select_tensors(scores, -1.0) == ["x", "y", "z"]
+    assert select_tensors(scores, 1.01) == []
+
+
+def test_transfer_copies_exactly_the_named_tensors():
+    dst, src = _materialised(0), _materialised(1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    n = transfer_tensors(dst, src.state_dict(), ["0.weight", "4.bias"])
+    assert n == src.state_dict()["0.weight"].numel() + 5
+    after = dst.state_dict()
+    for key in before:
+        if key in ("0.weight", "4.bias"):
+            assert torch.equal(after[key], src.state_dict()[key])
+        else:
+            assert torch.equal(after[key], before[key])
+
+
+def test_batchnorm_buffers_follow_transferred_weights():
+    net = _materialised(0)
+    assert batchnorm_buffers_for(net, ["1.weight"]) == ["1.running_mean", "1.running_var"]
+    assert batchnorm_buffers_for(net, ["0.weight"]) == []
+
+
+def test_source_orders():
+    bins = ["e1", "e2", "e3", "e4", "e5"]
+    sources = ["e4", "e1", "e2", "e5"]
+    assert order_sources(sources, "e3", bins, "chronological") == ["e1", "e2", "e4", "e5"]
+    assert order_sources(sources, "e3", bins, "nearest-first") == ["e2", "e4", "e1", "e5"]
+    assert order_sources(sources, "e3", bins, "farthest-first") == ["e1", "e5", "e2", "e4"]
+    r1 = order_sources(sources, "e3", bins, "random", seed=1)
+    assert sorted(r1) == sorted(sources) and r1 == order_sources(sources, "e3", bins, "random", seed=1)
+    assert any(order_sources(sources, "e3", bins, "random", seed=s) != r1 for s in range(2, 8))
+    with pytest.raises(ConfigError, match="source_order"):
+        order_sources(sources, "e3", bins, "alphabetical")
+
+
+class _Fixed(nn.Module):
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[: len(x)]
+
+
+def test_ensemble_voting_oracles():
+    torch.manual_seed(0)
+    member_logits = [torch.randn(6, 4) * 2 for _ in range(3)]
+    members = [_Fixed(l) for l in member_logits]
+    x = torch.zeros(6, 1)
+    soft = EnsembleModule(members, "soft")(x).softmax(-1)
+    expected_soft = torch.stack([l.softmax(-1) for l in member_logits]).mean(0)
+    torch.testing.assert_close(soft, expected_soft)
+    mean_logits = EnsembleModule(members, "logits")(x)
+    torch.testing.assert_close(mean_logits, torch.stack(member_logits).mean(0))
+    hard = EnsembleModule(members, "hard")(x).argmax(-1)
+    votes = torch.stack([l.argmax(-1) for l in member_logits])
+    for i in range(6):
+        counts = torch.bincount(votes[:, i], minlength=4)
+        winners = (counts == counts.max()).nonzero().flatten()
+        if len(winners) == 1:
+            assert hard[i] == winners[0]
+        else:  # tie: broken by the soft score among the tied classes
+            assert hard[i] == winners[expected_soft[i, winners].argmax()]
+
+
+def test_hard_vote_tie_is_broken_by_soft_score():
+    a = torch.tensor([[5.0, 0.0, 0.0]])  # votes class 0, very confident
+    b = torch.tensor([[0.0, 0.2, 0.0]])  # votes class 1, barely
+    out = EnsembleModule([_Fixed(a), _Fixed(b)], "hard")(torch.zeros(1, 1))
+    assert out.argmax(-1).item() == 0
+    c = torch.tensor([[0.0, 3.0, 0.0]])
+    out = EnsembleModule([_Fixed(a), _Fixed(b), _Fixed(c)], "hard")(torch.zeros(1, 1))
+    assert out.argmax(-1).item() == 1  # two votes beat one confident vote
+
+
+def test_ensemble_config_validates_voting():
+    with pytest.raises(ConfigError, match="voting"):
+        EnsembleConfig(voting="median")
