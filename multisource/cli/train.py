@@ -143,3 +143,21 @@ def pretrain_upstream_main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_main(main)
+
+
+def download_weights_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Download a paper model's ImageNet weights into the local Hugging Face "
+                                            "cache (the only command that uses the network).")
+    p.add_argument("--model_name", "--model", dest="model_name", nargs="+", required=True)
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def main() -> int:
+        from ..models.factory import download_pretrained
+
+        for name in args.model_name:
+            print(f"{resolve_model(name).name}: {download_pretrained(name)}")
+        return 0
+
+    return run_main(main)

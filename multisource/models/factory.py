@@ -179,3 +179,29 @@ def data_config_for(name: str, image_size: int | None = None, *, hflip: bool = T
     std = tuple(cfg.get("std", IMAGENET_STD))
     size = image_size or (cfg.get("input_size", (3, 224, 224))[-1])
     return replace(DataConfig(), image_size=int(size), mean=mean, std=std, hflip=hflip)
+
+
+def download_pretrained(name: str) -> str:
+    """Fetch the model's default pretrained weights into the local Hugging Face cache (uses the network;
+    the only function here that does, and only when a user asks for it)."""
+    spec = resolve_model(name)
+    if spec.pretrained == "upstream":
+        raise ModelError(f"{spec.name} is pretrained locally on a dataset's upstream pool; run "
+                         "python baseline_training/pretrain_upstream.py instead.")
+    if spec.backend == "hf":
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(spec.source)
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    cfg = timm.models.get_pretrained_cfg(spec.source)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise ModelError(f"timm has no Hugging Face hub weights registered for {spec.source}; pass --weights PATH.")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return hf_hub_download(hub_id, filename)
+        except Exception as exc:  # try the next file name; report the last error
+            last = exc
+    raise ModelError(f"Could not download weights for {spec.name} from {hub_id}: {last}")
