@@ -1,0 +1,339 @@
+"""Summary reports built from whatever per-experiment metrics.json files exist.
+
+Per (dataset, model, method): ``results/<dataset>/<model>/summaries/<method>.json`` with per-target statistics
+over trials (mean, sample std, Student-t 95% CI) and overall figures. Across methods: ``comparison.json``,
+``comparison.md``, ``comparison.csv`` and PNG plots. Failed experiments are counted, never scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.datasets import DATASETS
+from ..methods import METHODS
+from ..utils.io import atomic_write, read_json, write_json, write_text
+from .runner import METRICS_FILE, SCHEMA_VERSION, is_finished
+
+SUMMARY_SCHEMA_VERSION = 1
+REFERENCE_METHOD = "grasp"
+MIN_PAIRS = 3
+# summary key -> where it lives in metrics.json. Units are in the names: bytes, seconds, MACs.
+METRICS: dict[str, tuple[str, str]] = {
+    "test_accuracy": ("test", "accuracy"),
+    "test_precision_macro": ("test", "precision_macro"),
+    "test_recall_macro": ("test", "recall_macro"),
+    "test_f1_macro": ("test", "f1_macro"),
+    "val_accuracy": ("val", "accuracy"),
+    "time_s": ("time", "total_s"),
+    "peak_memory_bytes": ("memory", "peak_bytes"),
+    "resident_model_bytes": ("memory", "resident_model_bytes"),
+    "max_models_resident": ("memory", "max_models_resident"),
+    "flops_total_macs": ("flops", "total"),
+    "flops_forward_per_image_macs": ("flops", "forward_per_image"),
+}
+TIMING_KEYS = ("time_s", "peak_memory_bytes")  # vary from run to run on the same inputs
+NOTES = {
+    "per_target": "Statistics over the trials found for a target: mean, sample standard deviation (ddof=1) and "
+                  "95% confidence interval of the mean with Student's t (null for a single trial).",
+    "overall.mean_over_targets": "Mean over targets of the per-target means (each target weighs the same); std "
+                                 "is the sample std of the per-target means.",
+    "overall.pooled": "Statistics over all finished experiments of the method, pooled across targets and trials.",
+    "flops": "MACs (multiply-accumulates) as counted by the runner; FLOPs = 2 x MACs. See flops_convention.",
+    "memory": "peak_memory_bytes: the runner's memory.peak_bytes (CUDA max allocated on GPU, peak RSS on CPU).",
+    "failures": "Failed experiments are listed and counted; they never contribute a score.",
+}
+
+
+def describe(values: Sequence[float | None]) -> dict[str, Any]:
+    """n, mean, sample std and Student-t 95% CI of the non-null values (std/CI null for fewer than two)."""
+    xs = np.asarray([v for v in values if v is not None], dtype=float)
+    n = int(xs.size)
+    out: dict[str, Any] = {"n": n, "mean": None, "std": None, "ci95_low": None, "ci95_high": None,
+                           "min": None, "max": None}
+    if n == 0:
+        return out
+    out.update(mean=float(xs.mean()), min=float(xs.min()), max=float(xs.max()))
+    if n >= 2:
+        from scipy import stats
+
+        std = float(xs.std(ddof=1))
+        half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        out.update(std=std, ci95_low=out["mean"] - half, ci95_high=out["mean"] + half)
+    return out
+
+
+def metric_value(report: dict, key: str) -> float | None:
+    section, field = METRICS[key]
+    value = (report.get(section) or {}).get(field)
+    return None if value is None else float(value)
+
+
+def summary_dir(results_dir: Path, dataset: str, model: str) -> Path:
+    return Path(results_dir) / dataset / model / "summaries"
+
+
+def collect(results_dir: Path, dataset: str, model: str) -> dict[str, dict[str, list]]:
+    """{method: {"finished": [metrics.json, ...], "failed": [failure record, ...]}} from disk."""
+    base = Path(results_dir) / dataset / model
+    found: dict[str, dict[str, list]] = {}
+    if not base.is_dir():
+        return found
+    for mdir in sorted(p for p in base.iterdir() if p.is_dir() and p.name in METHODS):
+        finished, failed = [], []
+        for tdir in sorted(p for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for run in sorted(tdir.glob("trial_*")):
+                if run.is_dir() and is_finished(run):
+                    finished.append(read_json(run / METRICS_FILE))
+                elif run.name.endswith(".failed.json") and not is_finished(tdir / run.name[:-len(".failed.json")]):
+                    failed.append({**_read_or_empty(run), "target": tdir.name, "record_file": str(run)})
+        if finished or failed:
+            found[METHODS.canonical(mdir.name)] = {"finished": finished, "failed": failed}
+    return found
+
+
+def _read_or_empty(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {"error_type": "unreadable failure record"}
+
+
+def target_order(dataset: str, targets: set[str]) -> list[str]:
+    bins = list(DATASETS.get(dataset).bins) if dataset in DATASETS else []
+    return [b for b in bins if b in targets] + sorted(t for t in targets if t not in bins)
+
+
+def method_summary(dataset: str, model: str, method: str, finished: list[dict], failed: list[dict]) -> dict:
+    """The per-method JSON summary (numbers straight from the metrics.json files)."""
+    by_target: dict[str, list[dict]] = {}
+    for r in finished:
+        by_target.setdefault(r["target"], []).append(r)
+    fails_by_target: dict[str, list[dict]] = {}
+    for f in failed:
+        fails_by_target.setdefault(f["target"], []).append(f)
+    targets = target_order(dataset, set(by_target) | set(fails_by_target))
+    per_target = {}
+    for t in targets:
+        runs = sorted(by_target.get(t, []), key=lambda r: r["trial"])
+        per_target[t] = {
+            "trials": [r["trial"] for r in runs], "seeds": [r.get("seed") for r in runs],
+            "sources": runs[0].get("sources") if runs else None, "num_trials": len(runs),
+            "failed_trials": sorted((f.get("config") or {}).get("trial") for f in fails_by_target.get(t, [])),
+            "metrics": {k: {**describe(v := [metric_value(r, k) for r in runs]), "values": v} for k in METRICS},
+        }
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION, "kind": "method_summary", "metrics_schema_version": SCHEMA_VERSION,
+        "dataset": dataset, "model": model, "method": method,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_experiments": len(finished), "num_failed": len(failed),
+        "num_targets": sum(1 for t in per_target.values() if t["num_trials"]),
+        "targets": per_target,
+        "overall": _overall(per_target, finished),
+        "flops_convention": next((r["flops"].get("convention") for r in finished if r.get("flops")), None),
+        "configs": _distinct([_config_of(r) for r in finished]),
+        "versions": _distinct([_versions_of(r) for r in finished]),
+        "failed": [{k: f.get(k) for k in ("target", "error_type", "message", "traceback_file", "record_file")}
+                   | {"trial": (f.get("config") or {}).get("trial")} for f in failed],
+        "notes": NOTES,
+    }
+
+
+def _overall(per_target: dict, finished: list[dict]) -> dict:
+    over_targets = {}
+    for k in METRICS:
+        means = [t["metrics"][k]["mean"] for t in per_target.values() if t["metrics"][k]["mean"] is not None]
+        d = describe(means)
+        over_targets[k] = {"mean": d["mean"], "std": d["std"], "n_targets": d["n"]}
+    pooled = {k: describe([metric_value(r, k) for r in finished]) for k in METRICS}
+    return {"mean_over_targets": over_targets, "pooled": pooled}
+
+
+def _config_of(r: dict) -> dict:
+    c = r.get("config") or {}
+    return {k: c.get(k) for k in ("method_config", "base_seed", "batch_size", "image_size", "precision")} | {
+        "device": (r.get("environment") or {}).get("device")}
+
+
+def _versions_of(r: dict) -> dict:
+    env = r.get("environment") or {}
+    return {k: env.get(k) for k in ("multisource", "git_commit", "python", "packages")}
+
+
+def _distinct(items: list[dict]) -> list[dict]:
+    """Each distinct value once (a summary over mixed configurations shows all of them)."""
+    seen, out = set(), []
+    for it in items:
+        key = json.dumps(it, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(it)
+    return out
+
+
+def paired_difference(summary: dict, reference: dict, key: str = "test_accuracy") -> dict:
+    """Method minus reference, paired by (target, trial); a paired t-test when there are enough pairs."""
+    pairs = []
+    for t, rec in summary["targets"].items():
+        ref = reference["targets"].get(t)
+        if not ref:
+            continue
+        ref_by_trial = dict(zip(ref["trials"], ref["metrics"][key]["values"]))
+        for trial, v in zip(rec["trials"], rec["metrics"][key]["values"]):
+            if v is not None and ref_by_trial.get(trial) is not None:
+                pairs.append((v, ref_by_trial[trial]))
+    diffs = [a - b for a, b in pairs]
+    d = describe(diffs)
+    out = {"metric": key, "reference": reference["method"], "n_pairs": len(pairs), "mean_difference": d["mean"],
+           "std_difference": d["std"], "t_statistic": None, "p_value": None,
+           "test": "paired t-test, two-sided (scipy.stats.ttest_rel), pairs = same target and trial",
+           "reason": None}
+    if len(pairs) < MIN_PAIRS:
+        out["reason"] = f"{len(pairs)} pair(s); a test needs at least {MIN_PAIRS}"
+    elif d["std"] == 0:
+        out["reason"] = "all paired differences are equal (zero variance); the t-test is undefined"
+    else:
+        from scipy import stats
+
+        res = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs])
+        out["t_statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def comparison(dataset: str, model: str, summaries: dict[str, dict]) -> dict:
+    """One row per method: accuracy, per-target accuracies, cost; and paired differences to GRASP."""
+    targets = target_order(dataset, {t for s in summaries.values() for t, r in s["targets"].items()
+                                     if r["num_trials"]})
+    rows = []
+    for method, s in summaries.items():
+        acc = s["overall"]["mean_over_targets"]["test_accuracy"]
+        pooled = s["overall"]["pooled"]
+        rows.append({
+            "method": method, "num_experiments": s["num_experiments"], "num_failed": s["num_failed"],
+            "num_targets": s["num_targets"],
+            "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
+            "accuracy_pooled_mean": pooled["test_accuracy"]["mean"],
+            "accuracy_pooled_std": pooled["test_accuracy"]["std"],
+            "f1_macro_mean": s["overall"]["mean_over_targets"]["test_f1_macro"]["mean"],
+            "per_target_accuracy": {t: s["targets"][t]["metrics"]["test_accuracy"]["mean"] if t in s["targets"]
+                                    else None for t in targets},
+            "per_target_accuracy_std": {t: s["targets"][t]["metrics"]["test_accuracy"]["std"] if t in s["targets"]
+                                        else None for t in targets},
+            "flops_total_macs": pooled["flops_total_macs"]["mean"],
+            "flops_forward_per_image_macs": pooled["flops_forward_per_image_macs"]["mean"],
+            "peak_memory_bytes": pooled["peak_memory_bytes"]["mean"],
+            "peak_memory_bytes_max": pooled["peak_memory_bytes"]["max"],
+            "resident_model_bytes": pooled["resident_model_bytes"]["max"],
+            "time_s": pooled["time_s"]["mean"],
+            "max_models_resident": _int(pooled["max_models_resident"]["max"]),
+        })
+    ref = summaries.get(REFERENCE_METHOD)
+    paired = {m: (paired_difference(s, ref) if ref else {"reference": REFERENCE_METHOD, "n_pairs": 0,
+                                                         "p_value": None, "reason": "no GRASP results"})
+              for m, s in summaries.items() if m != REFERENCE_METHOD}
+    return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
+            "methods": rows, "paired_vs_grasp": paired,
+            "notes": {"accuracy_mean": NOTES["overall.mean_over_targets"],
+                      "accuracy_pooled_mean": NOTES["overall.pooled"],
+                      "cost": "flops_total_macs, peak_memory_bytes and time_s are means over all experiments; "
+                              "max_models_resident and resident_model_bytes (parameters + buffers of the models "
+                              "held at once) are maxima. " + NOTES["flops"] + " " + NOTES["memory"],
+                      "paired_vs_grasp": "mean_difference = method - GRASP test accuracy over (target, trial) "
+                                         "pairs found in both."}}
+
+
+def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bool = True) -> dict[str, Path]:
+    """Rebuild every summary of (dataset, model) from the metrics.json files; returns {name: path}."""
+    from ..models.factory import resolve_model
+    from .report_plots import plot_accuracy_per_target, plot_accuracy_vs_cost
+    from .runner import resolve_dataset_name
+
+    dataset, model = resolve_dataset_name(dataset), resolve_model(model).name
+    results_dir = Path(results_dir)
+    found = collect(results_dir, dataset, model)
+    if not found:
+        raise FileNotFoundError(f"No experiment results under {results_dir / dataset / model}; run a sweep first "
+                                f"(python experiments/run_all.py --dataset {dataset} --model {model}).")
+    out = summary_dir(results_dir, dataset, model)
+    paths: dict[str, Path] = {}
+    summaries = {}
+    for method, runs in found.items():
+        summaries[method] = method_summary(dataset, model, method, runs["finished"], runs["failed"])
+        paths[method] = write_json(out / f"{method}.json", summaries[method])
+    comp = comparison(dataset, model, summaries)
+    if plots and any(r["num_experiments"] for r in comp["methods"]):
+        comp["plots"] = {"accuracy_per_target": "accuracy_per_target.png", "accuracy_vs_cost": "accuracy_vs_cost.png"}
+        paths["accuracy_per_target"] = plot_accuracy_per_target(comp, out / "accuracy_per_target.png")
+        paths["accuracy_vs_cost"] = plot_accuracy_vs_cost(comp, out / "accuracy_vs_cost.png")
+    paths["comparison_json"] = write_json(out / "comparison.json", comp)
+    frame = comparison_frame(comp)
+    paths["comparison_csv"] = atomic_write(out / "comparison.csv", lambda p: frame.to_csv(p, index=False))
+    paths["comparison_md"] = write_text(out / "comparison.md", comparison_markdown(comp))
+    return paths
+
+
+def comparison_frame(comp: dict):
+    """The comparison as a pandas DataFrame of raw numbers (one row per method), as written to the CSV."""
+    import pandas as pd
+
+    rows = []
+    for r in comp["methods"]:
+        paired = comp["paired_vs_grasp"].get(r["method"], {})
+        rows.append({
+            "method": r["method"], "experiments": r["num_experiments"], "failed": r["num_failed"],
+            "accuracy_mean": r["accuracy_mean"], "accuracy_std": r["accuracy_std"],
+            "accuracy_pooled_mean": r["accuracy_pooled_mean"], "accuracy_pooled_std": r["accuracy_pooled_std"],
+            **{f"accuracy_{t}": r["per_target_accuracy"].get(t) for t in comp["targets"]},
+            "flops_total_macs": r["flops_total_macs"],
+            "flops_forward_per_image_macs": r["flops_forward_per_image_macs"],
+            "peak_memory_bytes": r["peak_memory_bytes"], "resident_model_bytes": r["resident_model_bytes"],
+            "time_s": r["time_s"],
+            "max_models_resident": r["max_models_resident"],
+            "diff_vs_grasp": paired.get("mean_difference"), "p_value_vs_grasp": paired.get("p_value"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value / scale, spec)
+
+
+def comparison_markdown(comp: dict) -> str:
+    """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
+    head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"], "GMACs total", "MMACs/image",
+            "peak memory MiB", "model memory MiB", "time s", "max models", "Δ acc vs GRASP (p)"]
+    lines = [f"# {comp['dataset']} / {comp['model']}: method comparison", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in comp["methods"]:
+        p = comp["paired_vs_grasp"].get(r["method"])
+        diff = "reference" if p is None else (
+            "-" if p.get("mean_difference") is None else
+            f"{p['mean_difference']:+.4f} ({_fmt(p.get('p_value'), '.3g')})")
+        acc = _fmt(r["accuracy_mean"], ".4f") + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.4f}")
+        cells = [r["method"], str(r["num_experiments"]), str(r["num_failed"]), acc,
+                 *(_fmt(r["per_target_accuracy"].get(t), ".4f") for t in comp["targets"]),
+                 _fmt(r["flops_total_macs"], ".2f", 1e9), _fmt(r["flops_forward_per_image_macs"], ".2f", 1e6),
+                 _fmt(r["peak_memory_bytes"], ".0f", 2**20), _fmt(r["resident_model_bytes"], ".2f", 2**20),
+                 _fmt(r["time_s"], ".1f"),
+                 _fmt(r["max_models_resident"], ".0f"), diff]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = comp["notes"]
+    lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials.",
+              f"- cost: {notes['cost']}",
+              f"- Δ vs GRASP: {notes['paired_vs_grasp']} p: paired t-test ('-' when fewer than {MIN_PAIRS} pairs "
+              "or the differences do not vary; see comparison.json for the reason)."]
+    failed = [r for r in comp["methods"] if r["num_failed"]]
+    if failed:
+        lines.append("- failed experiments (not scored): " + ", ".join(f"{r['method']} {r['num_failed']}"
+                                                                        for r in failed))
+    return "\n".join(lines) + "\n"

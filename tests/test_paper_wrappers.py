@@ -1,0 +1,146 @@
+"""The paper-named sweep scripts exist, call the shared sweep CLI, and accept the SPEC 8 flags and --config."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multisource.cli import sweep as sweep_cli
+from multisource.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("ensemble", "fusion", "grasp", "pearl")
+DATASETS = ("clear10", "clear100", "yearbook", "drift_digits")
+COMMON = ["--num_trials", "2", "--model", "mobilevit-xxs", "--seed", "7", "--batch_size", "16",
+          "--precision", "16-mixed", "--data_root", "/data/x", "--results_dir", "/tmp/r", "--device", "cpu",
+          "--num_workers", "0"]
+METHOD_FLAGS = {
+    "ensemble": (["--voting", "hard"], {"voting": "hard"}),
+    "fusion": (["--finetune_epochs", "2", "--learning_rate", "1e-4"], {"finetune_epochs": 2, "learning_rate": 1e-4}),
+    "grasp": (["--initial_epochs", "2", "--finetune_epochs", "4", "--num_alignment_batches", "2",
+               "--alignment_threshold", "0.5", "--learning_rate", "1e-4"],
+              {"initial_epochs": 2, "finetune_epochs": 4, "num_alignment_batches": 2, "alignment_threshold": 0.5,
+               "learning_rate": 1e-4}),
+    "pearl": (["--adapter_dim", "8", "--composition_epochs", "2", "--learning_rate", "1e-4"],
+              {"adapter_dim": 8, "composition_epochs": 2, "learning_rate": 1e-4}),
+}
+
+
+def parse(argv, method=None, dataset=None):
+    args = sweep_cli.build_parser(method, dataset).parse_args(argv)
+    return sweep_cli.configs_from_args(args, method, dataset)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_wrapper_calls_the_shared_sweep_with_its_method_and_dataset(method, dataset, monkeypatch):
+    script = ROOT / "experiments" / method / f"run_all_{method}_{dataset}.py"
+    assert script.is_file() and len(script.read_text().splitlines()) <= 8  # thin
+    seen = {}
+    monkeypatch.setattr(sweep_cli, "sweep_main", lambda argv=None, **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_.value.code == 0 and seen == {"method": method, "dataset": dataset}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_wrapper_accepts_the_paper_flags(method, dataset):
+    flags, expected = METHOD_FLAGS[method]
+    target = {"clear10": "year_1-2", "clear100": "year_3-4", "yearbook": "1950s_1960s", "drift_digits": "era_2"}
+    cfg, opts, sweep = parse(COMMON + ["--targets", target[dataset]] + flags, method, dataset)
+    assert (cfg.dataset, cfg.methods, cfg.models, cfg.num_trials, cfg.seed, cfg.batch_size) == (
+        dataset, (method,), ("mobilevit-xxs",), 2, 7, 16)
+    assert cfg.targets == (target[dataset],)
+    assert cfg.method_config(method) == expected
+    assert (opts.precision, opts.data_root, opts.results_dir, opts.device) == ("16-mixed", "/data/x", "/tmp/r", "cpu")
+    assert sweep.executor == "local"
+
+
+def test_run_all_accepts_every_method_flag_and_applies_shared_ones_to_each():
+    all_flags = [f for m in METHODS for f in METHOD_FLAGS[m][0]]
+    cfg, _, sweep = parse(["--dataset", "clear10"] + COMMON + all_flags + ["--executor", "ray", "--ray_address",
+                                                                            "auto", "--train_missing"])
+    assert cfg.methods == METHODS
+    assert cfg.method_config("ensemble") == {"voting": "hard"}
+    assert {m: cfg.method_config(m)["learning_rate"] for m in ("fusion", "grasp", "pearl")} == dict.fromkeys(
+        ("fusion", "grasp", "pearl"), 1e-4)
+    assert cfg.method_config("grasp")["alignment_threshold"] == 0.5 and "adapter_dim" not in cfg.method_config("grasp")
+    assert (sweep.executor, sweep.ray_address, sweep.train_missing) == ("ray", "auto", True)
+
+
+def test_config_file_with_per_method_settings_and_cli_override(tmp_path):
+    cfg_file = tmp_path / "sweep.yaml"
+    cfg_file.write_text(
+        "dataset: drift_digits\nmodel: tiny-resnet\nnum_trials: 2\ntargets: [era_3, era_5]\n"
+        "learning_rate: 1e-3  # every method that has it\nworkers: 2\n"
+        "methods:\n  grasp: {learning_rate: 2e-3, initial_epochs: 5}\n  fusion: {}\n  ensemble: {voting: logits}\n"
+        "source_training: {max_epochs: 10}\n")
+    cfg, _, sweep = parse(["--config", str(cfg_file), "--finetune_epochs", "7"])
+    assert cfg.methods == ("grasp", "fusion", "ensemble") and cfg.targets == ("era_3", "era_5")
+    assert cfg.method_config("grasp") == {"learning_rate": 2e-3, "initial_epochs": 5, "finetune_epochs": 7}
+    assert cfg.method_config("fusion") == {"learning_rate": 1e-3, "finetune_epochs": 7}
+    assert cfg.method_config("ensemble") == {"voting": "logits"}
+    assert cfg.source_training == {"max_epochs": 10} and sweep.workers == 2
+    cfg, _, _ = parse(["--config", str(cfg_file), "--methods", "grasp", "--learning_rate", "3e-3"])
+    assert cfg.methods == ("grasp",) and cfg.method_config("grasp")["learning_rate"] == 3e-3
+    # a paper wrapper reads the same file and keeps to its own method
+    cfg, _, _ = parse(["--config", str(cfg_file)], "pearl", "drift_digits")
+    assert cfg.methods == ("pearl",) and cfg.method_config("pearl") == {"learning_rate": 1e-3}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "grasp", "--voting", "hard"], "--voting"),
+    (["--methods", "grasp", "--targets", "year_1-2"], "not bins"),
+    (["--methods", "nope"], "Unknown method"),
+    (["--num_trials", "0"], "num_trials"),
+])
+def test_bad_sweep_settings_fail_with_a_clear_message(argv, message):
+    with pytest.raises((ConfigError, KeyError), match=message):
+        parse(["--dataset", "drift_digits"] + argv)
+
+
+@pytest.mark.slow
+def test_a_wrapper_runs_from_its_own_folder(trained_sources, tmp_path):
+    """The paper's command as written (cd experiments/ensemble && python run_all_...), here as a dry run."""
+    proc = subprocess.run(
+        [sys.executable, "run_all_ensemble_drift_digits.py", "--num_trials", "2", "--model", "tiny-resnet",
+         "--targets", "era_1", "era_2", "--data_root", str(trained_sources["data_root"]), "--checkpoint_dir",
+         str(trained_sources["checkpoint_dir"]), "--results_dir", str(tmp_path), "--dry_run"],
+        cwd=ROOT / "experiments" / "ensemble", capture_output=True, text=True, timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "4 experiments" in proc.stdout and "ensemble era_2 trial 2" in proc.stdout and "to run" in proc.stdout
+
+
+def test_a_sectioned_config_file_is_accepted(tmp_path):
+    """The layout of configs/demo.yaml: sweep/run sections, sources (source training) and data (ignored)."""
+    cfg_file = tmp_path / "demo.yaml"
+    cfg_file.write_text(
+        "dataset: drift_digits\nmodel: tiny-resnet\ndata: {image_size: 32, seed: 42}\n"
+        "sources: {max_epochs: 10, learning_rate: 1.0e-3}\n"
+        "sweep:\n  targets: [era_1, era_2]\n  num_trials: 2\n  methods: [ensemble, grasp]\n"
+        "  method_configs:\n    ensemble: {voting: soft}\n    grasp: {initial_epochs: 3, learning_rate: 1.0e-3}\n"
+        "    pearl: {adapter_dim: 16}\nrun: {workers: 2}\n")
+    cfg, _, sweep = parse(["--config", str(cfg_file)])
+    assert cfg.methods == ("ensemble", "grasp") and cfg.num_trials == 2 and cfg.targets == ("era_1", "era_2")
+    assert cfg.method_config("grasp") == {"initial_epochs": 3, "learning_rate": 1e-3}
+    assert cfg.source_training == {"max_epochs": 10, "learning_rate": 1e-3} and sweep.workers == 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_readme_documents_its_flags(method):
+    import dataclasses
+
+    from multisource.methods import get_method
+
+    text = (ROOT / "experiments" / method / "README.md").read_text()
+    assert f"run_all_{method}_clear10.py --num_trials 3 --model mobilevit-xxs" in text
+    for f in dataclasses.fields(get_method(method).config_cls):
+        assert f"--{f.name}" in text

@@ -1,0 +1,150 @@
+"""Summary reports: statistics, numbers equal to the metrics.json files, failures counted not scored, paired test."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from multisource.experiment.summary import METRICS, collect, describe, metric_value, write_summaries
+from multisource.utils.io import read_json, write_json, write_text
+
+DATASET, MODEL = "drift_digits", "tiny-resnet"
+TARGETS = ("era_2", "era_4")  # written in reverse below: summaries must follow the bin order
+
+
+def fake_report(method: str, target: str, trial: int, acc: float) -> dict:
+    """A metrics.json as the runner writes it (only the fields the summary reads)."""
+    return {
+        "schema_version": 1, "status": "complete", "dataset": DATASET, "model": MODEL, "method": method,
+        "target": target, "sources": [b for b in ("era_1", "era_2", "era_3", "era_4", "era_5") if b != target],
+        "trial": trial, "seed": 42 + trial,
+        "config": {"method_config": {"learning_rate": 5e-5}, "base_seed": 42, "batch_size": 32, "image_size": 32,
+                   "precision": "32"},
+        "environment": {"multisource": "0.1.0", "git_commit": "abc", "python": "3.11", "packages": {}, "device": "cpu"},
+        "val": {"accuracy": acc - 0.01},
+        "test": {"accuracy": acc, "precision_macro": acc - 0.02, "recall_macro": acc - 0.03, "f1_macro": acc - 0.04},
+        "time": {"total_s": 10.0 + trial},
+        "memory": {"peak_bytes": 1_000_000 * (3 if method == "ensemble" else 1) + trial,
+                   "resident_model_bytes": 4000 if method == "ensemble" else 2000,
+                   "max_models_resident": 4 if method == "ensemble" else 2},
+        "flops": {"total": 10**9 * (1 if method == "ensemble" else 5), "forward_per_image": 10**6,
+                  "convention": "MACs"},
+    }
+
+
+ACC = {  # (method, target) -> accuracy per trial
+    ("grasp", "era_2"): [0.80, 0.84, 0.82], ("grasp", "era_4"): [0.90, 0.88, 0.91],
+    ("ensemble", "era_2"): [0.70, 0.71, 0.69], ("ensemble", "era_4"): [0.75, 0.80, 0.72],
+    ("fusion", "era_2"): [0.60], ("fusion", "era_4"): [0.65, 0.66],
+}
+
+
+@pytest.fixture()
+def results(tmp_path):
+    for (method, target), accs in ACC.items():
+        for trial, acc in enumerate(accs, 1):
+            write_json(tmp_path / DATASET / MODEL / method / target / f"trial_{trial}" / "metrics.json",
+                       fake_report(method, target, trial, acc))
+    fusion4 = tmp_path / DATASET / MODEL / "fusion" / "era_4"
+    # trial 3 failed (no folder, a failure record); a stale record beside a finished trial is ignored
+    write_json(fusion4 / "trial_3.failed.json", {"status": "failed", "error_type": "RuntimeError",
+                                                 "message": "boom", "traceback_file": "trial_3.traceback.txt",
+                                                 "config": {"trial": 3}})
+    write_text(fusion4 / "trial_3.traceback.txt", "Traceback ...")
+    write_json(fusion4 / "trial_1.failed.json", {"status": "failed", "error_type": "OldError", "config": {"trial": 1}})
+    # half-written leftovers of a killed run are not results
+    (fusion4 / ".trial_9.partial-123").mkdir()
+    write_text(fusion4 / ".trial_9.partial-123" / "metrics.json", '{"status": "comp')
+    return tmp_path
+
+
+def test_describe_matches_scipy():
+    xs = [0.8, 0.84, 0.82, None]
+    d = describe(xs)
+    vals = np.array([0.8, 0.84, 0.82])
+    half = stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(vals.mean()) and d["std"] == pytest.approx(vals.std(ddof=1))
+    assert (d["ci95_low"], d["ci95_high"]) == (pytest.approx(vals.mean() - half), pytest.approx(vals.mean() + half))
+    one = describe([0.5])
+    assert one["mean"] == 0.5 and one["std"] is None and one["ci95_low"] is None
+    assert describe([None])["mean"] is None and describe([])["n"] == 0
+
+
+def test_summary_numbers_equal_the_metrics_files(results):
+    paths = write_summaries(results, DATASET, MODEL)
+    found = collect(results, DATASET, MODEL)
+    for method, runs in found.items():
+        summary = read_json(paths[method])
+        assert list(summary["targets"]) == ["era_2", "era_4"]  # bin order
+        assert summary["num_experiments"] == len(runs["finished"])
+        for target, rec in summary["targets"].items():
+            reports = sorted((r for r in runs["finished"] if r["target"] == target), key=lambda r: r["trial"])
+            assert rec["trials"] == [r["trial"] for r in reports]
+            for key in METRICS:
+                values = [metric_value(r, key) for r in reports]
+                assert rec["metrics"][key]["values"] == values
+                assert rec["metrics"][key]["mean"] == pytest.approx(np.mean(values))
+        target_means = [np.mean(ACC[(method, t)]) for t in TARGETS]
+        overall = summary["overall"]
+        assert overall["mean_over_targets"]["test_accuracy"]["mean"] == pytest.approx(np.mean(target_means))
+        pooled = [a for t in TARGETS for a in ACC[(method, t)]]
+        assert overall["pooled"]["test_accuracy"]["mean"] == pytest.approx(np.mean(pooled))
+        assert overall["pooled"]["test_accuracy"]["std"] == pytest.approx(np.std(pooled, ddof=1))
+        assert summary["configs"][0]["method_config"] == {"learning_rate": 5e-5}
+        assert summary["versions"][0]["git_commit"] == "abc"
+
+
+def test_failures_are_counted_never_scored(results):
+    paths = write_summaries(results, DATASET, MODEL)
+    fusion = read_json(paths["fusion"])
+    assert fusion["num_failed"] == 1 and fusion["num_experiments"] == 3
+    assert fusion["targets"]["era_4"]["failed_trials"] == [3]
+    assert fusion["targets"]["era_4"]["metrics"]["test_accuracy"]["values"] == [0.65, 0.66]
+    assert fusion["failed"][0]["error_type"] == "RuntimeError"
+    assert fusion["targets"]["era_2"]["metrics"]["test_accuracy"]["std"] is None  # one trial: no std, no CI
+    comp = read_json(paths["comparison_json"])
+    assert {r["method"]: r["num_failed"] for r in comp["methods"]} == {"ensemble": 0, "fusion": 1, "grasp": 0}
+
+
+def test_comparison_paired_test_and_tables(results):
+    paths = write_summaries(results, DATASET, MODEL)
+    comp = read_json(paths["comparison_json"])
+    ens = comp["paired_vs_grasp"]["ensemble"]
+    a = [x for t in TARGETS for x in ACC[("ensemble", t)]]
+    g = [x for t in TARGETS for x in ACC[("grasp", t)]]
+    assert ens["n_pairs"] == 6
+    assert ens["mean_difference"] == pytest.approx(np.mean(np.subtract(a, g)))
+    assert ens["p_value"] == pytest.approx(stats.ttest_rel(a, g).pvalue)
+    fus = comp["paired_vs_grasp"]["fusion"]
+    assert fus["n_pairs"] == 3 and fus["p_value"] is not None
+    rows = {r["method"]: r for r in comp["methods"]}
+    assert rows["ensemble"]["max_models_resident"] == 4 and rows["grasp"]["max_models_resident"] == 2
+    assert rows["grasp"]["per_target_accuracy"]["era_4"] == pytest.approx(np.mean(ACC[("grasp", "era_4")]))
+    assert rows["grasp"]["flops_total_macs"] == 5e9
+    with open(paths["comparison_csv"], newline="") as f:
+        table = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(table) == {"ensemble", "fusion", "grasp"}
+    assert float(table["grasp"]["accuracy_era_2"]) == pytest.approx(0.82)
+    md = paths["comparison_md"].read_text()
+    assert "| grasp |" in md and "reference" in md and "era_4" in md
+    for name in ("accuracy_per_target", "accuracy_vs_cost"):
+        assert paths[name].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_too_few_pairs_give_a_reason_not_a_p_value(tmp_path):
+    for method, acc in (("grasp", 0.8), ("ensemble", 0.7)):
+        write_json(tmp_path / DATASET / MODEL / method / "era_2" / "trial_1" / "metrics.json",
+                   fake_report(method, "era_2", 1, acc))
+    comp = read_json(write_summaries(tmp_path, DATASET, MODEL, plots=False)["comparison_json"])
+    paired = comp["paired_vs_grasp"]["ensemble"]
+    assert paired["p_value"] is None and "at least 3" in paired["reason"]
+    assert paired["mean_difference"] == pytest.approx(-0.1)
+
+
+def test_no_results_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run a sweep first"):
+        write_summaries(tmp_path, DATASET, MODEL)

@@ -1,0 +1,165 @@
+"""Sweeps: job order and seeds, resume after an interruption, failures recorded, missing checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from multisource.experiment import runner
+from multisource.experiment.config import ExperimentOptions
+from multisource.experiment.summary import METRICS, TIMING_KEYS, metric_value
+from multisource.experiment.sweep import (SweepConfig, SweepOptions, failure_paths, plan_jobs, run_sweep)
+from multisource.utils.io import read_json, write_text
+from multisource.utils.seed import trial_seed
+
+MODEL = "tiny-resnet"
+# Cheap experiments: the ensemble needs no training; fusion fine-tunes one epoch.
+CHEAP = {"fusion": {"finetune_epochs": 1}}
+
+
+def options(trained_sources, results_dir) -> ExperimentOptions:
+    return ExperimentOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
+                             checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
+
+
+def sweep_config(**kw) -> SweepConfig:
+    base = dict(dataset="drift_digits", models=(MODEL,), methods=("ensemble", "fusion"), targets=("era_2",),
+                num_trials=1, seed=7, method_configs=CHEAP)
+    return SweepConfig(**{**base, **kw})
+
+
+def comparable(summary: dict) -> dict:
+    """A summary without what legitimately changes between runs (timings, memory peaks, dates)."""
+    out = {k: v for k, v in summary.items() if k != "generated_at"}
+    out["targets"] = {t: {**rec, "metrics": {k: v for k, v in rec["metrics"].items() if k not in TIMING_KEYS}}
+                      for t, rec in summary["targets"].items()}
+    out["overall"] = {kind: {k: v for k, v in stats.items() if k not in TIMING_KEYS}
+                      for kind, stats in summary["overall"].items()}
+    return out
+
+
+def test_plan_order_sources_and_seeds(digits_root, tmp_path):
+    cfg = SweepConfig(dataset="drift_digits", models=(MODEL,), methods=("grasp", "ensemble"),
+                      targets=("era_4", "era_2"), num_trials=2, seed=5)
+    jobs = plan_jobs(cfg, ExperimentOptions(data_root=str(digits_root), results_dir=str(tmp_path)))
+    assert [(j.config.method, j.config.target, j.config.trial) for j in jobs] == [
+        ("grasp", "era_2", 1), ("grasp", "era_2", 2), ("grasp", "era_4", 1), ("grasp", "era_4", 2),
+        ("ensemble", "era_2", 1), ("ensemble", "era_2", 2), ("ensemble", "era_4", 1), ("ensemble", "era_4", 2)]
+    assert jobs[0].config.sources == ("era_1", "era_3", "era_4", "era_5")
+    assert {j.config.seed for j in jobs} == {5}  # the base seed; the runner derives trial k's own seed
+    assert trial_seed(5, 1) != trial_seed(5, 2)
+    assert jobs[1].out_dir == tmp_path / "drift_digits" / MODEL / "grasp" / "era_2" / "trial_2"
+
+
+def test_interrupted_sweep_resumes_to_the_same_summary(trained_sources, tmp_path, monkeypatch):
+    full = run_sweep(sweep_config(), options(trained_sources, tmp_path / "a"))
+    assert len(full.finished) == 2 and full.ok
+
+    # Interrupt the second experiment (fusion) while it writes its outputs (Ctrl-C); then a killed run's leftovers.
+    real_write, calls = runner._write_outputs, []
+
+    def interrupting_write(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write(*args, **kw)
+
+    monkeypatch.setattr(runner, "_write_outputs", interrupting_write)
+    opts_b = options(trained_sources, tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep_config(), opts_b)
+    monkeypatch.undo()
+    second = plan_jobs(sweep_config(), opts_b)[1].out_dir
+    assert not second.exists() and not list(second.parent.glob(".trial_1.partial-*"))  # nothing half-written
+    logs = list((tmp_path / "b" / "drift_digits" / MODEL / "sweeps").glob("sweep-*.json"))
+    assert [e["status"] for e in read_json(logs[0])["experiments"]] == ["finished", "not run"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = second.parent / f".trial_1.partial-{dead.pid}"  # what a killed run leaves behind
+    write_text(stale / "metrics.json", '{"status": "compl')
+
+    resumed = run_sweep(sweep_config(), opts_b)
+    assert (len(resumed.skipped), len(resumed.finished)) == (1, 1) and not stale.exists()
+    for method in ("ensemble", "fusion"):
+        a, b = (read_json(r.summaries[MODEL][method]) for r in (full, resumed))
+        assert comparable(a) == comparable(b)
+        check_summary_matches_files(b, tmp_path / "b", method)
+
+
+def check_summary_matches_files(summary: dict, results, method: str) -> None:
+    for target, rec in summary["targets"].items():
+        for trial, i in zip(rec["trials"], range(len(rec["trials"]))):
+            report = read_json(results / "drift_digits" / MODEL / method / target / f"trial_{trial}" / "metrics.json")
+            for key in METRICS:
+                assert rec["metrics"][key]["values"][i] == metric_value(report, key)
+
+
+def test_failure_is_recorded_and_the_sweep_continues(trained_sources, tmp_path, monkeypatch, capsys):
+    from multisource.cli.sweep import sweep_main
+
+    real_run = runner.run_experiment
+
+    def failing_run(cfg, opts=None):
+        if cfg.target == "era_4":
+            raise RuntimeError("forced failure for the test")
+        return real_run(cfg, opts)
+
+    monkeypatch.setattr(runner, "run_experiment", failing_run)
+    argv = ["--dataset", "drift_digits", "--model", MODEL, "--methods", "ensemble", "--targets", "era_2", "era_4",
+            "--num_trials", "1", "--data_root", str(trained_sources["data_root"]),
+            "--checkpoint_dir", str(trained_sources["checkpoint_dir"]), "--results_dir", str(tmp_path),
+            "--no-save-model", "--device", "cpu"]
+    assert sweep_main(argv) == 1
+    assert "forced failure for the test" in capsys.readouterr().err
+    base = tmp_path / "drift_digits" / MODEL / "ensemble"
+    assert runner.is_finished(base / "era_2" / "trial_1")
+    record, tb = failure_paths(base / "era_4" / "trial_1")
+    assert read_json(record)["error_type"] == "RuntimeError" and "forced failure" in tb.read_text()
+    summary = read_json(tmp_path / "drift_digits" / MODEL / "summaries" / "ensemble.json")
+    assert summary["num_failed"] == 1 and summary["targets"]["era_4"]["failed_trials"] == [1]
+    assert summary["targets"]["era_4"]["metrics"]["test_accuracy"]["mean"] is None  # never a 0.0
+
+    monkeypatch.undo()  # the cause is fixed: the re-run does only the failed experiment and clears its record
+    assert sweep_main(argv) == 0
+    assert "1 already finished (skipped)" in capsys.readouterr().out
+    assert not record.exists() and not tb.exists()
+    assert read_json(tmp_path / "drift_digits" / MODEL / "summaries" / "ensemble.json")["num_failed"] == 0
+
+
+def test_missing_checkpoints_are_reported_before_anything_runs(trained_sources, tmp_path, capsys):
+    from multisource.cli.sweep import sweep_main
+
+    empty = tmp_path / "ckpts"
+    empty.mkdir()
+    rc = sweep_main(["--dataset", "drift_digits", "--model", MODEL, "--methods", "ensemble", "--targets", "era_1",
+                     "--data_root", str(trained_sources["data_root"]), "--checkpoint_dir", str(empty),
+                     "--results_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train_all_subsets.py --dataset drift_digits --model_name tiny-resnet" in err
+    assert all(b in err for b in ("era_2", "era_5")) and "--train_missing" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_missing_trains_then_runs(trained_sources, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(trained_sources["checkpoint_dir"], ckpts, ignore=shutil.ignore_patterns("logs", "era_1.*"))
+    cfg = sweep_config(methods=("ensemble",), targets=("era_3",),
+                       source_training={"max_epochs": 1, "pretrained": False, "batch_size": 64})
+    opts = options(trained_sources, tmp_path / "r")
+    opts.checkpoint_dir = str(ckpts)
+    result = run_sweep(cfg, opts, SweepOptions(train_missing=True, summarize=False))
+    assert (ckpts / "era_1.ckpt").is_file() and len(result.finished) == 1 and not result.summaries
+
+
+def test_changed_hyper_parameters_are_not_silently_skipped(trained_sources, tmp_path):
+    from multisource.config import ConfigError
+
+    opts = options(trained_sources, tmp_path)
+    cfg = sweep_config(methods=("ensemble",), targets=("era_2",))
+    run_sweep(cfg, opts, SweepOptions(summarize=False))
+    with pytest.raises(ConfigError, match="voting"):
+        run_sweep(sweep_config(methods=("ensemble",), targets=("era_2",),
+                               method_configs={"ensemble": {"voting": "hard"}}), opts)
