@@ -38,12 +38,17 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="target bin (held out)")
     p.add_argument("--sources", nargs="+", default=None, help="source bins (default: every other bin)")
     p.add_argument("--trial", type=int, default=None, help="trial number k >= 1 (default 1)")
+    add_shared_experiment_flags(p)
+
+
+def add_shared_experiment_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of one experiment that a sweep passes on to each of its experiments."""
     p.add_argument("--seed", type=int, default=None, help="base seed (default 42); trial k derives its own")
     p.add_argument("--batch_size", type=int, default=None, help="default 32")
     p.add_argument("--image_size", type=int, default=None, help="default: the dataset's")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished experiment")
-    p.add_argument("--no-save-model", dest="save_model", action="store_false", default=None,
+    p.add_argument("--overwrite", action="store_true", default=None, help="re-run finished experiments")
+    p.add_argument("--no-save-model", "--no_save_model", dest="save_model", action="store_false", default=None,
                    help="do not write the final model")
     add_run_options(p)
 

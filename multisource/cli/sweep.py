@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, build, pick
-from .common import add_run_options, config_layers, run_main, setup_logging
-from .experiment import add_method_flags
+from .common import config_layers, run_main, setup_logging
+from .experiment import add_method_flags, add_shared_experiment_flags
 
 FILE_ONLY_KEYS = ("model", "models", "methods", "source_training")
 SECTIONS = ("sweep", "run")
@@ -62,14 +62,7 @@ def build_parser(method: str | None = None, dataset: str | None = None) -> argpa
         p.add_argument("--methods", nargs="+", default=None, help="default: ensemble fusion grasp pearl")
     p.add_argument("--targets", nargs="+", default=None, help="target bins (default: every bin)")
     p.add_argument("--num_trials", type=int, default=None, help="trials per target (default 3)")
-    p.add_argument("--seed", type=int, default=None, help="base seed (default 42); trial k derives its own")
-    p.add_argument("--batch_size", type=int, default=None, help="default 32")
-    p.add_argument("--image_size", type=int, default=None, help="default: the dataset's")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    p.add_argument("--overwrite", action="store_true", default=None, help="re-run finished experiments")
-    p.add_argument("--no-save-model", "--no_save_model", dest="save_model", action="store_false", default=None,
-                   help="do not write each experiment's final model")
-    add_run_options(p)
+    add_shared_experiment_flags(p)
     g = p.add_argument_group("execution")
     g.add_argument("--executor", choices=("local", "ray"), default=None, help="local (default) or ray")
     g.add_argument("--workers", type=int, default=None,
