@@ -34,8 +34,8 @@ class DriftDigitsConfig:
     upstream_fraction: float = 0.15  # of each class's instances, reserved for pretraining
     train_renders: int = 3  # fresh jitter per render; renders never cross splits
     eval_renders: int = 3  # val/test renders of the same instances: steadier estimates
-    max_rotation: float = 52.0  # degrees at the last era; 0 at the first
-    rotation_power: float = 0.8  # < 1 front-loads the rotation steps, so early eras drift as much as late ones
+    max_rotation: float = 42.0  # degrees at the last era; 0 at the first
+    rotation_power: float = 0.6  # < 1 front-loads the rotation steps, so early eras drift as much as late ones
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
                 used = recalibrate_batchnorm(current, target.train, target.device)
             meter.flops.add_forward("bn_recalibration", macs, used)
         val_after_transfer = accuracy(current, target.val, target.device, target.precision)
+        meter.flops.add_forward("transfer_validation", macs, len(target.val.dataset))
         fit = finetune_on_target(current, target, cfg.finetune_config(cfg.finetune_epochs), meter,
                                  phase="finetune", desc=f"grasp step {step}[{name}]")
         history += [{"step": step, "source": name, **h} for h in fit.history]
