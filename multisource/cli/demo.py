@@ -34,7 +34,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..experiment.summary import comparison_markdown
     from ..experiment.sweep import SweepConfig, SweepOptions, run_sweep
     from ..training.source import RunOptions, SourceTrainConfig
-    from .train import train_all_bins
+    from ..training.bins import train_all_bins
 
     cfg = load_yaml(args.config)
     stages: dict[str, float] = {}
@@ -56,7 +56,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..data.loaders import open_dataset
 
     bins = open_dataset(cfg["dataset"], root).bins
-    trained = train_all_bins(src, opts, bins)
+    workers = args.workers or int((cfg.get("run") or {}).get("workers", 1))
+    trained = train_all_bins(src, opts, bins, workers=workers)
     failed = [b for b, r in trained.items() if r["status"] == "failed"]
     for b, r in trained.items():
         print(f"      {b:<8} {r['status']:<8} {r.get('detail', '')}")
@@ -67,8 +68,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     sweep_cfg = build(SweepConfig, {"dataset": cfg["dataset"], "models": (cfg["model"],)}, cfg.get("sweep"))
-    run_cfg = cfg.get("run") or {}
-    workers = args.workers or int(run_cfg.get("workers", 1))
     n = len(sweep_cfg.targets or bins) * sweep_cfg.num_trials * len(sweep_cfg.methods)
     print(f"[3/4] Sweep: {len(sweep_cfg.methods)} methods x {len(sweep_cfg.targets or bins)} targets x "
           f"{sweep_cfg.num_trials} trials = {n} experiments ({workers} worker(s); finished ones are skipped)",

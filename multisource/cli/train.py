@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-import traceback
 
 from ..config import build, pick
 from ..data.datasets import get_dataset
 from ..data.loaders import open_dataset
 from ..models.factory import resolve_model
-from ..training.source import RunOptions, SourceTrainConfig, is_complete, source_checkpoint_path, train_source
+from ..training.bins import train_all_bins
+from ..training.source import RunOptions, SourceTrainConfig, train_source
 from .common import add_run_options, config_layers, run_main, setup_logging
 
 log = logging.getLogger(__name__)
@@ -82,6 +81,8 @@ def train_all_main(argv: list[str] | None = None, *, dataset: str | None = None)
     add_train_arguments(p, dataset)
     p.add_argument("--bins", nargs="+", default=None, help="bins to train (default: all, in chronological order)")
     p.add_argument("--force", action="store_true", help="re-train bins whose checkpoint is complete")
+    p.add_argument("--workers", type=int, default=1, help="bins trained in parallel processes on this machine "
+                                                          "(CPU; on GPUs use --devices/--strategy instead)")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -90,7 +91,7 @@ def train_all_main(argv: list[str] | None = None, *, dataset: str | None = None)
         handle = open_dataset(cfg.dataset, opts.data_root)
         bins = args.bins or handle.bins
         handle.check_bins(*bins)
-        results = train_all_bins(cfg, opts, bins, force=args.force)
+        results = train_all_bins(cfg, opts, bins, force=args.force, workers=args.workers)
         print(f"\nSource models ({resolve_model(cfg.model_name).name} on {handle.info.name}):")
         for b, r in results.items():
             print(f"  {b:<18} {r['status']:<8} {r.get('detail', '')}")
@@ -100,29 +101,6 @@ def train_all_main(argv: list[str] | None = None, *, dataset: str | None = None)
         return 1 if failed else 0
 
     return run_main(main)
-
-
-def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, bins: list[str], *, force: bool = False) -> dict:
-    """Train each bin; skip complete ones unless ``force``; continue past failures (recorded, not raised)."""
-    from dataclasses import replace
-
-    results: dict[str, dict] = {}
-    for b in bins:
-        bcfg = replace(cfg, bin=b)
-        ckpt = source_checkpoint_path(bcfg, opts)
-        if is_complete(ckpt) and not force:
-            results[b] = {"status": "skipped", "detail": f"complete: {ckpt}"}
-            continue
-        t0 = time.perf_counter()
-        try:
-            report = train_source(bcfg, opts)
-            results[b] = {"status": "trained", "detail": f"test acc {report.get('test_accuracy', float('nan')):.4f}"
-                                                         f" ({time.perf_counter() - t0:.0f}s)"}
-        except Exception as exc:  # one failing bin must not stop the others; the summary reports it
-            log.error("Training %s failed: %s", b, exc)
-            log.debug("%s", traceback.format_exc())
-            results[b] = {"status": "failed", "detail": f"{type(exc).__name__}: {exc}"}
-    return results
 
 
 def pretrain_upstream_main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,8 @@ class LocalExecutor:
 def _init_worker(num_threads: int) -> None:
     import torch
 
+    os.environ["TQDM_DISABLE"] = "1"  # per-epoch bars from parallel workers would interleave; the sweep reports
+
     torch.set_num_threads(num_threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -246,7 +246,7 @@ def ensure_checkpoints(config: SweepConfig, options: ExperimentOptions, train_mi
 
 
 def _train_missing(config: SweepConfig, options: ExperimentOptions, missing: dict[str, list]) -> list[str]:
-    from ..cli.train import train_all_bins
+    from ..training.bins import train_all_bins
     from ..config import build
     from ..training.source import PRECISIONS, RunOptions, SourceTrainConfig
 
