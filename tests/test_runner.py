@@ -1,0 +1,126 @@
+"""The experiment runner and the per-method scripts: files written, keys present, errors before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from multisource.config import ConfigError
+from multisource.data.folder import DataError
+from multisource.experiment.config import ExperimentConfig, ExperimentOptions
+from multisource.experiment.runner import ExperimentExists, run_experiment
+from multisource.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FAST_FLAGS = {
+    "ensemble": ["--voting", "hard"],
+    "fusion": ["--finetune_epochs", "1", "--learning_rate", "1e-3"],
+    "grasp": ["--initial_epochs", "1", "--finetune_epochs", "1", "--learning_rate", "1e-3"],
+    "pearl": ["--adapter_epochs", "1", "--composition_epochs", "1", "--adapter_dim", "4", "--learning_rate", "1e-3"],
+}
+REQUIRED = {"dataset", "model", "method", "target", "sources", "trial", "seed", "config", "environment", "val", "test",
+            "flops", "memory", "time", "params", "record"}
+
+
+def _opts(trained_sources, results: Path, **kw) -> ExperimentOptions:
+    base = {"data_root": str(trained_sources["data_root"]), "checkpoint_dir": str(trained_sources["checkpoint_dir"]),
+            "results_dir": str(results), "device": "cpu"}
+    return ExperimentOptions(**{**base, **kw})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ensemble", "fusion", "grasp", "pearl"])
+def test_method_script_writes_its_files(trained_sources, tmp_path, method):
+    cmd = [sys.executable, f"run_{method}_experiment.py", "--dataset", "drift_digits", "--target", "era_3",
+           "--sources", "era_2", "era_4", "--model", "tiny-resnet", "--batch_size", "64", "--trial", "2",
+           "--data_root", str(trained_sources["data_root"]), "--checkpoint_dir", str(trained_sources["checkpoint_dir"]),
+           "--results_dir", str(tmp_path), *FAST_FLAGS[method]]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT / "experiments" / method, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "drift_digits" / "tiny-resnet" / method / "era_3" / "trial_2"
+    files = {p.name for p in out.iterdir()}
+    assert {"metrics.json", "confusion_val.png", "confusion_test.png", "training_curves.png",
+            "experiment.log"} <= files
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    m = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED <= set(m)
+    assert m["method"] == method and m["sources"] == ["era_2", "era_4"] and m["trial"] == 2
+    assert m["seed"] != m["config"]["base_seed"]  # trial 2 has its own seed
+    assert m["environment"]["torch"] == torch.__version__.split("+")[0]
+    assert m["environment"]["git_commit"] and m["environment"]["python"] == sys.version.split()[0]
+    for split in ("val", "test"):
+        assert 0.0 <= m[split]["accuracy"] <= 1.0
+        assert len(m[split]["confusion_matrix"]) == 10 and sum(map(sum, m[split]["confusion_matrix"])) == \
+            m[split]["num_samples"]
+        assert {"precision_macro", "recall_macro", "f1_macro", "f1_weighted", "auroc", "per_class_accuracy"} <= \
+            set(m[split])
+    assert m["test"]["accuracy"] > 0.2  # well above chance (0.1) even with one epoch
+    assert m["flops"]["total"] > 0 and m["flops"]["forward_per_image"] > 0 and "MAC" in m["flops"]["convention"]
+    assert m["memory"]["peak_bytes"] > 0 and m["time"]["total_s"] > 0
+    resident = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 1}[method]
+    assert m["memory"]["max_models_resident"] == resident
+    assert f"test acc {m['test']['accuracy']:.4f}" in proc.stdout
+    if method == "grasp":
+        assert [s["source"] for s in m["record"]["steps"]] == ["era_4"]
+        assert m["params"]["transferred"] == m["record"]["steps"][0]["transferred_elements"]
+    if method == "pearl":
+        assert set(m["record"]["composition_weights"]) == {"era_2", "era_4"}
+        assert (out / "model.pt").is_file()
+    if method in ("fusion", "grasp"):  # the final model loads like a source checkpoint
+        model, meta = load_checkpoint(out / "model.ckpt")
+        assert meta["classes"] == [str(d) for d in range(10)]
+
+
+def test_errors_before_any_work(trained_sources, tmp_path):
+    opts = _opts(trained_sources, tmp_path)
+    with pytest.raises(ConfigError, match="also listed as a source"):
+        run_experiment(ExperimentConfig(target="era_1", sources=("era_1", "era_2")), opts)
+    with pytest.raises(DataError, match="Unknown bin"):
+        run_experiment(ExperimentConfig(target="era_9", sources=("era_1",)), opts)
+    with pytest.raises(ConfigError, match="alignment_threshold|Unknown GraspConfig field"):
+        run_experiment(ExperimentConfig(target="era_1", method="grasp", method_config={"alignment_treshold": 0.1}),
+                       opts)
+    missing = _opts(trained_sources, tmp_path, checkpoint_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(CheckpointError, match="Missing source checkpoint .*train_baseline.py"):
+        run_experiment(ExperimentConfig(target="era_1", sources=("era_2",)), missing)
+    assert not (tmp_path / "drift_digits").exists()  # nothing was written
+
+
+def test_checkpoint_for_another_class_count_is_rejected(trained_sources, tmp_path):
+    ckdir = tmp_path / "ckpts"
+    ckdir.mkdir()
+    shutil.copy(trained_sources["checkpoint_dir"] / "era_2.ckpt", ckdir / "era_2.ckpt")
+    model, _ = load_checkpoint(trained_sources["checkpoint_dir"] / "era_3.ckpt")
+    model.reset_classifier(3)
+    save_checkpoint(ckdir / "era_3.ckpt", model, model_name="tiny-resnet", classes=["a", "b", "c"],
+                    dataset="drift_digits")
+    opts = _opts(trained_sources, tmp_path / "res", checkpoint_dir=str(ckdir))
+    with pytest.raises(CheckpointError, match="has 3 classes, but drift_digits has 10"):
+        run_experiment(ExperimentConfig(target="era_1", sources=("era_2", "era_3")), opts)
+
+
+def test_finished_experiment_is_kept_and_failed_rerun_leaves_it(trained_sources, tmp_path, monkeypatch):
+    cfg = ExperimentConfig(target="era_5", sources=("era_3", "era_4"), method="ensemble", batch_size=64)
+    first = run_experiment(cfg, _opts(trained_sources, tmp_path))
+    out = tmp_path / "drift_digits" / "tiny-resnet" / "ensemble" / "era_5" / "trial_1"
+    before = (out / "metrics.json").read_bytes()
+    with pytest.raises(ExperimentExists, match="--overwrite"):
+        run_experiment(cfg, _opts(trained_sources, tmp_path))
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash in the middle of an experiment")
+
+    monkeypatch.setattr("multisource.experiment.runner.classification_metrics", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_experiment(cfg, _opts(trained_sources, tmp_path, overwrite=True))
+    assert (out / "metrics.json").read_bytes() == before  # the finished result survived the failed re-run
+    assert [p.name for p in out.parent.iterdir()] == ["trial_1"]  # and no staging folder is left
+    assert first["test"]["accuracy"] == json.loads(before)["test"]["accuracy"]
