@@ -85,7 +85,7 @@ class SourcePool:
         return model
 
     def adopt(self, key: str, new_key: str) -> None:
-        """Rename a held model (e.g. the first source becomes GRASP's evolving target model)."""
+        """Re-register a held model under a new key, measuring its bytes again (e.g. after adapters were added)."""
         model = self._held.pop(key)
         self._held[new_key] = model
         if self.residency is not None:

@@ -131,6 +131,7 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
     for a in adapters[1:]:
         peft_model.add_adapter(a, lora)
     peft_model.to(target.device)
+    pool.adopt("base", "base+adapters")  # PEFT injected the adapters into the base in place: count their bytes
     history, adapter_val = [], {}
     for a, bin_name in zip(adapters, names):
         fit = _train_adapter(peft_model, a, bin_name, cfg, target, meter)
