@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -50,6 +51,11 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, enabled=False)
 
 
+def progress_disabled() -> bool:
+    """Read at call time: sweep workers set TQDM_DISABLE after tqdm was imported (their bars would interleave)."""
+    return os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+
+
 @torch.no_grad()
 def predict(model: nn.Module | Callable, loader: Iterable, device: torch.device, precision: str = "32",
             desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +63,7 @@ def predict(model: nn.Module | Callable, loader: Iterable, device: torch.device,
     if isinstance(model, nn.Module):
         model.eval()
     outs, ys = [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=desc is None):
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=desc is None or progress_disabled()):
         with autocast(device, precision):
             out = model(x.to(device, non_blocking=True))
         outs.append(out.float().cpu())
@@ -105,7 +111,8 @@ def finetune(model: nn.Module, train_loader, val_loader, cfg: FinetuneConfig, de
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         total, n = 0.0, 0
-        for x, y in tqdm(train_loader, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False):
+        for x, y in tqdm(train_loader, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
+                         disable=progress_disabled()):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 loss = nn.functional.cross_entropy(model(x), y)
