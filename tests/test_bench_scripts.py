@@ -1,0 +1,84 @@
+"""Each bench script runs with --quick into a temporary folder and writes the report it documents.
+
+Benchmarks report figures, they do not assert them; these tests only check that each script runs on a tiny
+setting and that its JSON has the promised shape (plus the invariants that do not depend on timing, such as
+how many models each method holds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def run_bench(name: str, out: Path, *extra: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / f"{name}.py"), "--quick", "--output_dir",
+                           str(out), *extra], cwd=out, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Wrote" in proc.stdout
+    report = json.loads((out / f"{name}.json").read_text())
+    assert report["quick"] is True
+    machine = report["machine"]
+    assert len(machine["load_average_before"]) == 3 and len(machine["load_average_after"]) == 3
+    return report
+
+
+def test_memory_vs_sources(tmp_path, digits_root):
+    report = run_bench("memory_vs_sources", tmp_path, "--data_root", str(digits_root))
+    assert (tmp_path / "memory_vs_sources.png").stat().st_size > 0
+    rows = report["rows"]
+    assert {(r["method"], r["K"]) for r in rows} == {(m, k) for m in
+                                                    ("ensemble", "fusion", "fusion-logits", "grasp", "pearl")
+                                                    for k in (2, 4)}
+    for r in rows:
+        assert {"method", "K", "peak_rss_bytes", "resident_model_bytes", "max_models_resident"} <= set(r)
+        assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 0
+        expected = {"grasp": 2, "fusion": 2, "pearl": 1, "ensemble": r["K"], "fusion-logits": r["K"]}[r["method"]]
+        assert r["max_models_resident"] == expected, r
+    by = {(r["method"], r["K"]): r for r in rows}
+    one_model = by[("grasp", 2)]["resident_model_bytes"] // 2
+    assert by[("ensemble", 4)]["resident_model_bytes"] == 4 * one_model
+    assert by[("grasp", 4)]["resident_model_bytes"] == by[("grasp", 2)]["resident_model_bytes"]
+    assert set(report["growth_largest_over_smallest_K"]) == {r["method"] for r in rows}
+
+
+def test_throughput(tmp_path, digits_root):
+    report = run_bench("throughput", tmp_path, "--data_root", str(digits_root))
+    result = report["models"]["tiny-resnet@32"]
+    plain = result["plain"]["images_per_s"]
+    assert plain > 0
+    for loop in ("source_trainer", "grasp_finetune"):
+        r = result[loop]
+        assert r["images_per_s"] > 0
+        assert r["ratio_to_plain"] == round(r["images_per_s"] / plain, 3)
+        assert r["startup_s"] >= 0 and r["outside_train_loop_s"] >= 0
+    assert result["plain"]["plain_vs_plain_ratios"]["n"] == 1
+
+
+def test_flops(tmp_path, digits_root):
+    report = run_bench("flops", tmp_path, "--data_root", str(digits_root))
+    counts = {(r["model"], r["image_size"]): r for r in report["forward_per_image"]}
+    assert set(counts) == {(m, 224) for m in ("resnet-50", "efficientnet-b1", "mobilevit-xxs", "mobilevit-xs")}
+    assert counts[("resnet-50", 224)]["gmacs"] == pytest.approx(4.1, rel=0.03)
+    assert set(report["projection"]["datasets"]) == {"clear10", "clear100", "yearbook"}
+    for row in report["cross_check"]["rows"]:  # the analytical formula is the ledger's, exactly
+        assert row["projected_over_ledger"] == pytest.approx(1.0, abs=1e-3), row
+
+
+def test_end_to_end(tmp_path):
+    report = run_bench("end_to_end", tmp_path)
+    stages = report["stage_seconds"]
+    assert {"build_data", "upstream_pretraining", "train_sources", "total"} <= set(stages)
+    assert {f"method:{m}" for m in ("ensemble", "fusion", "grasp", "pearl")} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    for score in report["scores"][0].values():
+        assert 0.0 <= score["test_accuracy"] <= 1.0
