@@ -65,12 +65,14 @@ class ComposedAdapters(nn.Module):
         self.weight_logits = nn.Parameter(torch.zeros(len(adapter_names)))
         self.fixed_weights: torch.Tensor | None = None
         self._hooks = []
+        # Scaling lora_A's output (rank-r channels) equals scaling the adapter's output, since lora_B is linear
+        # without bias, and autograd then keeps r-channel rather than full-width activations per adapter.
         for module in peft_model.modules():
-            lora_b = getattr(module, "lora_B", None)
-            if isinstance(lora_b, nn.ModuleDict):
+            lora_a = getattr(module, "lora_A", None)
+            if isinstance(lora_a, nn.ModuleDict):
                 for k, name in enumerate(self.adapter_names):
-                    if name in lora_b:
-                        self._hooks.append(lora_b[name].register_forward_hook(self._scale_hook(k)))
+                    if name in lora_a:
+                        self._hooks.append(lora_a[name].register_forward_hook(self._scale_hook(k)))
 
     def _scale_hook(self, k: int):
         def hook(_module, _inputs, output):

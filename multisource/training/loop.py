@@ -125,12 +125,12 @@ def finetune(model: nn.Module, train_loader, val_loader, cfg: FinetuneConfig, de
             scaler.update()
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss.detach()) * len(y)
+            total = total + loss.detach() * len(y)  # stays on the device: no synchronisation per step
             n += len(y)
         result.train_images += n
         val_acc = accuracy(model, val_loader, device, precision)
         result.val_images += len(val_loader.dataset)
-        result.history.append({"epoch": epoch, "val_accuracy": val_acc, "train_loss": total / max(1, n)})
+        result.history.append({"epoch": epoch, "val_accuracy": val_acc, "train_loss": float(total) / max(1, n)})
         if on_epoch_end:
             on_epoch_end(epoch, val_acc)
         if val_acc > best_acc:
