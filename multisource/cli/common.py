@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from typing import Any, Callable
 
 from ..config import ConfigError, load_yaml
+from ..utils.logs import quiet_dependencies
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileExistsError, FileNotFoundError, KeyError, ValueError)
 
@@ -24,12 +24,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                  "lightning.fabric.utilities.rank_zero", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Deprecation chatter from dependencies, not actionable by our users.
-    warnings.filterwarnings("ignore", message=r".*(LeafSpec|treespec).*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_dependencies()
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:

@@ -99,6 +99,9 @@ class LocalExecutor:
 def _init_worker(num_threads: int) -> None:
     import torch
 
+    from ..utils.logs import quiet_dependencies
+
+    quiet_dependencies()
     os.environ["TQDM_DISABLE"] = "1"  # per-epoch bars from parallel workers would interleave; the sweep reports
 
     torch.set_num_threads(num_threads)

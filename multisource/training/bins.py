@@ -31,6 +31,9 @@ def _train_one(cfg: SourceTrainConfig, opts: RunOptions) -> dict:
 def _init_worker(threads: int) -> None:
     import torch
 
+    from ..utils.logs import quiet_dependencies
+
+    quiet_dependencies()
     os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
 
