@@ -33,9 +33,11 @@ def pipeline(tmp: Path, args) -> tuple[dict[str, float], dict]:
     """One run of every stage; returns seconds per stage and what each method scored."""
     from multisource.data.drift_digits import DriftDigitsConfig, build_drift_digits
     from multisource.data.loaders import open_dataset
-    from multisource.experiment.config import ExperimentConfig, ExperimentOptions
+    from multisource.experiment.config import ExperimentConfig
     from multisource.experiment.runner import run_experiment
-    from multisource.training.source import RunOptions, SourceTrainConfig, train_source
+    from multisource.options import RunOptions
+    from multisource.training.fit import SourceTrainConfig
+    from multisource.training.source import train_source
     from multisource.training.upstream import ensure_upstream
 
     times: dict[str, float] = {}
@@ -60,7 +62,7 @@ def pipeline(tmp: Path, args) -> tuple[dict[str, float], dict]:
         stage(f"train_source:{b}", lambda b=b: train_source(SourceTrainConfig(**{**base.__dict__, "bin": b}), opts))
     times["train_sources"] = round(sum(v for k, v in times.items() if k.startswith("train_source:")), 2)
     scores = {}
-    eopts = ExperimentOptions(data_root=str(root), results_dir=str(results), device=args.device, overwrite=True)
+    eopts = RunOptions(data_root=str(root), results_dir=str(results), device=args.device, overwrite=True)
     for method, mcfg in method_configs(args.method_epochs, args.learning_rate).items():
         cfg = ExperimentConfig(dataset="drift_digits", model=MODEL, method=method, target=TARGET,
                                batch_size=args.batch_size, method_config=mcfg)

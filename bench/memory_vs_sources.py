@@ -84,7 +84,7 @@ def measure(run: str, k: int, checkpoints: dict[str, str], opts: dict) -> dict:
 
     from multisource.data.loaders import open_dataset
     from multisource.measure.meter import Meter
-    from multisource.methods.api import run_method, source_pool, target_data
+    from multisource.methods.inputs import run_method, source_pool, target_data
     from multisource.training.loop import predict
 
     torch.manual_seed(0)

@@ -1,10 +1,18 @@
-"""Configs are small dataclasses: defaults from the spec, validated on construction,
-loadable from YAML and overridable from the command line (CLI wins over the file)."""
+"""Configs are small dataclasses: defaults from the spec, validated on construction, built from layered
+settings (defaults < settings file < command line) with every value converted to its field's type.
+
+One conversion path serves the settings files and the command line: a value is converted by the field's
+type hint (``int``, ``float``, ``bool``, ``str``, ``tuple[str, ...]``, ``X | None``, ``dict``), so ``1e-3``
+(which PyYAML reads as a string) becomes a float, and ``three`` for an ``int`` field is one clear error
+naming where it came from (file and line, or the flag).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -14,51 +22,218 @@ C = TypeVar("C")
 
 
 class ConfigError(ValueError):
-    """A configuration value is out of range or unknown; the message names field, value and fix."""
+    """A configuration value is out of range, of the wrong type or unknown; the message names field, value, fix."""
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+class Layer(dict):
+    """A mapping of settings that remembers where it came from, for messages.
+
+    ``origin`` is e.g. ``"configs/demo.yaml"`` or ``"the command line"``; ``lines`` maps a key to its line in
+    the file; ``prefix`` is the section path (``"sources."``) and ``flag`` marks command-line values.
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None, *, origin: str = "", lines: Mapping | None = None,
+                 prefix: str = "", flag: bool = False) -> None:
+        super().__init__(values or {})
+        self.origin, self.lines, self.prefix, self.flag = origin, dict(lines or {}), prefix, flag
+
+    def where(self, key: str) -> str:
+        """``configs/x.yaml, line 4, sources.max_epochs`` or ``--max_epochs``: how a message names a key."""
+        if self.flag:
+            return f"--{key}"
+        line = self.lines.get(self.prefix + key)
+        parts = [p for p in (self.origin, f"line {line}" if line else "", self.prefix + key) if p]
+        return ", ".join(parts) or key
+
+    def sub(self, key: str) -> "Layer":
+        """The section ``key`` (a mapping) as a layer of its own."""
+        value = self.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{self.where(key)}: a section must be a mapping of key: value, not "
+                              f"{type(value).__name__} ({value!r}).")
+        return Layer(value, origin=self.origin, lines=self.lines, prefix=f"{self.prefix}{key}.", flag=self.flag)
+
+    def only(self, keys: set[str] | frozenset[str]) -> "Layer":
+        return Layer({k: v for k, v in self.items() if k in keys}, origin=self.origin, lines=self.lines,
+                     prefix=self.prefix, flag=self.flag)
+
+
+def _key_lines(node: yaml.Node, prefix: str = "", out: dict | None = None) -> dict[str, int]:
+    """Dotted key -> 1-based line of every key of a composed YAML mapping, for messages."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                key = prefix + str(k.value).replace("-", "_")
+                out[key] = k.start_mark.line + 1
+                _key_lines(v, key + ".", out)
+    return out
+
+
+def _normalise_keys(value: Any) -> Any:
+    """YAML users write ``max-epochs``; field names have underscores."""
+    if isinstance(value, dict):
+        return {str(k).replace("-", "_"): _normalise_keys(v) for k, v in value.items()}
+    return value
+
+
+def load_yaml(path: str | os.PathLike) -> Layer:
+    """A settings file as a :class:`Layer`; a missing file, a syntax error or a non-mapping is one clear error."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{at}: YAML syntax error ({problem}); fix the file (key: value per line, "
+                          "spaces for indentation).") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of field: value, not {type(data).__name__}.")
-    return data
+    return Layer(_normalise_keys(data), origin=str(path), lines=_key_lines(root) if root is not None else {})
+
+
+# --- typed conversion -------------------------------------------------------------------------------------
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+            list: "a list"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def convert(tp: Any, value: Any) -> Any:
+    """``value`` as type ``tp``; raises ``TypeError`` when it cannot be one (the caller words the message)."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+            raise TypeError
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert(arg, value)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError
+    if origin is tuple:
+        (item, *_rest) = typing.get_args(tp) or (Any,)
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise TypeError
+        return tuple(convert(item, v) for v in items)
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise TypeError
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise TypeError
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                number = float(value)  # "1e3" is an integer written as a float; "abc" raises ValueError
+                if number.is_integer():
+                    return int(number)
+        raise TypeError
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return float(value.strip())
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # ``precision: 32`` in YAML is an int
+        raise TypeError
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type hint of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+
+
+def field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def convert_field(cls: type, name: str, value: Any, where: str) -> Any:
+    tp = field_types(cls)[name]
+    try:
+        return convert(tp, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not {_type_name(tp)} ({cls.__name__}.{name}); "
+                          f"write {_type_name(tp)}.") from None
 
 
 def build(cls: type[C], *layers: Mapping[str, Any] | None, strict: bool = True) -> C:
     """Instantiate dataclass ``cls`` from layered mappings (later layers win; ``None`` values are skipped).
 
-    With ``strict`` an unknown key is an error naming the valid fields, so typos never pass silently.
+    Every value is converted to its field's type. With ``strict`` an unknown key is an error naming the
+    valid fields, so typos never pass silently. Layers that are :class:`Layer` name their file/line or flag.
     """
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = field_names(cls)
     values: dict[str, Any] = {}
     for layer in layers:
         if not layer:
             continue
         for key, value in layer.items():
             key = key.replace("-", "_")
+            where = layer.where(key) if isinstance(layer, Layer) else key
             if key not in names:
                 if strict:
-                    raise ConfigError(
-                        f"Unknown {cls.__name__} field '{key}'. Valid fields: {', '.join(sorted(names))}."
-                    )
+                    at = f"{where}: unknown" if isinstance(layer, Layer) else "Unknown"
+                    raise ConfigError(f"{at} {cls.__name__} field '{key}'. Valid fields: {', '.join(sorted(names))}.")
                 continue
             if value is not None:
-                values[key] = value
-    for f in dataclasses.fields(cls):
-        if f.name in values and f.type in ("tuple[str, ...]", "tuple[int, ...]") and isinstance(values[f.name], list):
-            values[f.name] = tuple(values[f.name])
+                values[key] = convert_field(cls, key, value, where)
     return cls(**values)
 
 
 def pick(mapping: Mapping[str, Any] | None, cls: type) -> dict[str, Any]:
-    """The subset of ``mapping`` that names fields of ``cls`` (for configs shared by several dataclasses)."""
+    """The subset of ``mapping`` that names fields of ``cls`` (a :class:`Layer` stays one, for messages)."""
     if not mapping:
         return {}
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = field_names(cls)
+    if isinstance(mapping, Layer):
+        return mapping.only(names)
     return {k.replace("-", "_"): v for k, v in mapping.items() if k.replace("-", "_") in names}
 
 

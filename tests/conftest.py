@@ -42,7 +42,9 @@ def trained_sources(digits_root, tmp_path_factory) -> dict:
 
     Returns {"results_dir", "checkpoint_dir", "data_root", "model", "bins", "reports"}.
     """
-    from multisource.training.source import RunOptions, SourceTrainConfig, train_source
+    from multisource.options import RunOptions
+    from multisource.training.fit import SourceTrainConfig
+    from multisource.training.source import train_source
     from multisource.training.upstream import ensure_upstream
     from multisource.data.loaders import open_dataset
 

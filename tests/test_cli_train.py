@@ -139,7 +139,11 @@ def test_single_bin_entry_point_from_its_own_folder(digits_root, tmp_path):
     report = json.loads(ckpt.with_suffix(".json").read_text())
     assert m.group(3) == str(ckpt)
     assert float(m.group(2)) == pytest.approx(report["test_accuracy"], abs=5e-5)
-    assert report["seed"] == 3 and report["config"]["bin"] == "era_2"
+    from multisource.utils.seed import derive_seed
+
+    # the base seed as given, and the source stage's own seed derived from it and the bin
+    assert report["config"]["seed"] == 3 and report["seed"] == derive_seed(3, "source", "era_2")
+    assert report["config"]["bin"] == "era_2" and report["options"]["results_dir"] == str(results)
     assert sorted(p.name for p in folder.iterdir() if p.name != "__pycache__") == \
         [n for n in before if n != "__pycache__"]  # nothing written into the working directory
 
@@ -148,7 +152,7 @@ def test_default_paths_resolve_against_the_project_root(tmp_path, monkeypatch):
     from multisource.data.folder import DataError
     from multisource.data.loaders import open_dataset
     from multisource.paths import PROJECT_ROOT, resolve
-    from multisource.training.source import RunOptions
+    from multisource.options import RunOptions
 
     assert PROJECT_ROOT == ROOT
     monkeypatch.chdir(tmp_path)

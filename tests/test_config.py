@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from multisource.config import ConfigError, build, check_choice, check_range, load_yaml, pick, to_dict
-from multisource.training.source import RunOptions, SourceTrainConfig
+from multisource.options import RunOptions
+from multisource.training.fit import SourceTrainConfig
 
 
 @dataclass
@@ -77,11 +78,16 @@ def test_source_train_config_range_errors(kwargs, field):
         SourceTrainConfig(**kwargs)
 
 
-def test_run_options_precision_choice():
+def test_run_options_precision_choice_aliases_and_what_really_runs():
     with pytest.raises(ConfigError, match="RunOptions.precision='fp8' is not valid; choose one of auto, 32"):
         RunOptions(precision="fp8")
-    assert RunOptions(precision="auto", accelerator="cpu").resolved_precision() == "32-true"
-    assert RunOptions(precision="bf16-mixed").resolved_precision() == "bf16-mixed"
+    assert RunOptions(precision="32-true").precision == "32"  # Lightning's spelling, one recorded name
+    assert RunOptions(precision="bf16").precision == "bf16-mixed"
+    assert RunOptions().precision_on("cpu") == "32" and RunOptions().precision_on("cuda") == "16-mixed"
+    # mixed precision runs on CUDA only: on CPU the truth (32) is what runs and is recorded
+    assert RunOptions(precision="16-mixed").precision_on("cpu") == "32"
+    assert RunOptions(precision="bf16-mixed").precision_on("cuda") == "bf16-mixed"
+    assert RunOptions(device="gpu").device == "cuda" and RunOptions(devices="2").devices == 2
 
 
 def test_load_yaml_errors(tmp_path):
@@ -104,30 +110,33 @@ def test_pick_keeps_only_the_class_fields():
     assert to_dict(build(Toy, {"epochs": 4}))["epochs"] == 4
 
 
+def _train_args(argv, dataset=None):
+    from multisource.cli.train import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser, dataset)
+    return parser.parse_args(argv)
+
+
 def test_cli_flags_override_the_config_file(tmp_path):
     """The training CLI's layering: defaults < --config file < command-line flags; what vs how kept apart."""
-    from multisource.cli.train import _configs, add_train_arguments
+    from multisource.cli.train import _resolve
 
     cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text("max_epochs: 9\nbatch_size: 8\nlearning_rate: 0.002\nnum_workers: 2\n"
-                        "alignment_threshold: 0.5\n")  # keys of other configs are ignored by pick()
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser, None)
-    args = parser.parse_args(["--config", str(cfg_file), "--dataset", "drift_digits", "--max_epochs", "2",
-                              "--no-pretrained", "--device", "cuda", "--devices", "2"])
-    cfg, opts = _configs(args, None, "era_3")
+    cfg_file.write_text("max_epochs: 9\nbatch_size: 8\nlearning_rate: 2e-3\nnum_workers: 2\n"
+                        "alignment_threshold: 0.5\n")  # a method's key: valid in the grammar, not training's
+    args = _train_args(["--config", str(cfg_file), "--dataset", "drift_digits", "--max_epochs", "2",
+                        "--no-pretrained", "--device", "cuda", "--devices", "2"])
+    cfg, opts = _resolve(args, {"bin": "era_3"})
     assert (cfg.max_epochs, cfg.batch_size, cfg.learning_rate) == (2, 8, 0.002)  # CLI > file > default
     assert cfg.bin == "era_3" and cfg.pretrained is False and cfg.seed == 42
-    assert (opts.num_workers, opts.accelerator, opts.devices) == (2, "gpu", 2)
+    assert (opts.num_workers, opts.device, opts.devices) == (2, "cuda", 2)
 
 
 def test_cli_rejects_out_of_range_values_from_the_file(tmp_path):
-    from multisource.cli.train import _configs, add_train_arguments
+    from multisource.cli.train import _resolve
 
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("batch_size: 0\n")
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser, "drift_digits")
-    args = parser.parse_args(["--config", str(cfg_file)])
     with pytest.raises(ConfigError, match="SourceTrainConfig.batch_size=0 is out of range"):
-        _configs(args, "drift_digits", "era_1")
+        _resolve(_train_args(["--config", str(cfg_file)], "drift_digits"), {"bin": "era_1"})

@@ -9,7 +9,7 @@ from multisource.measure.meter import Meter
 from multisource.methods import run_method, source_pool, target_data
 from multisource.methods.grasp import GraspConfig, transfer_step
 from multisource.methods.pearl import ComposedAdapters
-from multisource.models.checkpoint import load_checkpoint
+from multisource.models import load_checkpoint
 
 FAST = {
     "ensemble": {},

@@ -32,8 +32,18 @@ METHOD_FLAGS = {
 
 
 def parse(argv, method=None, dataset=None):
-    args = sweep_cli.build_parser(method, dataset).parse_args(argv)
-    return sweep_cli.configs_from_args(args, method, dataset)
+    """(SweepConfig, RunOptions) exactly as the sweep command resolves them."""
+    from multisource.experiment.settings import cli_layer, read_settings, resolve_sweep
+
+    parser, owners = sweep_cli.build_parser(method, dataset)
+    args = parser.parse_args(argv)
+    cli = cli_layer(args, exclude=("config", "verbose", "dry_run"))
+    return resolve_sweep(read_settings(args.config), cli, method=method, dataset=dataset, method_flags=owners)
+
+
+def values(cfg, method: str, expected: dict) -> dict:
+    """The fields of ``method``'s resolved config that ``expected`` names."""
+    return {k: getattr(cfg.method_configs[method], k) for k in expected}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -54,24 +64,25 @@ def test_wrapper_calls_the_shared_sweep_with_its_method_and_dataset(method, data
 def test_wrapper_accepts_the_paper_flags(method, dataset):
     flags, expected = METHOD_FLAGS[method]
     target = {"clear10": "year_1-2", "clear100": "year_3-4", "yearbook": "1950s_1960s", "drift_digits": "era_2"}
-    cfg, opts, sweep = parse(COMMON + ["--targets", target[dataset]] + flags, method, dataset)
+    cfg, opts = parse(COMMON + ["--targets", target[dataset]] + flags, method, dataset)
     assert (cfg.dataset, cfg.methods, cfg.models, cfg.num_trials, cfg.seed, cfg.batch_size) == (
         dataset, (method,), ("mobilevit-xxs",), 2, 7, 16)
     assert cfg.targets == (target[dataset],)
-    assert cfg.method_config(method) == expected
+    assert values(cfg, method, expected) == expected
     assert (opts.precision, opts.data_root, opts.results_dir, opts.device) == ("16-mixed", "/data/x", "/tmp/r", "cpu")
-    assert sweep.executor == "local"
+    assert opts.executor == "local"
 
 
 def test_run_all_accepts_every_method_flag_and_applies_shared_ones_to_each():
     all_flags = [f for m in METHODS for f in METHOD_FLAGS[m][0]]
-    cfg, _, sweep = parse(["--dataset", "clear10"] + COMMON + all_flags + ["--executor", "ray", "--ray_address",
+    cfg, sweep = parse(["--dataset", "clear10"] + COMMON + all_flags + ["--executor", "ray", "--ray_address",
                                                                             "auto", "--train_missing"])
     assert cfg.methods == METHODS
-    assert cfg.method_config("ensemble") == {"voting": "hard"}
-    assert {m: cfg.method_config(m)["learning_rate"] for m in ("fusion", "grasp", "pearl")} == dict.fromkeys(
+    assert cfg.method_configs["ensemble"].voting == "hard"
+    assert {m: cfg.method_configs[m].learning_rate for m in ("fusion", "grasp", "pearl")} == dict.fromkeys(
         ("fusion", "grasp", "pearl"), 1e-4)
-    assert cfg.method_config("grasp")["alignment_threshold"] == 0.5 and "adapter_dim" not in cfg.method_config("grasp")
+    assert cfg.method_configs["grasp"].alignment_threshold == 0.5
+    assert not hasattr(cfg.method_configs["grasp"], "adapter_dim")
     assert (sweep.executor, sweep.ray_address, sweep.train_missing) == ("ray", "auto", True)
 
 
@@ -82,28 +93,37 @@ def test_config_file_with_per_method_settings_and_cli_override(tmp_path):
         "learning_rate: 1e-3  # every method that has it\nworkers: 2\n"
         "methods:\n  grasp: {learning_rate: 2e-3, initial_epochs: 5}\n  fusion: {}\n  ensemble: {voting: logits}\n"
         "source_training: {max_epochs: 10}\n")
-    cfg, _, sweep = parse(["--config", str(cfg_file), "--finetune_epochs", "7"])
+    cfg, sweep = parse(["--config", str(cfg_file), "--finetune_epochs", "7"])
     assert cfg.methods == ("grasp", "fusion", "ensemble") and cfg.targets == ("era_3", "era_5")
-    assert cfg.method_config("grasp") == {"learning_rate": 2e-3, "initial_epochs": 5, "finetune_epochs": 7}
-    assert cfg.method_config("fusion") == {"learning_rate": 1e-3, "finetune_epochs": 7}
-    assert cfg.method_config("ensemble") == {"voting": "logits"}
-    assert cfg.source_training == {"max_epochs": 10} and sweep.workers == 2
-    cfg, _, _ = parse(["--config", str(cfg_file), "--methods", "grasp", "--learning_rate", "3e-3"])
-    assert cfg.methods == ("grasp",) and cfg.method_config("grasp")["learning_rate"] == 3e-3
+    grasp = {"learning_rate": 2e-3, "initial_epochs": 5, "finetune_epochs": 7}
+    assert values(cfg, "grasp", grasp) == grasp
+    assert values(cfg, "fusion", {"learning_rate": 1e-3, "finetune_epochs": 7}) == {"learning_rate": 1e-3,
+                                                                                    "finetune_epochs": 7}
+    assert cfg.method_configs["ensemble"].voting == "logits"
+    # a top-level setting applies to every stage that has it: training's learning rate too
+    assert cfg.source_training == {"max_epochs": 10, "learning_rate": 1e-3} and sweep.workers == 2
+    cfg, _ = parse(["--config", str(cfg_file), "--methods", "grasp", "--learning_rate", "3e-3"])
+    assert cfg.methods == ("grasp",) and cfg.method_configs["grasp"].learning_rate == 3e-3
     # a paper wrapper reads the same file and keeps to its own method
-    cfg, _, _ = parse(["--config", str(cfg_file)], "pearl", "drift_digits")
-    assert cfg.methods == ("pearl",) and cfg.method_config("pearl") == {"learning_rate": 1e-3}
+    cfg, _ = parse(["--config", str(cfg_file)], "pearl", "drift_digits")
+    assert cfg.methods == ("pearl",) and cfg.method_configs["pearl"].learning_rate == 1e-3
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "grasp", "--voting", "hard"], "--voting"),
     (["--methods", "grasp", "--targets", "year_1-2"], "not bins"),
-    (["--methods", "nope"], "Unknown method"),
     (["--num_trials", "0"], "num_trials"),
 ])
-def test_bad_sweep_settings_fail_with_a_clear_message(argv, message):
+def test_bad_sweep_settings_fail_with_a_clear_message(argv, message, capsys):
     with pytest.raises((ConfigError, KeyError), match=message):
         parse(["--dataset", "drift_digits"] + argv)
+
+
+def test_an_unknown_method_lists_the_registered_ones(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--methods", "nope"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and "'grasp'" in err
 
 
 @pytest.mark.slow
@@ -120,7 +140,7 @@ def test_a_wrapper_runs_from_its_own_folder(trained_sources, tmp_path):
 
 
 def test_a_sectioned_config_file_is_accepted(tmp_path):
-    """The layout of configs/demo.yaml: sweep/run sections, sources (source training) and data (ignored)."""
+    """A sectioned file: sweep/run sections, sources (source training, kept for --train_missing) and data."""
     cfg_file = tmp_path / "demo.yaml"
     cfg_file.write_text(
         "dataset: drift_digits\nmodel: tiny-resnet\ndata: {image_size: 32, seed: 42}\n"
@@ -128,9 +148,10 @@ def test_a_sectioned_config_file_is_accepted(tmp_path):
         "sweep:\n  targets: [era_1, era_2]\n  num_trials: 2\n  methods: [ensemble, grasp]\n"
         "  method_configs:\n    ensemble: {voting: soft}\n    grasp: {initial_epochs: 3, learning_rate: 1.0e-3}\n"
         "    pearl: {adapter_dim: 16}\nrun: {workers: 2}\n")
-    cfg, _, sweep = parse(["--config", str(cfg_file)])
+    cfg, sweep = parse(["--config", str(cfg_file)])
     assert cfg.methods == ("ensemble", "grasp") and cfg.num_trials == 2 and cfg.targets == ("era_1", "era_2")
-    assert cfg.method_config("grasp") == {"initial_epochs": 3, "learning_rate": 1e-3}
+    assert values(cfg, "grasp", {"initial_epochs": 3, "learning_rate": 1e-3}) == {"initial_epochs": 3,
+                                                                                 "learning_rate": 1e-3}
     assert cfg.source_training == {"max_epochs": 10, "learning_rate": 1e-3} and sweep.workers == 2
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from multisource.experiment.config import ExperimentOptions
-from multisource.experiment.sweep import SweepConfig, SweepOptions, run_sweep
+from multisource.options import RunOptions
+from multisource.experiment.sweep import SweepConfig, run_sweep
 from multisource.utils.io import read_json
 
 MODEL = "tiny-resnet"
@@ -14,9 +14,10 @@ CONFIG = dict(dataset="drift_digits", models=(MODEL,), methods=("ensemble",), ta
 
 
 def run(trained_sources, results_dir, targets=CONFIG["targets"], **sweep_opts):
-    opts = ExperimentOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
-                             checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
-    return run_sweep(SweepConfig(**{**CONFIG, "targets": targets}), opts, SweepOptions(summarize=False, **sweep_opts))
+    opts = RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
+                      checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu",
+                      summarize=False, **sweep_opts)
+    return run_sweep(SweepConfig(**{**CONFIG, "targets": targets}), opts)
 
 
 def metrics_by_experiment(result) -> dict:

@@ -113,13 +113,13 @@ def test_failures_are_counted_never_scored(results):
 def test_comparison_paired_test_and_tables(results):
     paths = write_summaries(results, DATASET, MODEL)
     comp = read_json(paths["comparison_json"])
-    ens = comp["paired_vs_grasp"]["ensemble"]
+    ens = comp["paired_vs_reference"]["ensemble"]
     a = [x for t in TARGETS for x in ACC[("ensemble", t)]]
     g = [x for t in TARGETS for x in ACC[("grasp", t)]]
     assert ens["n_pairs"] == 6
     assert ens["mean_difference"] == pytest.approx(np.mean(np.subtract(a, g)))
     assert ens["p_value"] == pytest.approx(stats.ttest_rel(a, g).pvalue)
-    fus = comp["paired_vs_grasp"]["fusion"]
+    fus = comp["paired_vs_reference"]["fusion"]
     assert fus["n_pairs"] == 3 and fus["p_value"] is not None
     rows = {r["method"]: r for r in comp["methods"]}
     assert rows["ensemble"]["max_models_resident"] == 4 and rows["grasp"]["max_models_resident"] == 2
@@ -131,6 +131,7 @@ def test_comparison_paired_test_and_tables(results):
     assert float(table["grasp"]["accuracy_era_2"]) == pytest.approx(0.82)
     md = paths["comparison_md"].read_text()
     assert "| grasp |" in md and "reference" in md and "era_4" in md
+    assert comp["reference"] == "grasp" and "Δ acc vs grasp (p)" in md  # the registry's reference method
     for name in ("accuracy_per_target", "accuracy_vs_cost"):
         assert paths[name].read_bytes()[:4] == b"\x89PNG"
 
@@ -140,7 +141,7 @@ def test_too_few_pairs_give_a_reason_not_a_p_value(tmp_path):
         write_json(tmp_path / DATASET / MODEL / method / "era_2" / "trial_1" / "metrics.json",
                    fake_report(method, "era_2", 1, acc))
     comp = read_json(write_summaries(tmp_path, DATASET, MODEL, plots=False)["comparison_json"])
-    paired = comp["paired_vs_grasp"]["ensemble"]
+    paired = comp["paired_vs_reference"]["ensemble"]
     assert paired["p_value"] is None and "at least 3" in paired["reason"]
     assert paired["mean_difference"] == pytest.approx(-0.1)
 

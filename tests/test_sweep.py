@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from multisource.experiment import runner
-from multisource.experiment.config import ExperimentOptions
+from multisource.options import RunOptions
 from multisource.experiment.summary import METRICS, TIMING_KEYS, metric_value
-from multisource.experiment.sweep import (SweepConfig, SweepOptions, failure_paths, plan_jobs, run_sweep)
+from multisource.experiment.jobs import failure_paths
+from multisource.experiment.sweep import SweepConfig, plan_sweep, run_sweep
 from multisource.utils.io import read_json, write_text
 from multisource.utils.seed import trial_seed
 
@@ -20,9 +21,9 @@ MODEL = "tiny-resnet"
 CHEAP = {"fusion": {"finetune_epochs": 1}}
 
 
-def options(trained_sources, results_dir) -> ExperimentOptions:
-    return ExperimentOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
-                             checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
+def options(trained_sources, results_dir) -> RunOptions:
+    return RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
+                      checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
 
 
 def sweep_config(**kw) -> SweepConfig:
@@ -44,13 +45,16 @@ def comparable(summary: dict) -> dict:
 def test_plan_order_sources_and_seeds(digits_root, tmp_path):
     cfg = SweepConfig(dataset="drift_digits", models=(MODEL,), methods=("grasp", "ensemble"),
                       targets=("era_4", "era_2"), num_trials=2, seed=5)
-    jobs = plan_jobs(cfg, ExperimentOptions(data_root=str(digits_root), results_dir=str(tmp_path)))
+    jobs = plan_sweep(cfg, RunOptions(data_root=str(digits_root), results_dir=str(tmp_path))).jobs
     assert [(j.config.method, j.config.target, j.config.trial) for j in jobs] == [
         ("grasp", "era_2", 1), ("grasp", "era_2", 2), ("grasp", "era_4", 1), ("grasp", "era_4", 2),
         ("ensemble", "era_2", 1), ("ensemble", "era_2", 2), ("ensemble", "era_4", 1), ("ensemble", "era_4", 2)]
-    assert jobs[0].config.sources == ("era_1", "era_3", "era_4", "era_5")
-    assert {j.config.seed for j in jobs} == {5}  # the base seed; the runner derives trial k's own seed
-    assert trial_seed(5, 1) != trial_seed(5, 2)
+    assert jobs[0].sources == ("era_1", "era_3", "era_4", "era_5")
+    assert {j.config.seed for j in jobs} == {5}  # the base seed; the plan derives trial k's own seed
+    assert [j.seed for j in jobs[:2]] == [trial_seed(5, 1), trial_seed(5, 2)] and trial_seed(5, 1) != trial_seed(5, 2)
+    # resolved once: one dataset handle and one method config object shared by every job of a method
+    assert len({id(j.handle) for j in jobs}) == 1
+    assert len({id(j.method_config) for j in jobs if j.config.method == "grasp"}) == 1
     assert jobs[1].out_dir == tmp_path / "drift_digits" / MODEL / "grasp" / "era_2" / "trial_2"
 
 
@@ -72,7 +76,7 @@ def test_interrupted_sweep_resumes_to_the_same_summary(trained_sources, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep_config(), opts_b)
     monkeypatch.undo()
-    second = plan_jobs(sweep_config(), opts_b)[1].out_dir
+    second = plan_sweep(sweep_config(), opts_b).jobs[1].out_dir
     assert not second.exists() and not list(second.parent.glob(".trial_1.partial-*"))  # nothing half-written
     logs = list((tmp_path / "b" / "drift_digits" / MODEL / "sweeps").glob("sweep-*.json"))
     assert [e["status"] for e in read_json(logs[0])["experiments"]] == ["finished", "not run"]
@@ -100,14 +104,14 @@ def check_summary_matches_files(summary: dict, results, method: str) -> None:
 def test_failure_is_recorded_and_the_sweep_continues(trained_sources, tmp_path, monkeypatch, capsys):
     from multisource.cli.sweep import sweep_main
 
-    real_run = runner.run_experiment
+    real_run = runner.run_plan
 
-    def failing_run(cfg, opts=None):
-        if cfg.target == "era_4":
+    def failing_run(plan, opts):
+        if plan.config.target == "era_4":
             raise RuntimeError("forced failure for the test")
-        return real_run(cfg, opts)
+        return real_run(plan, opts)
 
-    monkeypatch.setattr(runner, "run_experiment", failing_run)
+    monkeypatch.setattr(runner, "run_plan", failing_run)
     argv = ["--dataset", "drift_digits", "--model", MODEL, "--methods", "ensemble", "--targets", "era_2", "era_4",
             "--num_trials", "1", "--data_root", str(trained_sources["data_root"]),
             "--checkpoint_dir", str(trained_sources["checkpoint_dir"]), "--results_dir", str(tmp_path),
@@ -149,8 +153,8 @@ def test_train_missing_trains_then_runs(trained_sources, tmp_path):
     cfg = sweep_config(methods=("ensemble",), targets=("era_3",),
                        source_training={"max_epochs": 1, "pretrained": False, "batch_size": 64})
     opts = options(trained_sources, tmp_path / "r")
-    opts.checkpoint_dir = str(ckpts)
-    result = run_sweep(cfg, opts, SweepOptions(train_missing=True, summarize=False))
+    opts.checkpoint_dir, opts.train_missing, opts.summarize = str(ckpts), True, False
+    result = run_sweep(cfg, opts)
     assert (ckpts / "era_1.ckpt").is_file() and len(result.finished) == 1 and not result.summaries
 
 
@@ -158,8 +162,9 @@ def test_changed_hyper_parameters_are_not_silently_skipped(trained_sources, tmp_
     from multisource.config import ConfigError
 
     opts = options(trained_sources, tmp_path)
+    opts.summarize = False
     cfg = sweep_config(methods=("ensemble",), targets=("era_2",))
-    run_sweep(cfg, opts, SweepOptions(summarize=False))
+    run_sweep(cfg, opts)
     with pytest.raises(ConfigError, match="voting"):
         run_sweep(sweep_config(methods=("ensemble",), targets=("era_2",),
                                method_configs={"ensemble": {"voting": "hard"}}), opts)

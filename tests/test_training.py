@@ -17,8 +17,9 @@ from multisource.data.loaders import open_dataset, split_loader
 from multisource.models import create_model, data_config, load_checkpoint, read_checkpoint_meta
 from multisource.training.loop import accuracy
 from multisource.training.optim import param_groups, warmup_cosine
-from multisource.training.source import (RunOptions, SourceTrainConfig, is_complete, source_checkpoint_path,
-                                         train_source)
+from multisource.options import RunOptions
+from multisource.training.fit import SourceTrainConfig
+from multisource.training.source import is_complete, source_checkpoint_path, train_source
 
 CPU = torch.device("cpu")
 CLASSES = [str(d) for d in range(10)]

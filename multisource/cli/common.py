@@ -1,4 +1,8 @@
-"""Shared CLI plumbing: logging, --config files, run options, one-line errors with a non-zero exit."""
+"""Shared CLI plumbing: logging, the "how to run" flags, one-line errors with a non-zero exit.
+
+CLI modules import the library only when work starts (inside the command's function): importing torch,
+Lightning, timm and PEFT takes seconds here, and ``--help`` must print at once.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import logging
 import sys
 from typing import Any, Callable
 
-from ..config import ConfigError, load_yaml
+from ..config import ConfigError
 from ..utils.logs import quiet_dependencies
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileExistsError, FileNotFoundError, KeyError, ValueError)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
+    # Imported here, not at the top: these modules import torch (see the module docstring).
     from ..data.folder import DataError
     from ..models.checkpoint import CheckpointError
     from ..models.factory import ModelError
@@ -27,23 +32,29 @@ def setup_logging(verbose: bool = False) -> None:
     quiet_dependencies()
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
+def add_run_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The "how to run" flags every command shares (RunOptions fields); values are converted by the loader."""
     g = p.add_argument_group("how to run")
     g.add_argument("--data_root", help="the dataset's own folder (default: <project>/datasets/<DATASET_DIR>)")
     g.add_argument("--results_dir", help="results root (default: <project>/results)")
     g.add_argument("--checkpoint_dir", help="folder of source checkpoints <bin>.ckpt "
                                             "(default: <results>/<dataset>/baselines/<model>)")
-    g.add_argument("--num_workers", type=int, default=None, help="data-loader workers (default 0)")
+    g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    g.add_argument("--num_workers", default=None, help="data-loader workers (default 0)")
     g.add_argument("--precision", default=None, help="auto (16-mixed on GPU, 32 on CPU), 32, 16-mixed, bf16-mixed")
-    g.add_argument("--config", help="YAML file of settings; command-line flags override it")
-    g.add_argument("--verbose", action="store_true")
+    g.add_argument("--config", help="YAML settings file (see configs/README.md); command-line flags override it")
+    g.add_argument("--verbose", action="store_true", default=None, help="debug logging and full tracebacks")
+    return g
 
 
-def config_layers(args: argparse.Namespace, keys: tuple[str, ...] = ()) -> tuple[dict, dict]:
-    """(values from --config, values given on the command line): the CLI wins over the file."""
-    file_values = load_yaml(args.config) if getattr(args, "config", None) else {}
-    cli = {k: v for k, v in vars(args).items() if v is not None and (not keys or k in keys)}
-    return file_values, cli
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallel execution")
+    g.add_argument("--executor", default=None, help="local (default: in this process, or --workers processes) "
+                                                    "or ray")
+    g.add_argument("--workers", default=None,
+                   help="local: run N tasks at once in N processes; ray: CPUs of a local Ray instance")
+    g.add_argument("--ray_address", default=None, help="address of an existing Ray cluster (e.g. auto)")
+    g.add_argument("--ray_cpus_per_task", default=None, help="CPUs (torch threads) per Ray task (default 1)")
 
 
 def run_main(main: Callable[[], Any]) -> int:

@@ -1,4 +1,4 @@
-"""CLI for building the embedded drifting-digits benchmark."""
+"""CLI for building the embedded drifting-digits benchmark (settings: flags < ``data:`` of ``--config``)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,26 @@ from .common import run_main, setup_logging
 
 
 def drift_digits_main(argv: list[str] | None = None) -> int:
-    from ..data.drift_digits import DriftDigitsConfig, build_drift_digits
-
     p = argparse.ArgumentParser(description="Build the drifting-digits benchmark (offline, from scikit-learn).")
     p.add_argument("--output_dir", default=None, help="default: <project>/datasets/DriftDigits")
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--train_renders", type=int, default=DriftDigitsConfig.train_renders)
+    p.add_argument("--image_size", default=None, help="default 32")
+    p.add_argument("--seed", default=None, help="default 42")
+    p.add_argument("--train_renders", default=None, help="renders per training instance (default 3)")
+    p.add_argument("--eval_renders", default=None, help="renders per val/test instance (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--config", default=None, help="settings file; its top level and data: section apply")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def main() -> None:
+        # The library is imported here, when work starts (see cli/common.py).
+        from ..data.drift_digits import build_drift_digits
+        from ..experiment.settings import cli_layer, read_settings, resolve_data
+
         out = Path(args.output_dir).resolve() if args.output_dir else DATASETS_DIR / "DriftDigits"
-        cfg = DriftDigitsConfig(image_size=args.image_size, seed=args.seed, train_renders=args.train_renders)
+        cli = cli_layer(args, exclude=("config", "verbose", "output_dir", "overwrite"))
+        cfg = resolve_data(read_settings(args.config), cli)
         card = build_drift_digits(out, cfg, overwrite=args.overwrite)
         counts = {b: {s: v["count"] for s, v in e["splits"].items()} for b, e in card["bins"].items()}
         print(f"Built drifting digits in {out}")

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from ..data.datasets import get_dataset
 from ..paths import DATASETS_DIR, resolve
 from .common import run_main, setup_logging
 
@@ -22,16 +23,13 @@ def default_raw_dir(name: str) -> Path:
 
 
 def _parser(name: str, description: str) -> argparse.ArgumentParser:
-    from ..data.datasets import get_dataset
-    from ..data.raw import default_workers
-
     info = get_dataset(name)
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--source_dir", default=None,
                    help=f"the raw download (default: <project>/datasets/raw/{RAW_DIRS[name]})")
     p.add_argument("--output_dir", default=None, help=f"default: <project>/datasets/{info.dir_name}")
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
-    p.add_argument("--workers", type=int, default=default_workers(),
+    p.add_argument("--workers", type=int, default=None,
                    help="threads that check, copy and pack images (default: CPU count, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--cache_size", type=int, default=0,
@@ -54,13 +52,15 @@ def _summary(title: str, out: Path, card: dict) -> None:
 
 
 def _run(name: str, title: str, args: argparse.Namespace, build: Callable[[Path, Path], dict]) -> int:
-    from ..data.datasets import get_dataset
-    from ..data.packed import pack_dataset
-
     setup_logging(args.verbose)
 
     def main() -> None:
+        # The library is imported here, when work starts (see cli/common.py).
+        from ..data.packed import pack_dataset
+        from ..data.raw import default_workers
+
         out = resolve(args.output_dir, DATASETS_DIR / get_dataset(name).dir_name)
+        args.workers = default_workers() if args.workers is None else args.workers
         if args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}.")
         if args.cache_size and args.cache_size < 8:

@@ -6,7 +6,9 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import __version__
 from ..utils.io import read_json, write_json
+from .splits import SPLITS
 
 CARD_NAME = "dataset_card.json"
 CARD_SCHEMA = 1
@@ -40,9 +42,6 @@ def split_summary(root: Path, bin_name: str, split: str, classes: Iterable[str])
 
 def build_card(root: Path, *, dataset: str, classes: list[str], bins: list[str], seed: int,
                extra: dict[str, Any] | None = None, bin_extra: dict[str, dict] | None = None) -> dict[str, Any]:
-    from .. import __version__
-    from .splits import SPLITS
-
     card: dict[str, Any] = {
         "schema": CARD_SCHEMA,
         "dataset": dataset,

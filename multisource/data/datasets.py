@@ -17,10 +17,15 @@ class DatasetInfo:
     classes: tuple[str, ...]
     image_size: int = 224
     bin_flag: str = "bin"  # the paper's flag name for a bin (--year_name, --subset_name)
+    training_dir: str = ""  # the paper's baseline_training/<dir>/ for its wrapper scripts (default: the name)
     preprocess_script: str = ""
     hflip: bool = True  # horizontal flip is a valid augmentation (not for digits)
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def scripts_dir(self) -> str:
+        return self.training_dir or self.name
 
     def default_root(self) -> Path:
         return DATASETS_DIR / self.dir_name
@@ -56,6 +61,7 @@ DATASETS.register("clear10", DatasetInfo(
 DATASETS.register("clear100", DatasetInfo(
     name="clear100", dir_name="CLEAR100_30classes", bins=CLEAR_BINS, classes=CLEAR100_30_CLASSES,
     image_size=224, bin_flag="year_name", preprocess_script="clear100_preprocessing.py",
+    training_dir="clear100_30classes",
     description="CLEAR-100, 30-class subset, buckets 1-10 paired into five two-year bins.",
 ), aliases=("clear-100", "clear100_30classes"))
 DATASETS.register("yearbook", DatasetInfo(

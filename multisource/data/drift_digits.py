@@ -118,7 +118,7 @@ def assign_instances(targets: np.ndarray, bins: list[str], cfg: DriftDigitsConfi
 def build_drift_digits(output_dir: Path, cfg: DriftDigitsConfig = DriftDigitsConfig(), *,
                        overwrite: bool = False) -> dict:
     """Build the dataset into ``output_dir`` (via a temporary folder, moved into place at the end)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # here, not at the top: scikit-learn takes a second to import
 
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from .card import read_card
 from .datasets import DatasetInfo, get_dataset
 from .folder import BinSplitDataset, DataError
+from .packed import open_packed  # the fast path, used when a valid cache exists
 from .transforms import DataConfig, make_transform
 
 
@@ -43,8 +44,6 @@ class DatasetHandle:
 
     def split(self, bin_name: str, split: str, transform=None) -> Dataset:
         self.check_bins(bin_name)
-        from .packed import open_packed  # optional fast path, used when a valid cache exists
-
         packed = open_packed(self, bin_name, split, transform)
         if packed is not None:
             return packed

@@ -36,6 +36,7 @@ from torchvision.transforms import functional as TF
 from ..utils.io import read_json, write_json
 from .card import file_list_checksum, read_card
 from .folder import BinSplitDataset, DataError
+from .raw import parallel_map
 from .splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,6 @@ def _header_size(path: Path) -> tuple[int, int]:
 def write_packed(root: Path, bin_name: str, split: str, classes: Sequence[str], size: int, *,
                  workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Pack one split of a built dataset (same order as the folder loader); returns its index."""
-    from .raw import parallel_map
-
     ds = BinSplitDataset(root, bin_name, split, classes, cache=False)
     paths = [p for p, _ in ds.samples]
     files = [f"{bin_name}/{split}/{classes[label]}/{p.name}" for p, label in ds.samples]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..utils.io import write_text
 from .folder import DataError
+from .splits import SPLITS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,8 +116,6 @@ def verify_images(candidates: Sequence[Candidate], *, workers: int, progress: bo
 
 def make_layout(root: Path, bins: Sequence[str], classes: Sequence[str]) -> None:
     """Every ``<bin>/<split>/<class>/`` folder, even one a small stratum leaves empty (e.g. no val image)."""
-    from .splits import SPLITS
-
     for b in bins:
         for split in SPLITS:
             for cls in classes:

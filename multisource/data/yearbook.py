@@ -26,6 +26,7 @@ from .card import IMAGE_EXTENSIONS, build_card, write_card
 from .datasets import get_dataset
 from .raw import (Candidate, Placement, RawDataError, building, check_unique, copy_placements, default_workers,
                   make_layout, summarize_skipped, verify_images, write_manifests)
+from .packed import pack_dataset
 from .splits import split_stratum
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,5 @@ def build_yearbook(source_dir: Path, output_dir: Path, *, label: str = "gender",
                           bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)
         if cache_size:
-            from .packed import pack_dataset
-
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)
     return card

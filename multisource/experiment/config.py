@@ -1,20 +1,20 @@
-"""What to run (ExperimentConfig) and how (ExperimentOptions)."""
+"""What one experiment runs (ExperimentConfig). How it runs is a :class:`multisource.options.RunOptions`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-import torch
-
-from ..config import ConfigError, check_choice, check_range
-from ..paths import RESULTS_DIR
-
-DEVICES = ("auto", "cpu", "cuda")
+from ..config import ConfigError, check_range
+from ..data.datasets import get_dataset
+from ..methods import get_method
+from ..models.factory import resolve_model
 
 
 @dataclass
 class ExperimentConfig:
+    """Names are made canonical on construction (aliases resolved once), so lower layers use them as they are."""
+
     dataset: str = "drift_digits"
     model: str = "tiny-resnet"
     method: str = "grasp"
@@ -24,12 +24,14 @@ class ExperimentConfig:
     seed: int = 42  # trial k > 1 derives its own seed from this one
     batch_size: int = 32
     image_size: int | None = None  # default: the dataset's
-    method_config: dict = field(default_factory=dict)
+    method_config: Any = field(default_factory=dict)  # the method's config dataclass, or a mapping of its fields
 
     def __post_init__(self) -> None:
         self.sources = tuple(self.sources or ())
         check_range(self, "trial", 1)
         check_range(self, "batch_size", 1)
+        if self.image_size is not None:
+            check_range(self, "image_size", 8)
         if not self.target:
             raise ConfigError("ExperimentConfig.target is empty; pass --target BIN.")
         if self.target in self.sources:
@@ -37,34 +39,6 @@ class ExperimentConfig:
                               "target's own source model. Remove it from --sources.")
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"--sources lists a bin twice: {list(self.sources)}.")
-
-
-@dataclass
-class ExperimentOptions:
-    data_root: str | None = None
-    checkpoint_dir: str | None = None
-    results_dir: str | None = None
-    device: str = "auto"
-    num_workers: int = 0
-    precision: str = "auto"
-    overwrite: bool = False
-    save_model: bool = True
-
-    def __post_init__(self) -> None:
-        check_choice(self, "device", DEVICES)
-        check_range(self, "num_workers", 0)
-
-    def torch_device(self) -> torch.device:
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu or auto.")
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    def resolved_precision(self, device: torch.device) -> str:
-        if self.precision in ("auto", None):
-            return "16-mixed" if device.type == "cuda" else "32"
-        return {"32-true": "32", "16": "16-mixed", "bf16": "bf16-mixed"}.get(self.precision, self.precision)
-
-    def results_path(self) -> Path:
-        return Path(self.results_dir).resolve() if self.results_dir else RESULTS_DIR
+        self.dataset = get_dataset(self.dataset).name
+        self.model = resolve_model(self.model).name
+        self.method = get_method(self.method).name

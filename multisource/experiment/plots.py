@@ -1,4 +1,5 @@
-"""PNG figures written beside each experiment's metrics (matplotlib, headless)."""
+"""PNG figures (matplotlib, headless): per experiment (confusion matrices, training curves) and per sweep
+(accuracy per target and method, accuracy vs cost)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from ..utils.io import atomic_write  # noqa: E402
 
@@ -59,4 +61,59 @@ def plot_training_curves(history: Sequence[dict], path: Path, title: str) -> Pat
     ax.set_ylabel("val accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _count(v: float | None) -> str:
+    return "?" if v is None else str(int(v))
+
+
+def plot_accuracy_per_target(comp: dict, path: Path) -> Path:
+    """Grouped bars: mean test accuracy per target (error bars: std over trials), one colour per method."""
+    targets, rows = comp["targets"], comp["methods"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(targets) + 2), 3.8))
+    width = 0.8 / max(1, len(rows))
+    x = np.arange(len(targets))
+    for i, r in enumerate(rows):
+        means = [_nan(r["per_target_accuracy"].get(t)) for t in targets]
+        stds = [_nan(r["per_target_accuracy_std"].get(t)) for t in targets]
+        stds = [0.0 if np.isnan(s) else s for s in stds]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=r["method"])
+    ax.set_xticks(x, targets, rotation=20 if len(targets) > 5 else 0)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{comp['dataset']} / {comp['model']}: accuracy per target (error bars: std over trials)")
+    ax.legend(fontsize=8, ncol=min(4, len(rows)))
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_cost(comp: dict, path: Path) -> Path:
+    """Mean accuracy over targets against peak memory, resident model memory and total compute, per method.
+
+    On CPU the peak is the process's RSS (interpreter and libraries included); the resident model bytes show
+    what the method itself holds (O(K) for ensemble/fusion, O(1) for GRASP)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = (("peak_memory_bytes", 2**20, "peak memory (MiB)"),
+              ("resident_model_bytes", 2**20, "max resident model memory (MiB)"),
+              ("flops_total_macs", 1e9, "total compute (GMACs)"))
+    for ax, (key, scale, label) in zip(axes, panels):
+        xs = [_nan(r[key]) / scale for r in comp["methods"]]
+        for r in comp["methods"]:
+            x, y = _nan(r[key]) / scale, _nan(r["accuracy_mean"])
+            err = 0.0 if r["accuracy_std"] is None else r["accuracy_std"]
+            ax.errorbar([x], [y], yerr=[err], fmt="o", capsize=3, label=r["method"])
+            if not (np.isnan(x) or np.isnan(y)):
+                ax.annotate(f"{r['method']} ({_count(r['max_models_resident'])} models)", (x, y), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+        if any(np.isfinite(xs)):
+            ax.set_xlim(0, 1.45 * np.nanmax(xs) or 1.0)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (mean over targets)")
+        ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{comp['dataset']} / {comp['model']}: accuracy vs cost")
     return _save(fig, path)

@@ -14,14 +14,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
+from scipy import stats
 
 from ..data.datasets import DATASETS
-from ..methods import METHODS
+from ..methods import METHODS, reference_method
+from ..models.factory import resolve_model
 from ..utils.io import atomic_write, read_json, write_json, write_text
+from .plots import plot_accuracy_per_target, plot_accuracy_vs_cost
 from .runner import METRICS_FILE, SCHEMA_VERSION, is_finished
 
 SUMMARY_SCHEMA_VERSION = 1
-REFERENCE_METHOD = "grasp"
 MIN_PAIRS = 3
 # summary key -> where it lives in metrics.json. Units are in the names: bytes, seconds, MACs.
 METRICS: dict[str, tuple[str, str]] = {
@@ -60,8 +63,6 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
         return out
     out.update(mean=float(xs.mean()), min=float(xs.min()), max=float(xs.max()))
     if n >= 2:
-        from scipy import stats
-
         std = float(xs.std(ddof=1))
         half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
         out.update(std=std, ci95_low=out["mean"] - half, ci95_high=out["mean"] + half)
@@ -198,8 +199,6 @@ def paired_difference(summary: dict, reference: dict, key: str = "test_accuracy"
     elif d["std"] == 0:
         out["reason"] = "all paired differences are equal (zero variance); the t-test is undefined"
     else:
-        from scipy import stats
-
         res = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs])
         out["t_statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
     return out
@@ -210,7 +209,9 @@ def _int(v: float | None) -> int | None:
 
 
 def comparison(dataset: str, model: str, summaries: dict[str, dict]) -> dict:
-    """One row per method: accuracy, per-target accuracies, cost; and paired differences to GRASP."""
+    """One row per method: accuracy, per-target accuracies, cost; and paired differences to the reference
+    method (the one registered with ``reference=True``)."""
+    reference = reference_method()
     targets = target_order(dataset, {t for s in summaries.values() for t, r in s["targets"].items()
                                      if r["num_trials"]})
     rows = []
@@ -236,29 +237,25 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict]) -> dict:
             "time_s": pooled["time_s"]["mean"],
             "max_models_resident": _int(pooled["max_models_resident"]["max"]),
         })
-    ref = summaries.get(REFERENCE_METHOD)
-    paired = {m: (paired_difference(s, ref) if ref else {"reference": REFERENCE_METHOD, "n_pairs": 0,
-                                                         "p_value": None, "reason": "no GRASP results"})
-              for m, s in summaries.items() if m != REFERENCE_METHOD}
+    ref = summaries.get(reference)
+    paired = {m: (paired_difference(s, ref) if ref else {"reference": reference, "n_pairs": 0,
+                                                         "p_value": None, "reason": f"no {reference} results"})
+              for m, s in summaries.items() if m != reference}
     return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
-            "methods": rows, "paired_vs_grasp": paired,
+            "methods": rows, "reference": reference, "paired_vs_reference": paired,
             "notes": {"accuracy_mean": NOTES["overall.mean_over_targets"],
                       "accuracy_pooled_mean": NOTES["overall.pooled"],
                       "cost": "flops_total_macs, peak_memory_bytes and time_s are means over all experiments; "
                               "max_models_resident and resident_model_bytes (parameters + buffers of the models "
                               "held at once) are maxima. " + NOTES["flops"] + " " + NOTES["memory"],
-                      "paired_vs_grasp": "mean_difference = method - GRASP test accuracy over (target, trial) "
-                                         "pairs found in both."}}
+                      "paired_vs_reference": f"mean_difference = method - {reference} test accuracy over "
+                                             "(target, trial) pairs found in both."}}
 
 
 def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bool = True) -> dict[str, Path]:
     """Rebuild every summary of (dataset, model) from the metrics.json files; returns {name: path}."""
-    from ..models.factory import resolve_model
-    from .report_plots import plot_accuracy_per_target, plot_accuracy_vs_cost
-    from .runner import resolve_dataset_name
-
-    dataset, model = resolve_dataset_name(dataset), resolve_model(model).name
+    dataset, model = DATASETS.get(dataset).name, resolve_model(model).name
     results_dir = Path(results_dir)
     found = collect(results_dir, dataset, model)
     if not found:
@@ -284,11 +281,9 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
 
 def comparison_frame(comp: dict):
     """The comparison as a pandas DataFrame of raw numbers (one row per method), as written to the CSV."""
-    import pandas as pd
-
     rows = []
     for r in comp["methods"]:
-        paired = comp["paired_vs_grasp"].get(r["method"], {})
+        paired = comp["paired_vs_reference"].get(r["method"], {})
         rows.append({
             "method": r["method"], "experiments": r["num_experiments"], "failed": r["num_failed"],
             "accuracy_mean": r["accuracy_mean"], "accuracy_std": r["accuracy_std"],
@@ -299,7 +294,7 @@ def comparison_frame(comp: dict):
             "peak_memory_bytes": r["peak_memory_bytes"], "resident_model_bytes": r["resident_model_bytes"],
             "time_s": r["time_s"],
             "max_models_resident": r["max_models_resident"],
-            "diff_vs_grasp": paired.get("mean_difference"), "p_value_vs_grasp": paired.get("p_value"),
+            "diff_vs_reference": paired.get("mean_difference"), "p_value_vs_reference": paired.get("p_value"),
         })
     return pd.DataFrame(rows)
 
@@ -311,11 +306,11 @@ def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
 def comparison_markdown(comp: dict) -> str:
     """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
     head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"], "GMACs total", "MMACs/image",
-            "peak memory MiB", "model memory MiB", "time s", "max models", "Δ acc vs GRASP (p)"]
+            "peak memory MiB", "model memory MiB", "time s", "max models", f"Δ acc vs {comp['reference']} (p)"]
     lines = [f"# {comp['dataset']} / {comp['model']}: method comparison", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in comp["methods"]:
-        p = comp["paired_vs_grasp"].get(r["method"])
+        p = comp["paired_vs_reference"].get(r["method"])
         diff = "reference" if p is None else (
             "-" if p.get("mean_difference") is None else
             f"{p['mean_difference']:+.4f} ({_fmt(p.get('p_value'), '.3g')})")
@@ -330,7 +325,7 @@ def comparison_markdown(comp: dict) -> str:
     notes = comp["notes"]
     lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials.",
               f"- cost: {notes['cost']}",
-              f"- Δ vs GRASP: {notes['paired_vs_grasp']} p: paired t-test ('-' when fewer than {MIN_PAIRS} pairs "
+              f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} p: paired t-test ('-' when fewer than {MIN_PAIRS} pairs "
               "or the differences do not vary; see comparison.json for the reason)."]
     failed = [r for r in comp["methods"] if r["num_failed"]]
     if failed:

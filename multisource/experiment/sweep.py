@@ -1,9 +1,10 @@
 """Leave-one-bin-out sweeps: every target x trial x method x model, resumable and failure-tolerant.
 
-A sweep is a deterministic list of experiments (model, method, target in bin order, trial). Finished ones
-(a valid metrics.json) are skipped, so an interrupted sweep continues where it stopped; a failing one is
-recorded beside its folder (``trial_<k>.failed.json`` + ``trial_<k>.traceback.txt``) and the others go on.
-Results are read back from the metrics.json files, so every executor gives the same summary.
+A sweep is resolved once into a :class:`SweepPlan`: a deterministic list of experiment plans (model, method,
+target in bin order, trial), with the dataset opened once and each method's config built once. Finished
+experiments (a valid metrics.json) are skipped, so an interrupted sweep continues where it stopped; a failing
+one is recorded beside its folder (``trial_<k>.failed.json`` + ``trial_<k>.traceback.txt``) and the others go
+on. Results are read back from the metrics.json files, so every executor gives the same summary.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError, check_choice, check_range
+from ..config import ConfigError, build, check_range
 from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
+from ..executors import make_executor
 from ..methods import get_method
-from ..methods.api import make_config
+from ..methods.inputs import make_config
 from ..models.factory import resolve_model
+from ..options import RunOptions
+from ..training.all_bins import train_all_bins
+from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
-from .config import ExperimentConfig, ExperimentOptions
-from .executors import EXECUTORS, Outcome, make_executor
-from .runner import METRICS_FILE, is_finished, output_dir
+from .config import ExperimentConfig
+from .jobs import Outcome, execute, failure_paths
+from .plan import ExperimentPlan, check_checkpoints, plan_experiment
+from .runner import METRICS_FILE, is_finished
+from .summary import write_summaries
 
 log = logging.getLogger(__name__)
 PAPER_METHODS = ("ensemble", "fusion", "grasp", "pearl")
@@ -43,23 +50,24 @@ class SweepError(RuntimeError):
 
 @dataclass
 class SweepConfig:
-    """What a sweep runs. ``method_configs`` maps a method to its hyper-parameters (its config's fields)."""
+    """What a sweep runs. ``method_configs`` maps a method to its config (a built dataclass, or a mapping of
+    its fields); ``source_training`` holds SourceTrainConfig fields for ``--train_missing``. Names are made
+    canonical on construction."""
 
     dataset: str = "drift_digits"
     models: tuple[str, ...] = ("tiny-resnet",)
     methods: tuple[str, ...] = PAPER_METHODS
     targets: tuple[str, ...] = ()  # default: every bin of the dataset
     num_trials: int = 3
-    seed: int = 42  # trial k derives its own seed from this one (the runner does, via trial_seed)
+    seed: int = 42  # trial k derives its own seed from this one
     batch_size: int = 32
     image_size: int | None = None
-    method_configs: dict[str, dict] = field(default_factory=dict)
-    source_training: dict = field(default_factory=dict)  # SourceTrainConfig fields for --train_missing
+    method_configs: dict[str, Any] = field(default_factory=dict)
+    source_training: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        info = get_dataset(self.dataset)
-        self.dataset = info.name
-        self.models = _as_tuple(self.models)
+        self.dataset = get_dataset(self.dataset).name
+        self.models = tuple(resolve_model(m).name for m in _as_tuple(self.models))
         self.methods = tuple(get_method(m).name for m in _as_tuple(self.methods))
         self.targets = _as_tuple(self.targets)
         check_range(self, "num_trials", 1)
@@ -70,55 +78,21 @@ class SweepConfig:
                 raise ConfigError(f"SweepConfig.{name} lists a value twice: {list(values)}.")
         if not self.models or not self.methods:
             raise ConfigError("A sweep needs at least one model and one method (--model, --methods).")
-        for m in self.models:
-            resolve_model(m)  # unknown names fail now, not after hours of other experiments
-        unknown = [t for t in self.targets if t not in info.bins]
+        bins = get_dataset(self.dataset).bins
+        unknown = [t for t in self.targets if t not in bins]
         if unknown:
-            raise ConfigError(f"--targets {unknown} are not bins of {info.name}; its bins are {list(info.bins)}.")
-        if self.source_training:
-            from ..training.source import SourceTrainConfig
-
-            unknown = sorted(set(self.source_training) - {f.name for f in dataclasses.fields(SourceTrainConfig)})
-            if unknown:
-                raise ConfigError(f"Unknown source_training field(s) {unknown}; valid: SourceTrainConfig's fields.")
-        configs = {}
-        for method, values in (self.method_configs or {}).items():
-            spec = get_method(method)
-            values = coerce_numbers(spec.config_cls, dict(values or {}))
-            make_config(spec.name, values)  # unknown fields or bad values fail before any work
-            configs[spec.name] = values
-        self.method_configs = configs
-
-    def method_config(self, method: str) -> dict:
-        return dict(self.method_configs.get(get_method(method).name, {}))
+            raise ConfigError(f"--targets {unknown} are not bins of {self.dataset}; its bins are {list(bins)}.")
+        self.method_configs = {get_method(m).name: v for m, v in (self.method_configs or {}).items()}
 
 
 @dataclass
-class SweepOptions:
-    """How a sweep runs (where the per-experiment 'how' is an ExperimentOptions)."""
+class SweepPlan:
+    """A sweep resolved once: the dataset opened, method configs built, every experiment planned."""
 
-    executor: str = "local"
-    workers: int = 1  # local: >1 runs that many processes; ray: CPUs of a local Ray instance (default: all)
-    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001", ...)
-    ray_cpus_per_task: int = 1
-    train_missing: bool = False
-    summarize: bool = True
-
-    def __post_init__(self) -> None:
-        check_choice(self, "executor", EXECUTORS)
-        check_range(self, "workers", 1)
-        check_range(self, "ray_cpus_per_task", 1)
-
-
-@dataclass(frozen=True)
-class Job:
-    config: ExperimentConfig
-    out_dir: Path
-
-    @property
-    def label(self) -> str:
-        c = self.config
-        return f"{c.model} {c.method} {c.target} trial {c.trial}"
+    config: SweepConfig
+    handle: DatasetHandle
+    method_configs: dict[str, Any]
+    jobs: list[ExperimentPlan]
 
 
 @dataclass
@@ -153,27 +127,15 @@ def _as_tuple(value: Any) -> tuple:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def coerce_numbers(config_cls: type, values: dict) -> dict:
-    """YAML reads ``1e-3`` as a string (it wants ``1.0e-3``); turn such strings into the field's number type."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
-    out = dict(values)
-    for k, v in values.items():
-        if isinstance(v, str) and k in types:
-            for typ in (int, float):
-                if typ.__name__ in types[k]:
-                    try:
-                        out[k] = typ(v)
-                        break
-                    except ValueError:
-                        continue
-    return out
-
-
-def plan_jobs(config: SweepConfig, options: ExperimentOptions, handle: DatasetHandle | None = None) -> list[Job]:
+def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
     """Every experiment of the sweep in a fixed order: model, method, target (bin order), trial."""
-    handle = handle or open_dataset(config.dataset, options.data_root)
+    if opts.checkpoint_dir and len(config.models) > 1:
+        raise ConfigError(f"--checkpoint_dir holds one model's checkpoints, but this sweep runs {list(config.models)};"
+                          " run one model per sweep or use the default checkpoint locations.")
+    handle = open_dataset(config.dataset, opts.data_root)
+    handle.check_bins(*(config.targets or handle.bins))  # present in this build of the dataset
     targets = [b for b in handle.bins if b in config.targets] if config.targets else list(handle.bins)
-    handle.check_bins(*(config.targets or targets))
+    method_configs = {m: make_config(m, config.method_configs.get(m)) for m in config.methods}
     jobs = []
     for model in config.models:
         for method in config.methods:
@@ -182,21 +144,20 @@ def plan_jobs(config: SweepConfig, options: ExperimentOptions, handle: DatasetHa
                 for trial in range(1, config.num_trials + 1):
                     cfg = ExperimentConfig(dataset=config.dataset, model=model, method=method, target=target,
                                            sources=sources, trial=trial, seed=config.seed,
-                                           batch_size=config.batch_size, image_size=config.image_size,
-                                           method_config=config.method_config(method))
-                    jobs.append(Job(cfg, output_dir(cfg, options)))
-    return jobs
+                                           batch_size=config.batch_size, image_size=config.image_size)
+                    jobs.append(plan_experiment(cfg, opts, handle, method_configs[method]))
+    return SweepPlan(config, handle, method_configs, jobs)
 
 
-def config_mismatch(job: Job, image_size: int) -> str | None:
+def config_mismatch(job: ExperimentPlan) -> str | None:
     """Why a finished experiment's recorded config differs from the one asked for (None when it matches)."""
     try:
         rec = read_json(job.out_dir / METRICS_FILE)["config"]
     except (OSError, ValueError, KeyError):
         return None
     c = job.config
-    wanted = {"method_config": dataclasses.asdict(make_config(c.method, c.method_config)), "base_seed": c.seed,
-              "batch_size": c.batch_size, "image_size": c.image_size or image_size, "sources": sorted(c.sources)}
+    wanted = {"method_config": dataclasses.asdict(job.method_config), "base_seed": c.seed,
+              "batch_size": c.batch_size, "image_size": job.image_size, "sources": sorted(job.sources)}
     found = {**{k: rec.get(k) for k in wanted}, "sources": sorted(rec.get("sources") or [])}
     wanted = json.loads(json.dumps(wanted))
     mc_found, mc_wanted = found.pop("method_config") or {}, wanted.pop("method_config")
@@ -206,77 +167,54 @@ def config_mismatch(job: Job, image_size: int) -> str | None:
     return "; ".join(diffs) or None
 
 
-def missing_checkpoints(config: SweepConfig, options: ExperimentOptions, jobs: list[Job]) -> dict[str, list]:
+def missing_checkpoints(plan: SweepPlan, jobs: list[ExperimentPlan]) -> dict[str, list]:
     """Source checkpoints the pending jobs need that do not exist, per model: [(bin, path), ...]."""
-    from ..training.source import RunOptions, SourceTrainConfig, source_checkpoint_path
-
-    ropts = RunOptions(results_dir=options.results_dir, checkpoint_dir=options.checkpoint_dir)
     missing: dict[str, list] = {}
-    for model in config.models:
-        needed = {b for j in jobs if j.config.model == model for b in j.config.sources}
-        for b in sorted(needed, key=list(get_dataset(config.dataset).bins).index):
-            path = source_checkpoint_path(SourceTrainConfig(dataset=config.dataset, bin=b, model_name=model), ropts)
-            if not path.is_file():
-                missing.setdefault(model, []).append((b, path))
+    for model in plan.config.models:
+        needed = {b: p for j in jobs if j.config.model == model for b, p in j.checkpoints.items()}
+        for b in sorted(needed, key=plan.handle.bins.index):
+            if not needed[b].is_file():
+                missing.setdefault(model, []).append((b, needed[b]))
     return missing
 
 
-def train_command(dataset: str, model: str, options: ExperimentOptions, bins: list[str]) -> str:
+def train_command(dataset: str, model: str, opts: RunOptions, bins: list[str]) -> str:
     cmd = f"python baseline_training/train_all_subsets.py --dataset {dataset} --model_name {model}"
     for flag in ("data_root", "results_dir", "checkpoint_dir"):
-        if getattr(options, flag):
-            cmd += f" --{flag} {getattr(options, flag)}"
+        if getattr(opts, flag):
+            cmd += f" --{flag} {getattr(opts, flag)}"
     return cmd + f" --bins {' '.join(bins)}"
 
 
-def ensure_checkpoints(config: SweepConfig, options: ExperimentOptions, train_missing: bool,
-                       jobs: list[Job]) -> list[str]:
-    """Train missing source checkpoints (``train_missing``) or raise listing them and the command to train them."""
-    missing = missing_checkpoints(config, options, jobs)
+def ensure_checkpoints(plan: SweepPlan, opts: RunOptions, jobs: list[ExperimentPlan]) -> list[str]:
+    """Train missing source checkpoints (``--train_missing``) or raise listing them and the command to train them."""
+    missing = missing_checkpoints(plan, jobs)
     if not missing:
         return []
-    if not train_missing:
-        lines = [f"Missing source checkpoints for {config.dataset}:"]
+    dataset = plan.config.dataset
+    if not opts.train_missing:
+        lines = [f"Missing source checkpoints for {dataset}:"]
         for model, items in missing.items():
-            lines += [f"  {resolve_model(model).name} {b}: {p}" for b, p in items]
-            lines.append(f"  train them with: {train_command(config.dataset, model, options, [b for b, _ in items])}")
+            lines += [f"  {model} {b}: {p}" for b, p in items]
+            lines.append(f"  train them with: {train_command(dataset, model, opts, [b for b, _ in items])}")
         lines.append("or re-run this sweep with --train_missing (or pass --checkpoint_dir to existing ones).")
         raise MissingSourceCheckpoints("\n".join(lines))
-    return _train_missing(config, options, missing)
-
-
-def _train_missing(config: SweepConfig, options: ExperimentOptions, missing: dict[str, list]) -> list[str]:
-    from ..training.bins import train_all_bins
-    from ..config import build
-    from ..training.source import PRECISIONS, RunOptions, SourceTrainConfig
-
-    accelerator = {"cuda": "gpu", "cpu": "cpu"}.get(options.device, "auto")
-    ropts = RunOptions(accelerator=accelerator, num_workers=options.num_workers, data_root=options.data_root,
-                       results_dir=options.results_dir, checkpoint_dir=options.checkpoint_dir, progress=False,
-                       precision=options.precision if options.precision in PRECISIONS else "auto")
     trained = []
     for model, items in missing.items():
-        tcfg = build(SourceTrainConfig, {"image_size": config.image_size, "seed": config.seed},
-                     coerce_numbers(SourceTrainConfig, config.source_training),
-                     {"dataset": config.dataset, "model_name": model})
+        tcfg = build(SourceTrainConfig, {"image_size": plan.config.image_size, "seed": plan.config.seed},
+                     plan.config.source_training, {"dataset": dataset, "model_name": model})
         bins = [b for b, _ in items]
         log.info("Training missing source checkpoints for %s: %s", model, bins)
-        results = train_all_bins(tcfg, ropts, bins)
+        results = train_all_bins(tcfg, dataclasses.replace(opts, progress=False), plan.handle, bins)
         failed = {b: r["detail"] for b, r in results.items() if r["status"] == "failed"}
         if failed:
             raise SweepError(f"Training source models failed, so the sweep did not start: {failed}. Fix the "
-                               f"cause and re-run, or train them with: "
-                               f"{train_command(config.dataset, model, options, list(failed))}")
+                             f"cause and re-run, or train them with: {train_command(dataset, model, opts, list(failed))}")
         trained += [f"{model}/{b}" for b in bins]
     return trained
 
 
-def failure_paths(out_dir: Path) -> tuple[Path, Path]:
-    """Where a failed experiment is recorded: beside its (absent) folder, never inside it."""
-    return out_dir.with_name(f"{out_dir.name}.failed.json"), out_dir.with_name(f"{out_dir.name}.traceback.txt")
-
-
-def record_outcome(job: Job, outcome: Outcome) -> None:
+def record_outcome(job: ExperimentPlan, outcome: Outcome) -> None:
     """Write a failure record, or remove a stale one once the experiment has finished."""
     record, tb = failure_paths(job.out_dir)
     if outcome.status != "failed":
@@ -287,7 +225,7 @@ def record_outcome(job: Job, outcome: Outcome) -> None:
     write_json(record, {"status": "failed", "error_type": outcome.error_type, "message": outcome.message,
                         "traceback_file": tb.name, "time_s": outcome.time_s,
                         "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "config": dataclasses.asdict(job.config)})
+                        "config": {**dataclasses.asdict(job.config), "sources": list(job.sources)}})
 
 
 def remove_stale_staging(out_dir: Path) -> None:
@@ -308,10 +246,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def split_finished(jobs: list[Job], overwrite: bool, image_size: int) -> tuple[list[Job], list[Job]]:
+def split_finished(jobs: list[ExperimentPlan], overwrite: bool) -> tuple[list[ExperimentPlan], list[ExperimentPlan]]:
     """(finished, to run). A finished experiment run with other settings is an error, not a silent skip."""
     done = [] if overwrite else [j for j in jobs if is_finished(j.out_dir)]
-    conflicts = [f"  {j.out_dir}: {why}" for j in done if (why := config_mismatch(j, image_size))]
+    conflicts = [f"  {j.out_dir}: {why}" for j in done if (why := config_mismatch(j))]
     if conflicts:
         raise ConfigError("Finished experiments were run with a different configuration than this sweep asks "
                           "for:\n" + "\n".join(conflicts[:20]) + "\nPass --overwrite to re-run them, or use "
@@ -320,70 +258,64 @@ def split_finished(jobs: list[Job], overwrite: bool, image_size: int) -> tuple[l
     return done, [j for j in jobs if id(j) not in done_ids]
 
 
-def run_sweep(config: SweepConfig, options: ExperimentOptions | None = None, sweep: SweepOptions | None = None,
-              progress: Callable[[Job, Outcome, int, int], None] | None = None) -> SweepResult:
-    """Run every experiment of ``config`` that has not finished yet, then write the summaries."""
-    options = options or ExperimentOptions()
-    sweep = sweep or SweepOptions()
-    if options.checkpoint_dir and len(config.models) > 1:
-        raise ConfigError(f"--checkpoint_dir holds one model's checkpoints, but this sweep runs {list(config.models)};"
-                          " run one model per sweep or use the default checkpoint locations.")
-    handle = open_dataset(config.dataset, options.data_root)
-    jobs = plan_jobs(config, options, handle)
-    done, pending = split_finished(jobs, options.overwrite, handle.info.image_size)
-    ensure_checkpoints(config, options, sweep.train_missing, pending)
-    outcomes = {id(j): Outcome.for_config(j.config, "skipped", j.out_dir) for j in done}
+def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
+              progress: Callable[[ExperimentPlan, Outcome, int, int], None] | None = None) -> SweepResult:
+    """Run every experiment of the sweep that has not finished yet, then write the summaries."""
+    opts = opts or RunOptions()
+    plan = config if isinstance(config, SweepPlan) else plan_sweep(config, opts)
+    jobs = plan.jobs
+    done, pending = split_finished(jobs, opts.overwrite)
+    ensure_checkpoints(plan, opts, pending)
+    check_checkpoints(pending)
+    outcomes = {id(j): Outcome.for_plan(j, "skipped") for j in done}
     for j in done:
         record_outcome(j, outcomes[id(j)])
-    log.info("Sweep %s: %d experiments, %d already finished, %d to run (%s executor)", config.dataset, len(jobs),
-             len(done), len(pending), sweep.executor)
+    log.info("Sweep %s: %d experiments, %d already finished, %d to run (%s executor)", plan.config.dataset,
+             len(jobs), len(done), len(pending), opts.executor)
     started = datetime.now(timezone.utc)
     try:
-        if sweep.executor == "local":
+        if opts.executor == "local":
             for j in pending:
                 remove_stale_staging(j.out_dir)
-        with make_executor(sweep.executor, sweep.workers, sweep.ray_address, sweep.ray_cpus_per_task) as ex:
-            for n, outcome in enumerate(ex.run([(i, j.config, options) for i, j in enumerate(pending)]), 1):
-                job = pending[outcome.index]
+        with make_executor(opts) as ex:
+            for n, (i, value) in enumerate(ex.run(execute, [(j, opts) for j in pending]), 1):
+                job = pending[i]
+                outcome = value if isinstance(value, Outcome) else Outcome.died(job, value)
                 record_outcome(job, outcome)
                 outcomes[id(job)] = outcome
                 if progress:
                     progress(job, outcome, n, len(pending))
     finally:
         result = SweepResult([outcomes[id(j)] for j in jobs if id(j) in outcomes])
-        result.logs = write_sweep_logs(config, options, sweep, jobs, outcomes, started)
-    if sweep.summarize:
-        from .summary import write_summaries
-
-        for model in config.models:
-            result.summaries[model] = write_summaries(options.results_path(), config.dataset, model)
+        result.logs = write_sweep_logs(plan, opts, outcomes, started)
+    if opts.summarize:
+        for model in plan.config.models:
+            result.summaries[model] = write_summaries(opts.results_path(), plan.config.dataset, model)
     return result
 
 
-def write_sweep_logs(config: SweepConfig, options: ExperimentOptions, sweep: SweepOptions, jobs: list[Job],
-                     outcomes: dict, started: datetime) -> list[Path]:
-    """One JSON per model under results/<dataset>/<model>/sweeps/: what was asked for and what happened."""
+def write_sweep_logs(plan: SweepPlan, opts: RunOptions, outcomes: dict, started: datetime) -> list[Path]:
+    """One JSON per model under results/<dataset>/<model>/sweeps/: the resolved settings and what happened."""
     stamp = started.strftime("%Y%m%d-%H%M%S")
     paths = []
-    for model in config.models:
-        name = resolve_model(model).name
-        mine = [j for j in jobs if j.config.model == model]
+    for model in plan.config.models:
+        mine = [j for j in plan.jobs if j.config.model == model]
         entries = [{**(dataclasses.asdict(outcomes[id(j)]) if id(j) in outcomes else {"status": "not run"}),
                     "out_dir": str(j.out_dir)} for j in mine]
         for e in entries:
             e.pop("traceback", None)  # kept in the traceback file beside the experiment
         counts = {s: sum(e["status"] == s for e in entries) for s in ("finished", "skipped", "failed", "not run")}
-        path = options.results_path() / config.dataset / name / "sweeps" / f"sweep-{stamp}-{os.getpid()}.json"
+        path = opts.results_path() / plan.config.dataset / model / "sweeps" / f"sweep-{stamp}-{os.getpid()}.json"
         write_json(path, {"started_at": started.isoformat(timespec="seconds"),
                           "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          "counts": counts, "config": dataclasses.asdict(config),
-                          "options": dataclasses.asdict(options), "sweep_options": dataclasses.asdict(sweep),
-                          "experiments": entries})
+                          "counts": counts, "config": dataclasses.asdict(plan.config),
+                          "method_configs": {m: dataclasses.asdict(c) for m, c in plan.method_configs.items()},
+                          "options": dataclasses.asdict(opts), "experiments": entries})
         paths.append(path)
     return paths
 
 
-def describe_plan(jobs: list[Job]) -> str:
+def describe_plan(jobs: list[ExperimentPlan]) -> str:
     """One line per experiment with its state (finished / to run), for --dry_run."""
     lines = []
     for j in jobs:

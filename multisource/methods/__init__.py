@@ -3,6 +3,7 @@
 Each method is a registry entry: a config dataclass plus ``run(config, pool, target, meter) -> MethodResult``.
 """
 
-from .base import METHODS, MethodResult, MethodSpec, SourcePool, TargetData, get_method, list_methods  # noqa: F401
+from .base import (METHODS, MethodResult, MethodSpec, SourcePool, TargetData, get_method, list_methods,  # noqa: F401
+                   reference_method)
 from . import ensemble, fusion, grasp, pearl  # noqa: F401,E402  (registers the methods)
-from .api import run_method, source_pool, target_data  # noqa: F401,E402
+from .inputs import run_method, source_pool, target_data  # noqa: F401,E402

@@ -14,6 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError
+from ..measure.flops import forward_macs
+from ..models.factory import load_checkpoint
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,6 @@ class TargetData:
     def forward_macs(self, model: nn.Module, key: str = "model") -> int:
         """MACs of one image's forward pass through ``model``, counted once per ``key``."""
         if key not in self._macs:
-            from ..measure.flops import forward_macs
-
             self._macs[key] = forward_macs(model, self.image_size, device=self.device)
         return self._macs[key]
 
@@ -73,8 +73,6 @@ class SourcePool:
 
     def load(self, name: str, key: str | None = None) -> nn.Module:
         """A fresh copy of source ``name``'s model on the device, registered under ``key`` (default: the name)."""
-        from ..models.checkpoint import load_checkpoint
-
         key = key or f"source:{name}"
         model, _ = load_checkpoint(self.checkpoints[name], expected_model=self.model_name,
                                    expected_classes=self.classes, image_size=self.image_size, device=self.device)
@@ -140,18 +138,28 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method. What is specific to it lives here, so generic code never names its fields:
+    ``source_order(config)`` says how it orders its sources (None: chronological); ``reference`` marks the
+    method every comparison is made against."""
+
     name: str
     config_cls: type
     run: Callable[..., MethodResult]
     description: str = ""
+    source_order: Callable[[Any], str] | None = None
+    reference: bool = False
+
+    def order_of(self, config: Any) -> str:
+        return self.source_order(config) if self.source_order else "chronological"
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
-def register_method(name: str, config_cls: type, description: str = "") -> Callable:
+def register_method(name: str, config_cls: type, description: str = "", *,
+                    source_order: Callable[[Any], str] | None = None, reference: bool = False) -> Callable:
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
-        METHODS.register(name, MethodSpec(name, config_cls, fn, description))
+        METHODS.register(name, MethodSpec(name, config_cls, fn, description, source_order, reference))
         return fn
 
     return deco
@@ -163,6 +171,14 @@ def get_method(name: str) -> MethodSpec:
 
 def list_methods() -> list[str]:
     return METHODS.list()
+
+
+def reference_method() -> str:
+    """The method comparisons are made against (the one registered with ``reference=True``)."""
+    refs = [n for n in METHODS.list() if METHODS.get(n).reference]
+    if len(refs) != 1:
+        raise RuntimeError(f"Exactly one method must be registered with reference=True, found {refs}.")
+    return refs[0]
 
 
 def order_sources(sources: Sequence[str], target: str, all_bins: Sequence[str], order: str = "chronological",

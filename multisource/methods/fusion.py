@@ -15,7 +15,7 @@ from ..config import check_choice, check_range
 from ..training.loop import FinetuneConfig
 from .base import MethodResult, SourcePool, TargetData, register_method
 from .merge import recalibrate_batchnorm, running_mean_
-from .tuning import finetune_on_target
+from .target_finetune import finetune_on_target
 
 
 @dataclass

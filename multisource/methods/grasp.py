@@ -19,7 +19,7 @@ from ..training.loop import FinetuneConfig, autocast, accuracy
 from .base import SOURCE_ORDERS, MethodResult, SourcePool, TargetData, iterate_batches, register_method
 from .merge import (batchnorm_buffers_for, gradient_alignment, parameter_gradients, recalibrate_batchnorm,
                     select_tensors, transfer_tensors)
-from .tuning import finetune_on_target
+from .target_finetune import finetune_on_target
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def transfer_step(current: nn.Module, source: nn.Module, batches: list, cfg: Gra
             "total_elements": sum(p.numel() for p in current.parameters())}
 
 
-@register_method("grasp", GraspConfig, "Sequential gradient-aligned parameter transfer (2 models resident).")
+@register_method("grasp", GraspConfig, "Sequential gradient-aligned parameter transfer (2 models resident).",
+                 source_order=lambda c: c.source_order, reference=True)
 def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     names = pool.names  # already in the requested order (see order_sources)
     history: list[dict] = []

@@ -118,7 +118,7 @@ def _train_adapter(peft_model, adapter: str, bin_name: str, cfg: PearlConfig, ta
 
 @register_method("pearl", PearlConfig, "LoRA adapter per source on a frozen base, composed with learned weights.")
 def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # here, not at the top: PEFT takes seconds and only PEARL uses it
 
     names = pool.names
     with meter.phase("load"):

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..utils.io import atomic_write
+
 CHECKPOINT_FORMAT = "multisource-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -34,8 +36,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, clas
                     dataset: str | None = None, bin_name: str | None = None, config: dict | None = None,
                     metrics: dict | None = None, extra: dict | None = None) -> Path:
     """Write atomically (temp file + rename) so an interrupted run never leaves a truncated checkpoint."""
-    from ..utils.io import atomic_write
-
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -53,7 +53,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, clas
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 
-def _read(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Train it first (baseline_training/"
@@ -69,30 +69,7 @@ def _read(path: str | Path) -> dict[str, Any]:
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """Everything but the weights."""
-    return {k: v for k, v in _read(path).items() if k != "state_dict"}
-
-
-def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
-                    expected_classes: Sequence[str] | None = None, image_size: int | None = None,
-                    device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the checkpoint's architecture and load its weights strictly."""
-    from .factory import create_model, resolve_model
-
-    payload = _read(path)
-    name = payload["model_name"]
-    if expected_model is not None and resolve_model(expected_model).name != resolve_model(name).name:
-        raise CheckpointError(f"Checkpoint {path} holds model '{name}', but '{expected_model}' was asked for; "
-                              "use the checkpoint of the right model (--model / --checkpoint_dir).")
-    classes = list(payload["classes"])
-    if expected_classes is not None and list(expected_classes) != classes:
-        raise CheckpointError(
-            f"Checkpoint {path} was trained for {len(classes)} classes {classes[:5]}..., but the data has "
-            f"{len(expected_classes)} classes {list(expected_classes)[:5]}...; re-train it on this dataset.")
-    size = image_size or payload.get("config", {}).get("image_size")
-    model = create_model(name, num_classes=len(classes), pretrained=False, image_size=size)
-    load_state_dict_strict(model, payload["state_dict"], source=str(path))
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model.to(device), meta
+    return {k: v for k, v in read_checkpoint(path).items() if k != "state_dict"}
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
@@ -117,7 +94,7 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 def load_backbone(model: nn.Module, path: str | Path) -> None:
     """Initialise from pretrained weights: every backbone tensor must match; the head is re-initialised
     only when its shape differs (another class count), which is the one intended mismatch."""
-    state = _read(path)["state_dict"]
+    state = read_checkpoint(path)["state_dict"]
     own = model.state_dict()
     heads = head_prefixes(model)
     keep: dict[str, torch.Tensor] = {}

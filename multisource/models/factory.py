@@ -15,9 +15,12 @@ from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from ..registry import Registry
+from .checkpoint import CheckpointError, load_backbone, load_state_dict_strict, read_checkpoint
 from .registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
+# timm, transformers and huggingface_hub are imported inside the functions that use them: timm alone takes
+# seconds to import, and registered names resolve (and tiny models build) without the other two.
 
 
 class ModelError(ValueError):
@@ -144,8 +147,6 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
             raise ModelError(f"{spec.name} is pretrained on a dataset's upstream pool; run "
                              f"'python baseline_training/pretrain_upstream.py --model_name {spec.name}' "
                              "or use --no-pretrained.")
-        from .checkpoint import load_backbone
-
         model = BACKENDS.get(spec.backend)(spec, num_classes, False, None, image_size)
         load_backbone(model, weights)
         return model
@@ -205,3 +206,24 @@ def download_pretrained(name: str) -> str:
         except Exception as exc:  # try the next file name; report the last error
             last = exc
     raise ModelError(f"Could not download weights for {spec.name} from {hub_id}: {last}")
+
+
+def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
+                    expected_classes: Sequence[str] | None = None, image_size: int | None = None,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the checkpoint's architecture and load its weights strictly."""
+    payload = read_checkpoint(path)
+    name = payload["model_name"]
+    if expected_model is not None and resolve_model(expected_model).name != resolve_model(name).name:
+        raise CheckpointError(f"Checkpoint {path} holds model '{name}', but '{expected_model}' was asked for; "
+                              "use the checkpoint of the right model (--model / --checkpoint_dir).")
+    classes = list(payload["classes"])
+    if expected_classes is not None and list(expected_classes) != classes:
+        raise CheckpointError(
+            f"Checkpoint {path} was trained for {len(classes)} classes {classes[:5]}..., but the data has "
+            f"{len(expected_classes)} classes {list(expected_classes)[:5]}...; re-train it on this dataset.")
+    size = image_size or payload.get("config", {}).get("image_size")
+    model = create_model(name, num_classes=len(classes), pretrained=False, image_size=size)
+    load_state_dict_strict(model, payload["state_dict"], source=str(path))
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.to(device), meta

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..measure.memory import optimizer_state_bytes
 from .optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,6 @@ def finetune(model: nn.Module, train_loader, val_loader, cfg: FinetuneConfig, de
             best_acc, best_epoch, best_state = val_acc, epoch, _cpu_state(model)
     if best_state is not None:
         model.load_state_dict(best_state)
-    from ..measure.memory import optimizer_state_bytes
-
     result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     optimizer.zero_grad(set_to_none=True)
     del optimizer, best_state

@@ -9,9 +9,11 @@ from pathlib import Path
 from ..data.folder import DataError
 from ..data.loaders import DatasetHandle
 from ..models.checkpoint import read_checkpoint_meta, save_checkpoint
-from ..models.factory import create_model, resolve_model
+from ..models.factory import create_model
+from ..options import RunOptions
 from ..utils.io import write_json
-from ..utils.seed import seed_everything
+from ..utils.seed import derive_seed, seed_everything
+from .fit import SourceTrainConfig, fit_classifier
 
 log = logging.getLogger(__name__)
 UPSTREAM = "upstream"
@@ -20,39 +22,40 @@ UPSTREAM_EPOCHS = 15
 UPSTREAM_LR = 3e-3
 
 
-def upstream_checkpoint(handle: DatasetHandle, model_name: str, opts) -> Path:
-    return opts.results_path() / handle.info.name / UPSTREAM / f"{resolve_model(model_name).name}.ckpt"
+def upstream_checkpoint(handle: DatasetHandle, model_name: str, opts: RunOptions) -> Path:
+    return opts.results_path() / handle.info.name / UPSTREAM / f"{model_name}.ckpt"
 
 
-def ensure_upstream(handle: DatasetHandle, cfg, opts, *, force: bool = False, epochs: int = UPSTREAM_EPOCHS) -> Path:
-    """Return the upstream checkpoint for ``cfg.model_name``, pretraining it once if it does not exist."""
-    from .source import fit_classifier
+def ensure_upstream(handle: DatasetHandle, cfg: SourceTrainConfig, opts: RunOptions, *, force: bool = False,
+                    epochs: int = UPSTREAM_EPOCHS) -> Path:
+    """Return the upstream checkpoint for ``cfg.model_name``, pretraining it once if it does not exist.
 
+    Pretraining seeds itself from its own stage seed, so whether it runs or is reused never changes the
+    random numbers a later stage (a source model) draws."""
     path = upstream_checkpoint(handle, cfg.model_name, opts)
     if path.is_file() and not force:
         try:
             read_checkpoint_meta(path)
             return path
-        except Exception:
+        except Exception:  # noqa: BLE001  any unreadable file is re-made, whatever the reason
             log.warning("Upstream checkpoint %s is unreadable; pretraining again.", path)
     if not (handle.root / UPSTREAM / "train").is_dir():
-        raise DataError(f"{resolve_model(cfg.model_name).name} starts from weights pretrained on an upstream pool, "
+        raise DataError(f"{cfg.model_name} starts from weights pretrained on an upstream pool, "
                         f"and dataset {handle.info.name} has none at {handle.root / UPSTREAM}. Pass --weights PATH "
                         "(e.g. results/drift_digits/upstream/<model>.ckpt) or --no-pretrained.")
     up_cfg = replace(cfg, bin=UPSTREAM, max_epochs=epochs, learning_rate=UPSTREAM_LR, head_lr_multiplier=1.0,
                      warmup_epochs=1.0, pretrained=False, weights=None)
-    seed_everything(up_cfg.seed)
+    seed_everything(derive_seed(up_cfg.seed, "upstream", cfg.model_name))
     log.info("Pretraining %s on %s's upstream pool (once; reused by every source model).", cfg.model_name,
              handle.info.name)
     image_size = cfg.image_size or handle.info.image_size
     model = create_model(cfg.model_name, handle.num_classes, pretrained=False, image_size=image_size)
     module, trainer, info = fit_classifier(handle, UPSTREAM, model, up_cfg, opts, path.parent / "logs",
-                                           resolve_model(cfg.model_name).name)
+                                           cfg.model_name)
     if trainer.global_rank == 0:
         metrics = {"val_accuracy": module.best_val_accuracy, "best_epoch": module.best_epoch}
         config = {**asdict(up_cfg), "image_size": image_size}
-        save_checkpoint(path, module.best_model(), model_name=resolve_model(cfg.model_name).name,
-                        classes=handle.classes, dataset=handle.info.name, bin_name=UPSTREAM, config=config,
-                        metrics=metrics)
+        save_checkpoint(path, module.best_model(), model_name=cfg.model_name, classes=handle.classes,
+                        dataset=handle.info.name, bin_name=UPSTREAM, config=config, metrics=metrics)
         write_json(path.with_suffix(".json"), {"status": "complete", **metrics, "config": config, **info})
     return path

@@ -8,6 +8,7 @@ import sys
 from functools import lru_cache
 from importlib import metadata
 
+from .. import __version__
 from ..paths import PROJECT_ROOT
 
 _PACKAGES = ("torch", "torchvision", "lightning", "timm", "transformers", "peft", "numpy", "scikit-learn", "fvcore")
@@ -41,7 +42,6 @@ def package_versions() -> dict[str, str | None]:
 
 
 def environment(device: str | None = None) -> dict:
-    from .. import __version__
 
     env = {
         "python": sys.version.split()[0],

@@ -1,4 +1,4 @@
-"""Calling a method from Python without the scripts.
+"""A method's inputs built from names and paths, and calling a method from Python without the scripts.
 
     target = target_data("drift_digits", "era_5", model="tiny-resnet")
     result = run_method("grasp", {"era_1": "results/.../era_1.ckpt", ...}, target, {"alignment_threshold": 0.3})
@@ -14,6 +14,7 @@ import torch
 
 from ..config import build
 from ..data.loaders import DatasetHandle, open_dataset, split_loader
+from ..measure.meter import Meter
 from ..models.factory import data_config_for
 from .base import MethodResult, SourcePool, TargetData, get_method
 
@@ -31,7 +32,6 @@ def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_r
                 precision: str = "32", seed: int = 0, image_size: int | None = None) -> TargetData:
     """The target bin's loaders (train with train transforms and seeded shuffling; val/test for evaluation)."""
     handle = dataset if isinstance(dataset, DatasetHandle) else open_dataset(dataset, data_root)
-    handle.check_bins(target)
     image_size = image_size or handle.info.image_size
     dcfg = data_config_for(model, image_size, hflip=handle.info.hflip)
 
@@ -54,8 +54,6 @@ def run_method(method: str, pool: SourcePool | Mapping[str, str | Path], target:
                config: Mapping[str, Any] | Any | None = None, meter: Any | None = None, *,
                model: str | None = None) -> MethodResult:
     """Run a registered method on a pool (or a ``{bin: checkpoint}`` mapping plus ``model``)."""
-    from ..measure.meter import Meter
-
     cfg = make_config(method, config)
     meter = meter if meter is not None else Meter(target.device)
     if not isinstance(pool, SourcePool):

@@ -1,0 +1,62 @@
+"""The ``multisource`` console command: one entry point with a subcommand per generic entry script.
+
+    multisource preprocess drift_digits|clear10|clear100|yearbook [flags]
+    multisource train | train-all | pretrain-upstream | download-weights [flags]
+    multisource run | sweep | summarize | demo [flags]
+    multisource generate [--check]
+
+Each subcommand takes exactly the flags of the script it stands for (``multisource sweep --help``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from . import demo, experiment, generated, preprocess, preprocess_real, sweep, train
+
+PREPROCESS: dict[str, Callable[[list[str]], int]] = {
+    "drift_digits": preprocess.drift_digits_main, "clear10": preprocess_real.clear10_main,
+    "clear100": preprocess_real.clear100_main, "yearbook": preprocess_real.yearbook_main,
+}
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (train.train_baseline_main, "train one source model on one bin"),
+    "train-all": (train.train_all_main, "train one source model per bin (complete ones skipped)"),
+    "pretrain-upstream": (train.pretrain_upstream_main, "pretrain a tiny model on the upstream pool"),
+    "download-weights": (train.download_weights_main, "download ImageNet weights (the only network command)"),
+    "run": (experiment.experiment_main, "one experiment (--method M --target T ...)"),
+    "sweep": (sweep.sweep_main, "leave-one-bin-out sweep with summaries"),
+    "summarize": (sweep.summarize_main, "rebuild summaries from metrics.json files"),
+    "demo": (demo.demo_main, "the end-to-end demo on drifting digits"),
+    "generate": (generated.generate_main, "write the wrapper scripts and flag table from the registries"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: multisource COMMAND [flags]   (multisource COMMAND --help for its flags)", "", "commands:",
+             f"  {'preprocess NAME':<18} build a dataset: {', '.join(PREPROCESS)}"]
+    lines += [f"  {name:<18} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "preprocess":
+        if not rest or rest[0] not in PREPROCESS:
+            print(f"error: multisource preprocess needs a dataset: {', '.join(PREPROCESS)}.", file=sys.stderr)
+            return 2
+        sys.argv = [f"multisource preprocess {rest[0]}", *rest[1:]]
+        return PREPROCESS[rest[0]](rest[1:])
+    if command not in COMMANDS:
+        print(f"error: unknown command '{command}'.\n{usage()}", file=sys.stderr)
+        return 2
+    sys.argv = [f"multisource {command}", *rest]  # argparse names the subcommand in its usage line
+    return COMMANDS[command][0](rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Where independent tasks run: in this process, in local worker processes, or as Ray tasks.
+
+One registry and one process-pool helper serve both sweeps (experiments) and source training (bins). An
+executor runs a module-level function over a list of argument tuples and yields ``(index, value)`` as each
+task ends; ``value`` is the function's return value, or the exception when the worker itself died (killed,
+out of memory, a lost node). Functions handle their own errors; a worker death must not stop the others.
+
+Adding an executor: a class with ``__enter__``/``__exit__``/``run`` and one ``EXECUTORS.register`` line.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterator, Sequence
+
+from .options import RunOptions
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+Result = tuple[int, Any]
+
+
+def _set_threads(num_threads: int) -> None:
+    import torch  # in the worker only: the parent may never need torch for this
+
+    torch.set_num_threads(num_threads)
+
+
+def _init_worker(num_threads: int) -> None:
+    from .utils.logs import quiet_dependencies
+
+    quiet_dependencies()
+    os.environ["TQDM_DISABLE"] = "1"  # per-epoch bars from parallel workers would interleave; the caller reports
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _set_threads(num_threads)
+
+
+def _call_with_threads(fn: Callable, num_threads: int, args: tuple) -> Any:
+    _init_worker(num_threads)
+    return fn(*args)
+
+
+class LocalExecutor:
+    """One task after another in this process."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def run(self, fn: Callable, tasks: Sequence[tuple]) -> Iterator[Result]:
+        for i, args in enumerate(tasks):
+            yield i, fn(*args)
+
+
+class ProcessExecutor:
+    """``workers`` spawned processes on this machine, each with its share of the CPU cores for torch."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.workers = options.workers
+        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+
+    def __enter__(self) -> "ProcessExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def run(self, fn: Callable, tasks: Sequence[tuple]) -> Iterator[Result]:
+        if not tasks:
+            return
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)),
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.threads,))
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(tasks)}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        yield futures[fut], fut.result()
+                    except Exception as exc:  # BrokenProcessPool: a worker died (killed, out of memory)
+                        yield futures[fut], exc
+        finally:  # also on Ctrl-C or when the consumer stops: drop what has not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """Tasks on an existing Ray cluster (``--ray_address``) or a local Ray instance (``--workers`` CPUs).
+
+    Every node needs this package installed and the same data, checkpoint and results paths (shared
+    storage). Each task gets ``--ray_cpus_per_task`` CPUs (its torch threads) and one GPU when the cluster has
+    GPUs.
+    """
+
+    def __init__(self, options: RunOptions) -> None:
+        self.address = options.ray_address
+        self.num_cpus = options.workers if options.workers > 1 else None
+        self.cpus_per_task = options.ray_cpus_per_task
+        self._started = False
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    def _connect(self):
+        try:
+            import ray  # only for this executor: Ray is large and most runs never use it
+        except ImportError as exc:
+            raise ImportError("--executor ray needs Ray: pip install 'ray[default]'.") from exc
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, log_to_driver=True)
+            else:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False)
+            self._started = True
+        return ray
+
+    def run(self, fn: Callable, tasks: Sequence[tuple]) -> Iterator[Result]:
+        if not tasks:
+            return
+        ray = self._connect()
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=gpus, max_retries=0)(_call_with_threads)
+        refs = {remote.remote(fn, self.cpus_per_task, tuple(args)): i for i, args in enumerate(tasks)}
+        log.info("Submitted %d Ray tasks (%d CPU, %d GPU each)", len(refs), self.cpus_per_task, gpus)
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    try:
+                        yield refs[ref], ray.get(ref)
+                    except Exception as exc:  # RayTaskError / WorkerCrashedError / node lost
+                        yield refs[ref], exc
+        finally:
+            for ref in pending:  # interrupted: stop what is still queued or running
+                ray.cancel(ref, force=True)
+
+
+EXECUTORS: Registry[Callable[[RunOptions], Any]] = Registry("executor")
+# "local" is sequential in this process for one worker, a process pool for more.
+EXECUTORS.register("local", lambda o: ProcessExecutor(o) if o.workers > 1 else LocalExecutor(o))
+EXECUTORS.register("ray", RayExecutor)
+
+
+def make_executor(options: RunOptions):
+    """The executor ``options.executor`` names, configured by ``options`` (workers, Ray address, ...)."""
+    return EXECUTORS.get(options.executor)(options)

@@ -1,0 +1,86 @@
+"""An experiment resolved once into plain objects that the runner and the executors trust.
+
+Resolving opens the dataset, checks the bins, builds the method's config, orders the sources as the method
+asks, derives the trial's seed and locates every checkpoint and the output folder. Nothing below this
+re-derives any of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..data.loaders import DatasetHandle, open_dataset
+from ..methods import get_method
+from ..methods.base import order_sources
+from ..methods.inputs import make_config
+from ..models.checkpoint import CheckpointError, read_checkpoint_meta
+from ..options import RunOptions
+from ..paths import experiment_dir
+from ..utils.seed import trial_seed
+from .config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    config: ExperimentConfig  # canonical names; ``sources`` as asked (possibly empty: every other bin)
+    method_config: Any  # the method's config dataclass, built once
+    handle: DatasetHandle  # the dataset, opened once
+    sources: tuple[str, ...]  # in the order the method uses them
+    checkpoints: dict[str, Path]  # source bin -> checkpoint, in that order
+    seed: int  # this trial's seed
+    image_size: int
+    out_dir: Path
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return f"{c.model} {c.method} {c.target} trial {c.trial}"
+
+
+def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHandle | None = None,
+                    method_config: Any | None = None) -> ExperimentPlan:
+    """Resolve ``cfg``; ``handle`` and ``method_config`` let a sweep share what it resolved once."""
+    spec = get_method(cfg.method)
+    method_config = method_config if method_config is not None else make_config(spec.name, cfg.method_config)
+    handle = handle or open_dataset(cfg.dataset, opts.data_root)
+    handle.check_bins(cfg.target, *cfg.sources)
+    sources = list(cfg.sources) or [b for b in handle.bins if b != cfg.target]
+    if not sources:
+        raise ConfigError(f"No source bins for target {cfg.target}; pass --sources.")
+    seed = trial_seed(cfg.seed, cfg.trial)
+    sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
+    checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
+    out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial)
+    return ExperimentPlan(cfg, method_config, handle, tuple(sources), checkpoints, seed,
+                          cfg.image_size or handle.info.image_size, out)
+
+
+def check_source_checkpoint(path: Path, bin_name: str, handle: DatasetHandle, model: str) -> None:
+    """A source checkpoint exists and was trained on this dataset, its classes (in order) and this model."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"Missing source checkpoint {path}. Train it with: python baseline_training/train_baseline.py "
+            f"--dataset {handle.info.name} --bin {bin_name} --model_name {model} (or pass --checkpoint_dir).")
+    meta = read_checkpoint_meta(path)
+    if meta.get("dataset") not in (None, handle.info.name):
+        raise CheckpointError(f"Checkpoint {path} was trained on dataset '{meta['dataset']}', not "
+                              f"'{handle.info.name}'; point --checkpoint_dir at this dataset's checkpoints.")
+    if list(meta["classes"]) != handle.classes:
+        raise CheckpointError(f"Checkpoint {path} has {len(meta['classes'])} classes {list(meta['classes'])}, but "
+                              f"{handle.info.name} has {handle.num_classes} classes {handle.classes} (the same "
+                              "classes in the same order are needed); re-train it on this dataset.")
+    if meta["model_name"] != model:
+        raise CheckpointError(f"Checkpoint {path} holds model '{meta['model_name']}', not '{model}'.")
+
+
+def check_checkpoints(plans: list[ExperimentPlan]) -> None:
+    """Every source checkpoint the plans need, each checked once, before any work starts."""
+    seen: set[Path] = set()
+    for plan in plans:
+        for b, path in plan.checkpoints.items():
+            if path not in seen:
+                check_source_checkpoint(path, b, plan.handle, plan.config.model)
+                seen.add(path)
