@@ -60,3 +60,12 @@ def trained_sources(digits_root, tmp_path_factory) -> dict:
         reports[b] = train_source(cfg, opts)
     return {"results_dir": results, "checkpoint_dir": results / "drift_digits" / "baselines" / TINY_MODEL,
             "data_root": digits_root, "model": TINY_MODEL, "bins": list(handle.bins), "reports": reports}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Two xdist workers (``--dist loadgroup``): every test that trains on ``trained_sources`` runs on one worker,
+    so the session's source models are built once, and other tests stay with their module, so module fixtures
+    (built datasets, fake raw trees) are built once too."""
+    for item in items:
+        group = "trained_sources" if "trained_sources" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

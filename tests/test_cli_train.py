@@ -175,13 +175,13 @@ def test_user_errors_exit_2_with_one_line(digits_root, tmp_path, capsys):
     assert train_all_main(["--dataset", "drift_digits", "--bins", "era_1", "era_9", *common]) == 2
     assert "error: Unknown bin(s) ['era_9'] for dataset drift_digits" in capsys.readouterr().err
     assert train_baseline_main(["--era_name", "era_1", "--max_epochs", "0", *common[:4]],
-                               dataset="drift_digits", bin_flags=("--era_name",)) == 2
+                               dataset="drift_digits") == 2
     assert "SourceTrainConfig.max_epochs=0 is out of range" in capsys.readouterr().err
     assert train_all_main(["--dataset", "nope", *common]) == 2
     assert "error: Unknown dataset 'nope'. Available: clear10, clear100, drift_digits, yearbook." in \
         capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # argparse: the bin flag is required
-        train_baseline_main(common, dataset="drift_digits", bin_flags=("--era_name", "--bin"))
+        train_baseline_main(common, dataset="drift_digits")
     assert info.value.code == 2
     assert "--era_name" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -127,16 +125,18 @@ def test_an_unknown_method_lists_the_registered_ones(capsys):
 
 
 @pytest.mark.slow
-def test_a_wrapper_runs_from_its_own_folder(trained_sources, tmp_path):
+def test_a_wrapper_runs_from_its_own_folder(trained_sources, tmp_path, monkeypatch, capsys):
     """The paper's command as written (cd experiments/ensemble && python run_all_...), here as a dry run."""
-    proc = subprocess.run(
-        [sys.executable, "run_all_ensemble_drift_digits.py", "--num_trials", "2", "--model", "tiny-resnet",
-         "--targets", "era_1", "era_2", "--data_root", str(trained_sources["data_root"]), "--checkpoint_dir",
-         str(trained_sources["checkpoint_dir"]), "--results_dir", str(tmp_path), "--dry_run"],
-        cwd=ROOT / "experiments" / "ensemble", capture_output=True, text=True, timeout=240,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "4 experiments" in proc.stdout and "ensemble era_2 trial 2" in proc.stdout and "to run" in proc.stdout
+    monkeypatch.chdir(ROOT / "experiments" / "ensemble")
+    monkeypatch.setattr(sys, "argv", [
+        "run_all_ensemble_drift_digits.py", "--num_trials", "2", "--model", "tiny-resnet", "--targets", "era_1",
+        "era_2", "--data_root", str(trained_sources["data_root"]), "--checkpoint_dir",
+        str(trained_sources["checkpoint_dir"]), "--results_dir", str(tmp_path), "--dry_run"])
+    with pytest.raises(SystemExit) as done:  # in this interpreter (run_grasp_experiment.py has the subprocess test)
+        runpy.run_path("run_all_ensemble_drift_digits.py", run_name="__main__")
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "4 experiments" in out and "ensemble era_2 trial 2" in out and "to run" in out
 
 
 def test_a_sectioned_config_file_is_accepted(tmp_path):

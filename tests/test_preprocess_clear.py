@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -229,19 +227,28 @@ def test_existing_output_needs_overwrite_and_failures_leave_no_half_build(clear1
 
 
 @pytest.mark.slow
-def test_paper_commands_run_on_the_fake_build(clear10, tmp_path):
-    """SPEC 8 for clear10 on the fake build: one baseline, then every bin, then one method's experiment."""
+def test_paper_commands_run_on_the_fake_build(clear10, tmp_path, monkeypatch, capsys):
+    """SPEC 8 for clear10 on the fake build: one baseline, then every bin, then one method's experiment, each
+    script run as written from its folder (in this interpreter: the entry points' own subprocess tests are in
+    test_cli_train.py and test_runner.py)."""
+    import runpy
+    from types import SimpleNamespace
+
     _, out, _ = clear10
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     results = tmp_path / "results"
     common = ["--model_name", "tiny-resnet", "--no-pretrained", "--max_epochs", "1", "--batch_size", "32",
               "--image_size", "64", "--data_root", str(out), "--results_dir", str(results)]
 
-    def run(cwd: str, *args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT / cwd, env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc
+    def run(cwd: str, script: str, *args: str) -> SimpleNamespace:
+        monkeypatch.chdir(PROJECT_ROOT / cwd)
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(script, run_name="__main__")
+        captured = capsys.readouterr()
+        assert done.value.code == 0, captured.err[-3000:]
+        return SimpleNamespace(stdout=captured.out)
 
     run("baseline_training/clear10", "train_clear10.py", "--year_name", "year_1-2", *common)
     ckpts = list(results.rglob("year_1-2.ckpt"))

@@ -72,7 +72,7 @@ def test_checkpoint_stores_classes_model_config_and_metrics(trained_sources):
     assert (cfg["bin"], cfg["dataset"], cfg["seed"], cfg["image_size"], cfg["pretrained"]) == (
         "era_2", "drift_digits", 0, 32, True)
     assert cfg["learning_rate"] == 1e-3  # tiny-resnet's recommended rate, resolved
-    assert cfg["head_lr_multiplier"] == 10.0 and cfg["precision"] == "32-true"
+    assert cfg["head_lr_multiplier"] == 10.0 and cfg["precision"] == "32"
     assert cfg["pretrained_from"] == str(upstream)  # every source starts from the shared upstream weights
     assert meta["metrics"] == {"val_accuracy": report["val_accuracy"], "best_epoch": report["best_epoch"],
                                "test_accuracy": report["test_accuracy"]}

@@ -6,6 +6,8 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from ..config import ConfigError
+from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
 from ..models.checkpoint import read_checkpoint_meta, save_checkpoint
 from ..models.factory import create_model, data_config, resolve_model
@@ -54,6 +56,8 @@ def train_source(cfg: SourceTrainConfig, opts: RunOptions | None = None,
 
     ``handle`` is the opened dataset (the caller has checked the bin); without one it is opened here."""
     opts = opts or RunOptions()
+    if not cfg.bin:
+        raise ConfigError(f"No bin given; pass one of {list(get_dataset(cfg.dataset).bins)} (--bin).")
     if handle is None:
         handle = open_dataset(cfg.dataset, opts.data_root)
         handle.check_bins(cfg.bin)
