@@ -7,6 +7,7 @@ Lightning, timm and PEFT takes seconds here, and ``--help`` must print at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Any, Callable
@@ -24,6 +25,17 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from ..models.factory import ModelError
 
     return USER_ERRORS + (DataError, CheckpointError, ModelError)
+
+
+def environment_message(exc: OSError) -> str:
+    """A full disk or a folder that cannot be written, named with the fix."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return f"{what}{where}: free disk space or pass another --results_dir; finished results are kept."
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{what}{where}: the folder is not writable; pass a writable --results_dir (or --output_dir)."
+    return f"{what}{where}."
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -70,4 +82,9 @@ def run_main(main: Callable[[], Any]) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment (a full disk, a read-only folder), not a bug: one line with the fix
+        if "--verbose" in sys.argv:
+            raise
+        print(f"error: {environment_message(exc)}", file=sys.stderr)
+        return 1
     return int(result or 0)

@@ -135,12 +135,17 @@ def summarize_main(argv: list[str] | None = None) -> int:
     def main() -> int:
         from ..experiment.summary import write_summaries
         from ..options import RunOptions
+        from ..utils.io import read_json
 
         root = RunOptions(results_dir=args.results_dir).results_path()
         for model in args.models:
             paths = write_summaries(root, args.dataset, model, plots=args.plots)
             print(paths["comparison_md"].read_text(encoding="utf-8"))
             print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
+            unreadable = [f for name, p in paths.items() if p.suffix == ".json" and name != "comparison_json"
+                          for f in read_json(p).get("failed", []) if f.get("error_type") == "UnreadableResult"]
+            for f in unreadable:  # counted as failed in the summaries; said here too, never hidden
+                print(f"unreadable result (counted as failed): {f['record_file']}", file=sys.stderr)
         return 0
 
     return run_main(main)

@@ -65,4 +65,13 @@ def write_card(root: Path, card: dict[str, Any]) -> Path:
 
 def read_card(root: Path) -> dict[str, Any] | None:
     path = Path(root) / CARD_NAME
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        card = read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid dataset card ({type(exc).__name__}: {str(exc)[:80]}); rebuild the "
+                         "dataset with its preprocessing script (--overwrite) or restore the file.") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"{path} is not a valid dataset card (a JSON object is expected); rebuild the dataset.")
+    return card

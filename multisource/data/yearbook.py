@@ -39,6 +39,7 @@ DECADE_BOUNDARIES = {"before_1950s": 1930, "1950s_1960s": 1960, "1970s_1980s": 1
 DECADE_CLASSES = ("earlier_decade", "later_decade")
 LABELS = ("gender", "decade")
 _YEAR = re.compile(r"^(\d{4})_")
+YEAR_RANGE = (1900, 2100)  # a portrait year outside it is a misnamed file, not a time stamp
 
 
 def period_of(year: int) -> str:
@@ -83,6 +84,12 @@ def locate_yearbook_root(source_dir: Path) -> Path:
     if len(found) > 1:
         raise RawDataError(f"Several Yearbook folders under {source_dir}: {[str(p) for p in found]}; pass the one "
                            "to use with --source_dir.")
+    for p in [source_dir] + sorted(q for q in source_dir.iterdir() if q.is_dir()):
+        present = [g for g in GENDERS if (p / g).is_dir()]
+        if present:  # half a download: say which folder is missing, not that both are
+            missing = [g for g in GENDERS if g not in present]
+            raise RawDataError(f"{p} has {present[0]}/ but no {missing[0]}/ folder; the Yearbook download holds both "
+                               f"M/ and F/: extract {RAW_FOLDER}/ completely (or pass --source_dir to a full copy).")
     raise RawDataError(missing_raw_message(source_dir, f"no M/ and F/ folders in {source_dir}"))
 
 
@@ -100,7 +107,12 @@ def scan(root: Path) -> tuple[list[tuple[Candidate, str, int]], list[dict]]:
                 skipped.append({"path": rel, "reason": "file name does not start with a 4-digit year and '_'",
                                 "bin": None})
                 continue
-            dated.append((Candidate(p, rel), gender, int(m.group(1))))
+            year = int(m.group(1))
+            if not YEAR_RANGE[0] <= year <= YEAR_RANGE[1]:
+                skipped.append({"path": rel, "reason": f"year {year} is outside {YEAR_RANGE[0]}-{YEAR_RANGE[1]}",
+                                "bin": None})
+                continue
+            dated.append((Candidate(p, rel), gender, year))
     return dated, skipped
 
 

@@ -7,6 +7,7 @@ are the metrics.json files the runner writes, so a summary does not depend on th
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """How one experiment went. ``status``: finished, skipped (already finished) or failed."""
+    """How one experiment went. ``status``: finished, skipped (already finished), failed, or claimed (another
+    sweep was running it; the sweep waits for it and then reports what that run left on disk)."""
 
     status: str
     out_dir: str
@@ -50,8 +52,60 @@ class Outcome:
                             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
+def claim_path(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.claim")
+
+
+def try_claim(out_dir: Path) -> bool:
+    """Claim an experiment for this process (an exclusive file beside its folder), so two sweeps started at
+    once on one results folder never run it twice; a claim left by a dead process on this machine is taken over."""
+    path = claim_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = path.read_text(encoding="utf-8").strip()
+            except OSError:
+                owner = ""
+            if owner and not runner.owner_is_gone(owner):
+                return False
+            path.unlink(missing_ok=True)  # stale (its process died) or half-written: take it over
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(runner.process_tag())
+        return True
+    return False
+
+
+def release_claim(out_dir: Path) -> None:
+    claim_path(out_dir).unlink(missing_ok=True)
+
+
+def claimed_elsewhere(out_dir: Path) -> bool:
+    """Another live process holds the experiment's claim."""
+    path = claim_path(out_dir)
+    try:
+        owner = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return bool(owner) and owner != runner.process_tag() and not runner.owner_is_gone(owner)
+
+
 def execute(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
-    """Run one experiment; its own failure is returned as an Outcome, never raised (Ctrl-C still propagates)."""
+    """Run one experiment; its own failure is returned as an Outcome, never raised (Ctrl-C still propagates).
+
+    An experiment another live process has claimed is not run here: its outcome is ``claimed``."""
+    if not try_claim(plan.out_dir):
+        return Outcome.for_plan(plan, "claimed")
+    try:
+        return _execute_claimed(plan, opts)
+    finally:
+        release_claim(plan.out_dir)
+
+
+def _execute_claimed(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
     t0 = time.perf_counter()
     try:
         report = runner.run_plan(plan, opts)  # looked up at call time, so tests can substitute the runner

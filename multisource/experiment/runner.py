@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +43,10 @@ class ExperimentExists(FileExistsError):
     pass
 
 
+class NonFiniteResult(ValueError):
+    """A method's model produced NaN or infinite outputs: a failure, never a result."""
+
+
 def is_finished(out: Path) -> bool:
     """A finished experiment has a metrics.json that parses and holds test accuracy."""
     try:
@@ -49,6 +54,37 @@ def is_finished(out: Path) -> bool:
         return data.get("status") == "complete" and data.get("test", {}).get("accuracy") is not None
     except (OSError, ValueError):
         return False
+
+
+HOST = socket.gethostname().replace("-", "_")
+
+
+def process_tag() -> str:
+    """``<host>-<pid>``: who owns a staging folder or a claim (hosts differ on a Ray cluster)."""
+    return f"{HOST}-{os.getpid()}"
+
+
+def owner_is_gone(tag: str) -> bool:
+    """The process named by ``tag`` ran on this machine and has ended (unknowable for other hosts: False)."""
+    host, _, pid = tag.rpartition("-")
+    return host == HOST and pid.isdigit() and not pid_alive(int(pid))
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Staging folders left by a killed run on this machine (its process is gone) are removed."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        if owner_is_gone(p.name.split(".partial-", 1)[1]):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None) -> dict[str, Any]:
@@ -65,7 +101,8 @@ def run_plan(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any]:
     if is_finished(out) and not opts.overwrite:
         raise ExperimentExists(f"{out} already holds a finished experiment; pass --overwrite to replace it.")
     device = opts.torch_device()
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    remove_stale_staging(out)  # what a killed run (kill -9, power loss) left beside this experiment
+    staging = out.with_name(f".{out.name}.partial-{process_tag()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     handler = logging.FileHandler(staging / "experiment.log")
@@ -113,6 +150,10 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
         val_logits, val_y = predict(model, target.val, device, target.precision)
         test_logits, test_y = predict(model, target.test, device, target.precision)
     meter.flops.add_forward("inference", macs, len(val_y) + len(test_y))
+    for split, logits in (("val", val_logits), ("test", test_logits)):
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteResult(f"{method} produced non-finite outputs (NaN or inf) on {cfg.target}'s {split} split, "
+                                  "so nothing is recorded; lower the learning rate or check the source checkpoints.")
     val = classification_metrics(val_logits, val_y, handle.classes)
     test = classification_metrics(test_logits, test_y, handle.classes)
     params = count_parameters(model)

@@ -80,7 +80,9 @@ def summary_dir(results_dir: Path, dataset: str, model: str) -> Path:
 
 
 def collect(results_dir: Path, dataset: str, model: str) -> dict[str, dict[str, list]]:
-    """{method: {"finished": [metrics.json, ...], "failed": [failure record, ...]}} from disk."""
+    """{method: {"finished": [metrics.json, ...], "failed": [failure record, ...]}} from disk.
+
+    A trial folder whose metrics.json is unreadable or incomplete is listed as failed (never silently dropped)."""
     base = Path(results_dir) / dataset / model
     found: dict[str, dict[str, list]] = {}
     if not base.is_dir():
@@ -91,6 +93,13 @@ def collect(results_dir: Path, dataset: str, model: str) -> dict[str, dict[str, 
             for run in sorted(tdir.glob("trial_*")):
                 if run.is_dir() and is_finished(run):
                     finished.append(read_json(run / METRICS_FILE))
+                elif run.is_dir():
+                    trial = run.name.removeprefix("trial_")
+                    failed.append({"error_type": "UnreadableResult", "target": tdir.name,
+                                   "message": f"{run / METRICS_FILE} is missing, unreadable or incomplete; re-run "
+                                              "the experiment (the sweep does it) or remove the folder",
+                                   "record_file": str(run / METRICS_FILE),
+                                   "config": {"trial": int(trial) if trial.isdigit() else None}})
                 elif run.name.endswith(".failed.json") and not is_finished(tdir / run.name[:-len(".failed.json")]):
                     failed.append({**_read_or_empty(run), "target": tdir.name, "record_file": str(run)})
         if finished or failed:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +31,7 @@ from ..training.all_bins import train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
 from .config import ExperimentConfig
-from .jobs import Outcome, execute, failure_paths
+from .jobs import Outcome, claimed_elsewhere, execute, failure_paths
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
 from .runner import METRICS_FILE, is_finished
 from .summary import write_summaries
@@ -72,6 +72,8 @@ class SweepConfig:
         self.targets = _as_tuple(self.targets)
         check_range(self, "num_trials", 1)
         check_range(self, "batch_size", 1)
+        if self.image_size is not None:
+            check_range(self, "image_size", 8)
         for name in ("models", "methods", "targets"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -218,32 +220,18 @@ def record_outcome(job: ExperimentPlan, outcome: Outcome) -> None:
     """Write a failure record, or remove a stale one once the experiment has finished."""
     record, tb = failure_paths(job.out_dir)
     if outcome.status != "failed":
-        record.unlink(missing_ok=True)
-        tb.unlink(missing_ok=True)
+        for stale in (record, tb):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only copy of results: the finished experiment counts all the same
+                log.warning("Could not remove the old failure record %s (%s); the experiment has finished.",
+                            stale, exc.strerror or exc)
         return
     write_text(tb, outcome.traceback or "")
     write_json(record, {"status": "failed", "error_type": outcome.error_type, "message": outcome.message,
                         "traceback_file": tb.name, "time_s": outcome.time_s,
                         "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "config": {**dataclasses.asdict(job.config), "sources": list(job.sources)}})
-
-
-def remove_stale_staging(out_dir: Path) -> None:
-    """Staging folders left by a killed run of this machine (its process is gone) are removed."""
-    for p in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def split_finished(jobs: list[ExperimentPlan], overwrite: bool) -> tuple[list[ExperimentPlan], list[ExperimentPlan]]:
@@ -274,17 +262,20 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
              len(jobs), len(done), len(pending), opts.executor)
     started = datetime.now(timezone.utc)
     try:
-        if opts.executor == "local":
-            for j in pending:
-                remove_stale_staging(j.out_dir)
         with make_executor(opts) as ex:
             for n, (i, value) in enumerate(ex.run(execute, [(j, opts) for j in pending]), 1):
                 job = pending[i]
                 outcome = value if isinstance(value, Outcome) else Outcome.died(job, value)
-                record_outcome(job, outcome)
                 outcomes[id(job)] = outcome
-                if progress:
-                    progress(job, outcome, n, len(pending))
+                if outcome.status != "claimed":
+                    record_outcome(job, outcome)
+                    if progress:
+                        progress(job, outcome, n, len(pending))
+        claimed = [j for j in pending if outcomes[id(j)].status == "claimed"]
+        for n, job in enumerate(claimed, len(pending) - len(claimed) + 1):
+            outcomes[id(job)] = outcome = wait_for_other_run(job, opts, started)
+            if progress:
+                progress(job, outcome, n, len(pending))
     finally:
         result = SweepResult([outcomes[id(j)] for j in jobs if id(j) in outcomes])
         result.logs = write_sweep_logs(plan, opts, outcomes, started)
@@ -292,6 +283,28 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
         for model in plan.config.models:
             result.summaries[model] = write_summaries(opts.results_path(), plan.config.dataset, model)
     return result
+
+
+def wait_for_other_run(job: ExperimentPlan, opts: RunOptions, since: datetime, poll_s: float = 1.0) -> Outcome:
+    """Another sweep claimed ``job``: wait until it lets go, then report what it left (finished, or failed
+    after ``since``), or run the experiment here if that process died without a result."""
+    while True:
+        while claimed_elsewhere(job.out_dir):
+            time.sleep(poll_s)
+        if is_finished(job.out_dir):
+            return Outcome.for_plan(job, "skipped")
+        record = failure_paths(job.out_dir)[0]
+        try:
+            failure = read_json(record)
+            if datetime.fromisoformat(failure["failed_at"]) >= since.replace(microsecond=0):
+                return Outcome.for_plan(job, "failed", error_type=failure.get("error_type"),
+                                        message=f"(in another sweep) {failure.get('message')}")
+        except (OSError, ValueError, KeyError):
+            pass
+        outcome = execute(job, opts)
+        if outcome.status != "claimed":
+            record_outcome(job, outcome)
+            return outcome
 
 
 def write_sweep_logs(plan: SweepPlan, opts: RunOptions, outcomes: dict, started: datetime) -> list[Path]:

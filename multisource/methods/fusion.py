@@ -30,6 +30,7 @@ class FusionConfig:
         check_choice(self, "mode", ("params", "logits"))
         check_range(self, "finetune_epochs", 0)
         check_range(self, "learning_rate", 0)
+        check_range(self, "weight_decay", 0)
 
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(epochs=self.finetune_epochs, learning_rate=self.learning_rate,

@@ -40,6 +40,7 @@ class PearlConfig:
         check_range(self, "composition_epochs", 0)
         check_range(self, "learning_rate", 0)
         check_range(self, "composition_lr", 0)
+        check_range(self, "weight_decay", 0)
         check_choice(self, "adapter_data", ("source", "target"))
 
 

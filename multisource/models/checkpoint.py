@@ -58,10 +58,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Train it first (baseline_training/"
                               "train_all_subsets.py) or pass the right --checkpoint_dir.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes; an interrupted copy?); delete it and re-train.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file: say which
-        raise CheckpointError(f"Cannot read checkpoint {path} ({exc}); delete it and re-train.") from exc
+    except Exception as exc:  # noqa: BLE001  corrupt or foreign file, whatever torch raises: say which, in one line
+        # torch's message suggests weights_only=False, which would run arbitrary code from the file: not repeated.
+        raise CheckpointError(f"Cannot read checkpoint {path}: not a readable PyTorch checkpoint "
+                              f"({type(exc).__name__}); delete it and re-train.") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a multisource checkpoint (no '{CHECKPOINT_FORMAT}' header).")
     return payload
@@ -72,7 +76,16 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return {k: v for k, v in read_checkpoint(path).items() if k != "state_dict"}
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Weights with NaN or infinite values come from a diverged run: refuse them, never compute with them."""
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. "
+                              f"{bad[:3]}; it comes from a diverged run: re-train it (with a lower --learning_rate).")
+
+
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    check_finite(state, source)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -8,6 +8,7 @@ CUDA, and the best-validation epoch kept.
 from __future__ import annotations
 
 import copy
+import math
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ from ..measure.memory import optimizer_state_bytes
 from .optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite: the run is refused, never recorded as a result."""
+
 
 
 @dataclass
@@ -129,9 +135,13 @@ def finetune(model: nn.Module, train_loader, val_loader, cfg: FinetuneConfig, de
             total = total + loss.detach() * len(y)  # stays on the device: no synchronisation per step
             n += len(y)
         result.train_images += n
+        epoch_loss = float(total) / max(1, n)  # one synchronisation per epoch
+        if not math.isfinite(epoch_loss):
+            raise TrainingDiverged(f"Training diverged at epoch {epoch} of {desc} (loss {epoch_loss}); lower "
+                                   "--learning_rate (or check the inputs for NaN).")
         val_acc = accuracy(model, val_loader, device, precision)
         result.val_images += len(val_loader.dataset)
-        result.history.append({"epoch": epoch, "val_accuracy": val_acc, "train_loss": float(total) / max(1, n)})
+        result.history.append({"epoch": epoch, "val_accuracy": val_acc, "train_loss": epoch_loss})
         if on_epoch_end:
             on_epoch_end(epoch, val_acc)
         if val_acc > best_acc:

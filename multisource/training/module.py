@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from .loop import TrainingDiverged
 from .optim import param_groups, warmup_cosine
 
 
@@ -26,6 +27,7 @@ class ClassifierModule(L.LightningModule):
         self.best_state: dict[str, torch.Tensor] | None = None
         self._val_correct = 0
         self._val_total = 0
+        self._loss_sum: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -35,9 +37,17 @@ class ClassifierModule(L.LightningModule):
         logits = self.model(x)
         loss = self.loss_fn(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
+        detached = loss.detach()
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached  # no sync per step
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train_acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        total, self._loss_sum = self._loss_sum, None
+        if total is not None and not bool(torch.isfinite(total)):
+            raise TrainingDiverged(f"Training diverged at epoch {int(self.current_epoch) + 1} (loss {float(total)}); "
+                                   "lower --learning_rate (or check the inputs for NaN).")
 
     def on_validation_epoch_start(self) -> None:
         self._val_correct, self._val_total = 0, 0
