@@ -62,6 +62,7 @@ def trained_sources(digits_root, tmp_path_factory) -> dict:
             "data_root": digits_root, "model": TINY_MODEL, "bins": list(handle.bins), "reports": reports}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
     """Two xdist workers (``--dist loadgroup``): every test that trains on ``trained_sources`` runs on one worker,
     so the session's source models are built once, and other tests stay with their module, so module fixtures

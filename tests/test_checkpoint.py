@@ -110,7 +110,7 @@ def test_non_checkpoint_files_fail_clearly(tmp_path):
         load_checkpoint(missing)
     text = tmp_path / "notes.ckpt"
     text.write_text("hello")
-    with pytest.raises(CheckpointError, match=f"Cannot read checkpoint {text} .*delete it and re-train"):
+    with pytest.raises(CheckpointError, match=f"Cannot read checkpoint {text}: not a readable PyTorch checkpoint .*delete it and re-train"):
         load_checkpoint(text)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)

@@ -150,7 +150,7 @@ def test_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and RAW_FOLDER in err and "--source_dir" in err and err.count("\n") == 1
     (tmp_path / "raw" / "M").mkdir(parents=True)
-    with pytest.raises(RawDataError, match="no M/ and F/"):
+    with pytest.raises(RawDataError, match="has M/ but no F/ folder"):
         build_yearbook(tmp_path / "raw", tmp_path / "out")
     (tmp_path / "raw" / "F").mkdir()
     with pytest.raises(RawDataError, match="no dated portraits"):

@@ -8,6 +8,8 @@ from multisource.options import RunOptions
 from multisource.experiment.sweep import SweepConfig, run_sweep
 from multisource.utils.io import read_json
 
+pytestmark = pytest.mark.xdist_group("trained_sources")  # one worker builds the shared sources
+
 MODEL = "tiny-resnet"
 CONFIG = dict(dataset="drift_digits", models=(MODEL,), methods=("ensemble",), targets=("era_2", "era_4"),
               num_trials=1, seed=3)

@@ -19,6 +19,8 @@ from multisource.options import RunOptions
 from multisource.experiment.runner import ExperimentExists, run_experiment
 from multisource.models import CheckpointError, load_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.xdist_group("trained_sources")  # one worker builds the shared sources
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FAST_FLAGS = {
     "ensemble": ["--voting", "hard"],

@@ -114,13 +114,12 @@ def test_comparison_paired_test_and_tables(results):
     paths = write_summaries(results, DATASET, MODEL)
     comp = read_json(paths["comparison_json"])
     ens = comp["paired_vs_reference"]["ensemble"]
-    a = [x for t in TARGETS for x in ACC[("ensemble", t)]]
-    g = [x for t in TARGETS for x in ACC[("grasp", t)]]
-    assert ens["n_pairs"] == 6
-    assert ens["mean_difference"] == pytest.approx(np.mean(np.subtract(a, g)))
-    assert ens["p_value"] == pytest.approx(stats.ttest_rel(a, g).pvalue)
-    fus = comp["paired_vs_reference"]["fusion"]
-    assert fus["n_pairs"] == 3 and fus["p_value"] is not None
+    per_target = [np.mean(ACC[("ensemble", t)]) - np.mean(ACC[("grasp", t)]) for t in TARGETS]
+    assert ens["n_targets"] == 2  # targets, not (target, trial) pairs: trials are seeds
+    assert ens["mean_difference"] == pytest.approx(np.mean(per_target))
+    assert ens["p_value"] is None and "at least 3 targets" in ens["over_targets"]["reason"]
+    for t, d in zip(TARGETS, per_target):
+        assert ens["per_target"][t]["mean_difference"] == pytest.approx(d)
     rows = {r["method"]: r for r in comp["methods"]}
     assert rows["ensemble"]["max_models_resident"] == 4 and rows["grasp"]["max_models_resident"] == 2
     assert rows["grasp"]["per_target_accuracy"]["era_4"] == pytest.approx(np.mean(ACC[("grasp", "era_4")]))
@@ -142,10 +141,75 @@ def test_too_few_pairs_give_a_reason_not_a_p_value(tmp_path):
                    fake_report(method, "era_2", 1, acc))
     comp = read_json(write_summaries(tmp_path, DATASET, MODEL, plots=False)["comparison_json"])
     paired = comp["paired_vs_reference"]["ensemble"]
-    assert paired["p_value"] is None and "at least 3" in paired["reason"]
+    assert paired["p_value"] is None and "at least 3" in paired["over_targets"]["reason"]
     assert paired["mean_difference"] == pytest.approx(-0.1)
 
 
 def test_no_results_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run a sweep first"):
         write_summaries(tmp_path, DATASET, MODEL)
+
+
+def _write_with_predictions(root, method, target, trial, labels, preds):
+    import pandas as pd
+
+    acc = float(np.mean(np.asarray(labels) == np.asarray(preds)))
+    run = root / DATASET / MODEL / method / target / f"trial_{trial}"
+    write_json(run / "metrics.json", fake_report(method, target, trial, acc))
+    pd.DataFrame({"index": range(len(labels)), "label": labels, "prediction": preds}).to_csv(
+        run / "test_predictions.csv", index=False)
+
+
+@pytest.mark.parametrize("trials", [2, 6])
+def test_identical_trials_do_not_shrink_the_p_value(tmp_path, trials):
+    """Trials are seeds: repeating the same result in more trials must not make a difference 'more significant'."""
+    rng = np.random.default_rng(0)
+    targets = ["era_1", "era_2", "era_3", "era_4"]
+    for i, t in enumerate(targets):
+        labels = rng.integers(0, 10, 60)
+        ref = np.where(rng.random(60) < 0.8, labels, (labels + 1) % 10)
+        other = np.where(rng.random(60) < 0.7 + 0.05 * i, labels, (labels + 2) % 10)
+        for k in range(1, trials + 1):
+            _write_with_predictions(tmp_path, "grasp", t, k, labels.tolist(), ref.tolist())
+            _write_with_predictions(tmp_path, "ensemble", t, k, labels.tolist(), other.tolist())
+    comp = read_json(write_summaries(tmp_path, DATASET, MODEL, plots=False)["comparison_json"])
+    ens = comp["paired_vs_reference"]["ensemble"]
+    assert ens["n_targets"] == 4 and ens["p_value"] is not None
+    diffs = [ens["per_target"][t]["mean_difference"] for t in targets]
+    assert ens["p_value"] == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue)  # over targets only
+    ci = ens["per_target"]["era_1"]["ci95"]
+    assert ci[0] <= ens["per_target"]["era_1"]["mean_difference"] <= ci[1]
+
+
+def test_p_value_and_intervals_are_the_same_for_2_and_6_identical_trials(tmp_path):
+    results = []
+    for trials in (2, 6):
+        root = tmp_path / str(trials)
+        rng = np.random.default_rng(0)
+        for t in ("era_1", "era_2", "era_3"):
+            labels = rng.integers(0, 10, 50)
+            ref = np.where(rng.random(50) < 0.8, labels, (labels + 1) % 10)
+            other = np.where(rng.random(50) < 0.75, labels, (labels + 2) % 10)
+            for k in range(1, trials + 1):
+                _write_with_predictions(root, "grasp", t, k, labels.tolist(), ref.tolist())
+                _write_with_predictions(root, "ensemble", t, k, labels.tolist(), other.tolist())
+        comp = read_json(write_summaries(root, DATASET, MODEL, plots=False)["comparison_json"])
+        ens = comp["paired_vs_reference"]["ensemble"]
+        results.append((ens["p_value"], ens["p_value_holm"], {t: e["ci95"] for t, e in ens["per_target"].items()}))
+        md = (root / DATASET / MODEL / "summaries" / "comparison.md").read_text()
+        assert "ensemble vs grasp on era_1" in md and "distinguishable" in md
+    (p2, h2, ci2), (p6, h6, ci6) = results
+    assert p2 is not None and p6 == pytest.approx(p2, rel=1e-9) and h6 == pytest.approx(h2, rel=1e-9)
+    assert {t: pytest.approx(v) for t, v in ci2.items()} == ci6
+
+
+def test_two_targets_print_no_p_value(tmp_path):
+    for t in ("era_1", "era_2"):
+        for m, preds in (("grasp", [0, 1, 2, 3]), ("ensemble", [0, 1, 0, 0])):
+            _write_with_predictions(tmp_path, m, t, 1, [0, 1, 2, 3], preds)
+    paths = write_summaries(tmp_path, DATASET, MODEL, plots=False)
+    comp = read_json(paths["comparison_json"])
+    assert comp["paired_vs_reference"]["ensemble"]["p_value"] is None
+    row = [line for line in paths["comparison_md"].read_text().splitlines() if line.startswith("| ensemble |")][0]
+    assert row.rstrip(" |").endswith("(-)")  # the difference is shown, no p-value
+    assert "no p-value (2 target(s)" in paths["comparison_md"].read_text()

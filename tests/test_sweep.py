@@ -16,6 +16,8 @@ from multisource.experiment.sweep import SweepConfig, plan_sweep, run_sweep
 from multisource.utils.io import read_json, write_text
 from multisource.utils.seed import trial_seed
 
+pytestmark = pytest.mark.xdist_group("trained_sources")  # one worker builds the shared sources
+
 MODEL = "tiny-resnet"
 # Cheap experiments: the ensemble needs no training; fusion fine-tunes one epoch.
 CHEAP = {"fusion": {"finetune_epochs": 1}}
@@ -82,7 +84,7 @@ def test_interrupted_sweep_resumes_to_the_same_summary(trained_sources, tmp_path
     assert [e["status"] for e in read_json(logs[0])["experiments"]] == ["finished", "not run"]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = second.parent / f".trial_1.partial-{dead.pid}"  # what a killed run leaves behind
+    stale = second.parent / f".trial_1.partial-{runner.HOST}-{dead.pid}"  # what a killed run leaves behind
     write_text(stale / "metrics.json", '{"status": "compl')
 
     resumed = run_sweep(sweep_config(), opts_b)

@@ -16,11 +16,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from ..data.loaders import DatasetHandle
 from ..measure.meter import Meter
 from ..measure.metrics import classification_metrics
+from ..measure.statistics import RESAMPLES, bootstrap_intervals
 from ..methods import get_method
 from ..methods.inputs import source_pool, target_data
 from ..models.checkpoint import save_checkpoint
@@ -28,8 +30,8 @@ from ..models.factory import count_parameters
 from ..options import RunOptions
 from ..training.loop import predict
 from ..utils.env import environment
-from ..utils.io import read_json, write_json
-from ..utils.seed import seed_everything
+from ..utils.io import atomic_write, read_json, write_json
+from ..utils.seed import derive_seed, seed_everything
 from .config import ExperimentConfig
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
 from .plots import plot_confusion, plot_training_curves
@@ -37,6 +39,7 @@ from .plots import plot_confusion, plot_training_curves
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "test_predictions.csv"  # per test example (in the split's fixed order): label, prediction
 
 
 class ExperimentExists(FileExistsError):
@@ -45,6 +48,19 @@ class ExperimentExists(FileExistsError):
 
 class NonFiniteResult(ValueError):
     """A method's model produced NaN or infinite outputs: a failure, never a result."""
+
+
+def write_predictions(path: Path, labels: torch.Tensor, predictions: torch.Tensor) -> Path:
+    frame = pd.DataFrame({"index": range(len(labels)), "label": labels.numpy(), "prediction": predictions.numpy()})
+    return atomic_write(path, lambda p: frame.to_csv(p, index=False))
+
+
+def read_predictions(out: Path) -> pd.DataFrame | None:
+    """An experiment's per-example test predictions (None for results written before they were saved)."""
+    try:
+        return pd.read_csv(out / PREDICTIONS_FILE)
+    except (OSError, ValueError):
+        return None
 
 
 def is_finished(out: Path) -> bool:
@@ -156,6 +172,10 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
                                   "so nothing is recorded; lower the learning rate or check the source checkpoints.")
     val = classification_metrics(val_logits, val_y, handle.classes)
     test = classification_metrics(test_logits, test_y, handle.classes)
+    test_pred = test_logits.argmax(1)
+    test.update(bootstrap_intervals(test_y.numpy(), test_pred.numpy(), seed=derive_seed(plan.seed, "bootstrap")),
+                ci95_method=f"percentile bootstrap over the {len(test_y)} test examples ({RESAMPLES} resamples)",
+                predictions_file=PREDICTIONS_FILE)
     params = count_parameters(model)
     transferred = sum(s.get("transferred_elements", 0) for s in result.record.get("steps", []))
     report = {
@@ -175,6 +195,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
         "history": result.history,
         "wall_time_s": time.perf_counter() - t0,
     }
+    write_predictions(staging / PREDICTIONS_FILE, test_y, test_pred)
     _write_outputs(staging, report, result, handle, opts)
     pool.release_all()
     del model, result

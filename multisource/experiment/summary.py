@@ -22,10 +22,11 @@ from ..methods import METHODS, reference_method
 from ..models.factory import resolve_model
 from ..utils.io import atomic_write, read_json, write_json, write_text
 from .plots import plot_accuracy_per_target, plot_accuracy_vs_cost
-from .runner import METRICS_FILE, SCHEMA_VERSION, is_finished
+from ..measure.statistics import MIN_TARGETS, holm, paired_bootstrap_difference, paired_test_over_targets
+from ..utils.seed import derive_seed
+from .runner import METRICS_FILE, SCHEMA_VERSION, is_finished, read_predictions
 
 SUMMARY_SCHEMA_VERSION = 1
-MIN_PAIRS = 3
 # summary key -> where it lives in metrics.json. Units are in the names: bytes, seconds, MACs.
 METRICS: dict[str, tuple[str, str]] = {
     "test_accuracy": ("test", "accuracy"),
@@ -92,7 +93,7 @@ def collect(results_dir: Path, dataset: str, model: str) -> dict[str, dict[str, 
         for tdir in sorted(p for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for run in sorted(tdir.glob("trial_*")):
                 if run.is_dir() and is_finished(run):
-                    finished.append(read_json(run / METRICS_FILE))
+                    finished.append({**read_json(run / METRICS_FILE), "_dir": str(run)})  # _dir: not written
                 elif run.is_dir():
                     trial = run.name.removeprefix("trial_")
                     failed.append({"error_type": "UnreadableResult", "target": tdir.name,
@@ -186,38 +187,52 @@ def _distinct(items: list[dict]) -> list[dict]:
     return out
 
 
-def paired_difference(summary: dict, reference: dict, key: str = "test_accuracy") -> dict:
-    """Method minus reference, paired by (target, trial); a paired t-test when there are enough pairs."""
-    pairs = []
+def correctness(found: list[dict]) -> dict[str, np.ndarray]:
+    """target -> (trials x test examples) 0/1 correctness from the saved predictions, trials in order; a target
+    is left out when a trial has no predictions file or the trials disagree on the examples."""
+    by_target: dict[str, list] = {}
+    for r in sorted(found, key=lambda r: (r["target"], r["trial"])):
+        by_target.setdefault(r["target"], []).append(read_predictions(Path(r["_dir"])) if "_dir" in r else None)
+    out = {}
+    for t, frames in by_target.items():
+        if any(f is None for f in frames) or any(not f["label"].equals(frames[0]["label"]) for f in frames):
+            continue
+        out[t] = np.stack([(f["label"] == f["prediction"]).to_numpy(float) for f in frames])
+    return out
+
+
+def paired_vs_reference(method: str, summary: dict, reference: dict, correct: dict, ref_correct: dict) -> dict:
+    """``method`` minus the reference. Per target: test accuracy averaged over each method's trials, with a
+    paired bootstrap interval over the same test examples. Over targets: the mean of the per-target
+    differences and a paired t-test over targets (no p-value below 3 targets)."""
+    per_target = {}
     for t, rec in summary["targets"].items():
         ref = reference["targets"].get(t)
-        if not ref:
+        mine = rec["metrics"]["test_accuracy"]["mean"]
+        theirs = ref["metrics"]["test_accuracy"]["mean"] if ref else None
+        if mine is None or theirs is None:
             continue
-        ref_by_trial = dict(zip(ref["trials"], ref["metrics"][key]["values"]))
-        for trial, v in zip(rec["trials"], rec["metrics"][key]["values"]):
-            if v is not None and ref_by_trial.get(trial) is not None:
-                pairs.append((v, ref_by_trial[trial]))
-    diffs = [a - b for a, b in pairs]
-    d = describe(diffs)
-    out = {"metric": key, "reference": reference["method"], "n_pairs": len(pairs), "mean_difference": d["mean"],
-           "std_difference": d["std"], "t_statistic": None, "p_value": None,
-           "test": "paired t-test, two-sided (scipy.stats.ttest_rel), pairs = same target and trial",
-           "reason": None}
-    if len(pairs) < MIN_PAIRS:
-        out["reason"] = f"{len(pairs)} pair(s); a test needs at least {MIN_PAIRS}"
-    elif d["std"] == 0:
-        out["reason"] = "all paired differences are equal (zero variance); the t-test is undefined"
-    else:
-        res = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs])
-        out["t_statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
-    return out
+        entry = {"mean_difference": mine - theirs, "trials": rec["num_trials"], "reference_trials": ref["num_trials"],
+                 "ci95": None, "distinguishable": None}
+        a, b = correct.get(t), ref_correct.get(t)
+        if a is not None and b is not None and a.shape[1] == b.shape[1]:
+            boot = paired_bootstrap_difference(a, b, seed=derive_seed(0, "paired", method, t))
+            entry.update(ci95=boot["ci95"], distinguishable=boot["distinguishable"], n_examples=boot["n_examples"])
+        else:
+            entry["reason"] = "no per-example predictions for both methods on the same test examples"
+        per_target[t] = entry
+    over = paired_test_over_targets([e["mean_difference"] for e in per_target.values()])
+    return {"metric": "test_accuracy", "reference": reference["method"], "per_target": per_target,
+            "over_targets": over, "mean_difference": over["mean_difference"], "p_value": over["p_value"],
+            "n_targets": over["n_targets"]}
+
 
 
 def _int(v: float | None) -> int | None:
     return None if v is None else int(v)
 
 
-def comparison(dataset: str, model: str, summaries: dict[str, dict]) -> dict:
+def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: dict | None = None) -> dict:
     """One row per method: accuracy, per-target accuracies, cost; and paired differences to the reference
     method (the one registered with ``reference=True``)."""
     reference = reference_method()
@@ -247,9 +262,13 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict]) -> dict:
             "max_models_resident": _int(pooled["max_models_resident"]["max"]),
         })
     ref = summaries.get(reference)
-    paired = {m: (paired_difference(s, ref) if ref else {"reference": reference, "n_pairs": 0,
-                                                         "p_value": None, "reason": f"no {reference} results"})
+    correct = correct or {}
+    paired = {m: (paired_vs_reference(m, s, ref, correct.get(m, {}), correct.get(reference, {})) if ref else
+                  {"reference": reference, "n_targets": 0, "p_value": None, "mean_difference": None,
+                   "per_target": {}, "reason": f"no {reference} results"})
               for m, s in summaries.items() if m != reference}
+    for m, p_holm in holm({m: p.get("p_value") for m, p in paired.items()}).items():
+        paired[m]["p_value_holm"] = p_holm
     return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
             "methods": rows, "reference": reference, "paired_vs_reference": paired,
@@ -258,8 +277,13 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict]) -> dict:
                       "cost": "flops_total_macs, peak_memory_bytes and time_s are means over all experiments; "
                               "max_models_resident and resident_model_bytes (parameters + buffers of the models "
                               "held at once) are maxima. " + NOTES["flops"] + " " + NOTES["memory"],
-                      "paired_vs_reference": f"mean_difference = method - {reference} test accuracy over "
-                                             "(target, trial) pairs found in both."}}
+                      "paired_vs_reference": f"per target: method - {reference} test accuracy, each averaged "
+                                             "over its trials, with a paired bootstrap 95% interval over the same "
+                                             "test examples (distinguishable when it excludes 0); over targets: "
+                                             "the mean of those differences and a paired t-test over targets, "
+                                             "Holm-corrected across methods (p_value_holm); trials are seeds of "
+                                             f"one target, never independent samples; no p-value below "
+                                             f"{MIN_TARGETS} targets."}}
 
 
 def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bool = True) -> dict[str, Path]:
@@ -276,7 +300,8 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
     for method, runs in found.items():
         summaries[method] = method_summary(dataset, model, method, runs["finished"], runs["failed"])
         paths[method] = write_json(out / f"{method}.json", summaries[method])
-    comp = comparison(dataset, model, summaries)
+    correct = {m: correctness(runs["finished"]) for m, runs in found.items()}
+    comp = comparison(dataset, model, summaries, correct)
     if plots and any(r["num_experiments"] for r in comp["methods"]):
         comp["plots"] = {"accuracy_per_target": "accuracy_per_target.png", "accuracy_vs_cost": "accuracy_vs_cost.png"}
         paths["accuracy_per_target"] = plot_accuracy_per_target(comp, out / "accuracy_per_target.png")
@@ -304,8 +329,27 @@ def comparison_frame(comp: dict):
             "time_s": r["time_s"],
             "max_models_resident": r["max_models_resident"],
             "diff_vs_reference": paired.get("mean_difference"), "p_value_vs_reference": paired.get("p_value"),
+            "p_value_holm_vs_reference": paired.get("p_value_holm"), "targets_vs_reference": paired.get("n_targets"),
         })
     return pd.DataFrame(rows)
+
+
+def distinguishability_lines(comp: dict) -> list[str]:
+    """In words: which per-target differences to the reference the test examples can tell apart."""
+    lines = []
+    for method, p in comp["paired_vs_reference"].items():
+        for target, e in (p.get("per_target") or {}).items():
+            if e.get("ci95") is None:
+                verdict = "no interval (predictions missing)"
+            else:
+                lo, hi = e["ci95"]
+                verdict = (f"distinguishable (95% interval [{lo:+.4f}, {hi:+.4f}] excludes 0)" if e["distinguishable"]
+                           else f"not distinguishable (95% interval [{lo:+.4f}, {hi:+.4f}] includes 0)")
+            lines.append(f"  - {method} vs {comp['reference']} on {target}: {e['mean_difference']:+.4f}, {verdict}")
+        over = p.get("over_targets") or {}
+        if over.get("p_value") is None and over.get("reason"):
+            lines.append(f"  - {method} over targets: no p-value ({over['reason']})")
+    return (["- per target, on the same test examples:"] + lines) if lines else []
 
 
 def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
@@ -322,7 +366,7 @@ def comparison_markdown(comp: dict) -> str:
         p = comp["paired_vs_reference"].get(r["method"])
         diff = "reference" if p is None else (
             "-" if p.get("mean_difference") is None else
-            f"{p['mean_difference']:+.4f} ({_fmt(p.get('p_value'), '.3g')})")
+            f"{p['mean_difference']:+.4f} ({_fmt(p.get('p_value_holm'), '.3g')})")
         acc = _fmt(r["accuracy_mean"], ".4f") + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.4f}")
         cells = [r["method"], str(r["num_experiments"]), str(r["num_failed"]), acc,
                  *(_fmt(r["per_target_accuracy"].get(t), ".4f") for t in comp["targets"]),
@@ -334,8 +378,9 @@ def comparison_markdown(comp: dict) -> str:
     notes = comp["notes"]
     lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials.",
               f"- cost: {notes['cost']}",
-              f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} p: paired t-test ('-' when fewer than {MIN_PAIRS} pairs "
-              "or the differences do not vary; see comparison.json for the reason)."]
+              f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} The table's p is the Holm-corrected "
+              f"p-value over targets ('-' below {MIN_TARGETS} targets or when the differences do not vary).",
+              *distinguishability_lines(comp)]
     failed = [r for r in comp["methods"] if r["num_failed"]]
     if failed:
         lines.append("- failed experiments (not scored): " + ", ".join(f"{r['method']} {r['num_failed']}"

@@ -1,0 +1,100 @@
+"""Uncertainty of test-set numbers and paired comparisons (scipy.stats), as pure functions.
+
+* Over test examples: a seeded bootstrap 95% interval of accuracy and macro F1 (``scipy.stats.bootstrap``),
+  and the paired bootstrap of a difference between two methods on the *same* test examples.
+* Over targets: a paired test of per-target differences (each target's mean over trials), Holm-corrected
+  across methods, and no p-value at all below :data:`MIN_TARGETS` targets.
+
+Trials of one target measure seed variance; they are averaged per target and never counted as independent
+samples, so the across-target p-value cannot shrink by adding trials.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+MIN_TARGETS = 3
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Macro F1 over ``labels`` along ``axis`` (vectorised over resamples; a label with no support and no
+    prediction in a resample counts 0, as sklearn's fixed-label macro average does)."""
+    scores = []
+    for c in labels:
+        t, p = y_true == c, y_pred == c
+        tp = np.sum(t & p, axis=axis)
+        denom = np.sum(t, axis=axis) + np.sum(p, axis=axis)
+        scores.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+    return np.mean(scores, axis=0)
+
+
+def _interval(result) -> list[float]:
+    ci = result.confidence_interval
+    return [float(ci.low), float(ci.high)]
+
+
+def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], seed: int,
+                        resamples: int = RESAMPLES) -> dict[str, list[float] | None]:
+    """Percentile bootstrap 95% intervals of accuracy and macro F1 over the test examples."""
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if len(t) < 2:
+        return {"accuracy_ci95": None, "f1_macro_ci95": None}
+    labels = np.unique(np.concatenate([t, p]))
+    rng = np.random.default_rng(seed)
+    correct = (t == p).astype(float)
+    acc = stats.bootstrap((correct,), np.mean, confidence_level=CONFIDENCE, n_resamples=resamples,
+                          method="percentile", random_state=rng, vectorized=True)
+    f1 = stats.bootstrap((t, p), lambda a, b, axis=-1: _macro_f1(a, b, labels, axis), paired=True,
+                         confidence_level=CONFIDENCE, n_resamples=resamples, method="percentile",
+                         random_state=rng, vectorized=True)
+    return {"accuracy_ci95": _interval(acc), "f1_macro_ci95": _interval(f1)}
+
+
+def paired_bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, seed: int,
+                                resamples: int = RESAMPLES) -> dict:
+    """Accuracy of A minus B on the same test examples (rows: trials, averaged; columns: examples), with a
+    paired bootstrap 95% interval that resamples examples jointly for both methods."""
+    a = np.atleast_2d(np.asarray(correct_a, dtype=float)).mean(0)
+    b = np.atleast_2d(np.asarray(correct_b, dtype=float)).mean(0)
+    if a.shape != b.shape:
+        raise ValueError(f"paired comparison needs the same test examples, got {a.shape} and {b.shape}")
+    diff = a - b
+    out = {"mean_difference": float(diff.mean()), "n_examples": int(len(diff)), "ci95": None}
+    if len(diff) >= 2 and np.ptp(diff) > 0:
+        res = stats.bootstrap((diff,), np.mean, confidence_level=CONFIDENCE, n_resamples=resamples,
+                              method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
+        out["ci95"] = _interval(res)
+    elif len(diff) >= 2:
+        out["ci95"] = [float(diff.mean())] * 2  # identical on every example: no sampling spread
+    out["distinguishable"] = bool(out["ci95"] is not None and (out["ci95"][0] > 0 or out["ci95"][1] < 0))
+    return out
+
+
+def paired_test_over_targets(differences: Sequence[float]) -> dict:
+    """A two-sided paired t-test of per-target differences (each a mean over trials); None below 3 targets."""
+    d = np.asarray(list(differences), dtype=float)
+    out = {"test": "paired t-test over targets (scipy.stats.ttest_1samp of per-target mean differences)",
+           "n_targets": int(len(d)), "mean_difference": float(d.mean()) if len(d) else None, "p_value": None}
+    if len(d) < MIN_TARGETS:
+        out["reason"] = (f"{len(d)} target(s): a p-value needs at least {MIN_TARGETS} targets (trials are seeds of "
+                         "one target, not independent samples); see the per-target intervals instead")
+    elif np.ptp(d) == 0:
+        out["reason"] = "the per-target differences are all equal: a t-test is undefined"
+    else:
+        out["p_value"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    return out
+
+
+def holm(p_values: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm-Bonferroni adjusted p-values (None stays None and does not count as a test)."""
+    items = sorted(((p, k) for k, p in p_values.items() if p is not None))
+    m, adjusted, running = len(items), {k: None for k in p_values}, 0.0
+    for i, (p, k) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        adjusted[k] = running
+    return adjusted
