@@ -89,7 +89,11 @@ class ProcessExecutor:
                         yield futures[fut], fut.result()
                     except Exception as exc:  # BrokenProcessPool: a worker died (killed, out of memory)
                         yield futures[fut], exc
-        finally:  # also on Ctrl-C or when the consumer stops: drop what has not started
+        except BaseException:  # Ctrl-C, SIGTERM or the consumer stopped: stop running tasks too, at once
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()  # their staging folders and claims are cleaned up by the next run
+            raise
+        finally:  # drop what has not started
             pool.shutdown(wait=True, cancel_futures=True)
 
 

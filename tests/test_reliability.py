@@ -373,3 +373,23 @@ def test_two_sweeps_started_together_run_each_experiment_once(trained_sources, t
         assert summary["targets"][target]["metrics"]["test_accuracy"] == again["targets"][target]["metrics"][
             "test_accuracy"]
 
+
+
+def test_ctrl_c_with_worker_processes_stops_promptly():
+    """An interrupt while workers run: queued tasks never start and running ones are stopped, not awaited."""
+    code = (
+        "import signal, sys, time\n"
+        "from multisource.executors import ProcessExecutor\n"
+        "from multisource.options import RunOptions\n"
+        "signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))\n"
+        "signal.alarm(8)\n"
+        "t0 = time.perf_counter()\n"
+        "try:\n"
+        "    for _ in ProcessExecutor(RunOptions(workers=2)).run(time.sleep, [(60,)] * 6):\n"
+        "        pass\n"
+        "except KeyboardInterrupt:\n"
+        "    print(f'interrupted after {time.perf_counter() - t0:.1f}s')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert "interrupted after" in proc.stdout, proc.stderr[-2000:]
+    assert float(proc.stdout.split("after ")[1].rstrip("s\n")) < 20  # not the 60 s a running task takes
