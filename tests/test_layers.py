@@ -80,8 +80,8 @@ def test_the_package_has_no_import_circle():
     assert not circles, "\n".join(circles)
 
 
-def test_the_checker_sees_function_level_and_relative_imports():
-    """The checker itself: a function-level relative import of a higher layer is found and ranked upward."""
+def test_the_checker_resolves_relative_imports_and_ranks_layers():
+    """The checker itself: relative imports resolve to package modules, and layers rank as documented."""
     found = imports(PACKAGE / "training" / "source.py")
     assert "multisource.training.upstream" in found and "multisource.options" in found
     assert layer("multisource.experiment.runner") > layer("multisource.training.source") > layer("multisource.options")
