@@ -60,17 +60,17 @@ def _build(name: str, num_classes: int, image_size: int, meta: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def adapter_macs(name: str, image_size: int, adapter_dim: int, meta: bool = True) -> int:
-    """Forward MACs one LoRA adapter adds (PEARL's targets: Conv2d/Linear outside the head, so the class
-    count does not matter); K active adapters add K times this (checked by the cross-check)."""
+def adapter_macs(name: str, num_classes: int, image_size: int, adapter_dim: int, meta: bool = True) -> int:
+    """Forward MACs one LoRA adapter adds (PEARL's targets: every Linear and ungrouped Conv2d, the head
+    included); K active adapters add K times this (checked by the cross-check)."""
     from peft import LoraConfig, get_peft_model
 
     from multisource.measure.flops import forward_macs
     from multisource.methods.pearl import lora_target_modules
 
-    model = _build(name, 2, image_size, meta)
+    model = _build(name, num_classes, image_size, meta)
     base = forward_macs(model, image_size)
-    modules, _ = lora_target_modules(model, adapter_dim)
+    modules, _ = lora_target_modules(model)
     lora = LoraConfig(r=adapter_dim, lora_alpha=adapter_dim, lora_dropout=0.0, target_modules=modules)
     return forward_macs(get_peft_model(model, lora, adapter_name="src"), image_size) - base
 
@@ -86,7 +86,7 @@ def model_costs(name: str, num_classes: int, image_size: int, adapter_dim: int |
     cost = {"macs": forward_macs(model, image_size), "params": sum(p.numel() for p in model.parameters()),
             "float_state_elements": sum(v.numel() for v in model.state_dict().values() if torch.is_floating_point(v))}
     if adapter_dim:
-        cost["adapter_macs"] = adapter_macs(name, image_size, adapter_dim, meta)
+        cost["adapter_macs"] = adapter_macs(name, num_classes, image_size, adapter_dim, meta)
     return cost
 
 
@@ -125,8 +125,12 @@ def project(method: str, K: int, cost: dict, sizes: dict, hp: dict) -> dict[str,
         p = hp["pearl"]
         one, composed = m + cost["adapter_macs"], m + K * cost["adapter_macs"]
         src_train, src_val = sizes.get("source_train", [train] * K), sizes.get("source_val", [val] * K)
-        return {"adapters": sum(3 * one * _trained(n, b) * p["adapter_epochs"] for n in src_train),
-                "adapters_validation": sum(one * n * p["adapter_epochs"] for n in src_val),
+        refine = p.get("adapter_data", "none") != "none"  # the default: SVD-initialised adapters, no training
+        epochs = p["adapter_epochs"] if refine else 0
+        checks = epochs + 1 if refine and p.get("adapter_init", "svd") == "svd" else epochs  # + the SVD start
+        adapters = {"adapters": sum(3 * one * _trained(n, b) * epochs for n in src_train),
+                    "adapters_validation": sum(one * n * checks for n in src_val)} if refine else {}
+        return {**adapters,
                 "compose": 3 * composed * train * p["composition_epochs"],
                 "compose_validation": composed * val * p["composition_epochs"], "inference": composed * (val + test)}
     raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
@@ -185,7 +189,8 @@ def cross_check(data_root: Path, tmp: Path, num_sources: int = 4) -> list[dict]:
     sizes = {"train": count(target, "train"), "val": count(target, "val"), "test": count(target, "test"),
              "source_train": [count(b, "train") for b in sources], "source_val": [count(b, "val") for b in sources]}
     hp = {"batch_size": batch, "grasp": {"initial_epochs": 1, "finetune_epochs": 1, "num_alignment_batches": 1},
-          "fusion": {"finetune_epochs": 1}, "pearl": {"adapter_epochs": 1, "composition_epochs": 1, "adapter_dim": 16}}
+          "fusion": {"finetune_epochs": 1}, "pearl": {"adapter_epochs": 1, "composition_epochs": 1, "adapter_dim": 16,
+                                                                   "adapter_data": "source"}}
     configs = {"ensemble": {}, "fusion": hp["fusion"], "fusion-logits": {"mode": "logits", **hp["fusion"]},
                "grasp": hp["grasp"], "pearl": hp["pearl"]}
     cost = model_costs(model_name, handle.num_classes, 32, 16, meta=False)
@@ -242,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                            "fusion": "3*S*(K-1) merge + E*(3*F*train + F*val) + F*(val+test)",
                            "fusion-logits": "E*(3*K*F*train + K*F*val) + K*F*(val+test)",
                            "grasp": "(E0+(K-1)*E)*(3*F*train + F*val) + (K-1)*(3*F*2*B + 4*P + F*val) + F*(val+test)",
-                           "pearl": "K*Ea*(3*F1*src_train + F1*src_val) + Ec*(3*FK*train + FK*val) + FK*(val+test)",
+                           "pearl": "[adapter_data source: K*Ea*3*F1*src_train + K*(Ea+1)*F1*src_val] + Ec*(3*FK*train + "
+                                    "FK*val) + FK*(val+test) (the SVD initialisation is not counted)",
                            "symbols": "F forward MACs/image; F1 = F + one LoRA adapter; FK = F + K adapters; "
                                       "S float state elements; P parameters; B alignment images; train = images "
                                       "per epoch (a last batch of one is dropped)"}},

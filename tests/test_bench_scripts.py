@@ -18,8 +18,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def run_bench(name: str, out: Path, *extra: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+def run_bench(name: str, out: Path, *extra: str, env: dict | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **(env or {})}
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / f"{name}.py"), "--quick", "--output_dir",
                            str(out), *extra], cwd=out, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -41,13 +41,35 @@ def test_memory_vs_sources(tmp_path, digits_root):
     for r in rows:
         assert {"method", "K", "peak_rss_bytes", "resident_model_bytes", "max_models_resident"} <= set(r)
         assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 0
-        expected = {"grasp": 2, "fusion": 2, "pearl": 1, "ensemble": r["K"], "fusion-logits": r["K"]}[r["method"]]
+        expected = {"grasp": 2, "fusion": 2, "pearl": 2, "ensemble": r["K"], "fusion-logits": r["K"]}[r["method"]]
         assert r["max_models_resident"] == expected, r
     by = {(r["method"], r["K"]): r for r in rows}
     one_model = by[("grasp", 2)]["resident_model_bytes"] // 2
     assert by[("ensemble", 4)]["resident_model_bytes"] == 4 * one_model
     assert by[("grasp", 4)]["resident_model_bytes"] == by[("grasp", 2)]["resident_model_bytes"]
     assert set(report["growth_largest_over_smallest_K"]) == {r["method"] for r in rows}
+
+
+def test_memory_above_the_libraries_is_flat_in_k_for_fusion_and_grasp(tmp_path, digits_root):
+    """Fresh process per (method, K): with 43 MiB sources (resnet18), one model kept alive by mistake (as
+    FUSION's loop variable once did) would add 43 MiB from K=2 to K=6; each phase's peak above the libraries
+    stays put (checked to fail with the leak put back: merge phase +50 MiB)."""
+    report = run_bench("memory_vs_sources", tmp_path, "--data_root", str(digits_root), "--model", "resnet18",
+                       "--image_size", "32", "--K", "2", "6", "--methods", "fusion", "grasp",
+                       # Tensors from malloc's mmap go back to the OS when freed, so RSS counts what is held:
+                       # with glibc's default heap, freed checkpoint buffers left 15-30 MiB of noise per phase.
+                       env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+    by = {(r["method"], r["K"]): r for r in report["rows"]}
+    one_model = by[("grasp", 2)]["resident_model_bytes"] / 2
+    assert one_model > 40 * 2**20
+    for method in ("fusion", "grasp"):
+        # Per phase (the RSS peak is reset at each): the leak showed in FUSION's merge phase (+50 MiB here),
+        # hidden in the overall peak by the fine-tuning phase.
+        rows = {k: by[(method, k)] for k in (2, 6)}
+        for phase in rows[2]["peak_rss_by_phase"]:
+            above = {k: r["peak_rss_by_phase"][phase] - r["baseline_rss_bytes"] for k, r in rows.items()}
+            assert above[6] - above[2] < 0.25 * one_model, (method, phase, above)
+        assert rows[6]["max_models_resident"] == 2
 
 
 def test_throughput(tmp_path, digits_root):

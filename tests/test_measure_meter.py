@@ -64,7 +64,7 @@ def test_fake_experiment_report():
         meter.flops.add_forward("eval", macs, n_eval)
 
     report = meter.report()
-    assert set(report) == {"time", "memory", "flops"}
+    assert set(report) == {"time", "memory", "flops", "budget"}
     json.dumps(report)  # plain JSON types only
     time_d, mem, fl = report["time"], report["memory"], report["flops"]
     assert set(time_d["by_phase"]) == set(mem["by_phase"]) == {"load", "merge", "finetune", "eval"}

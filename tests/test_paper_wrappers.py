@@ -10,9 +10,11 @@ import pytest
 
 from multisource.cli import sweep as sweep_cli
 from multisource.config import ConfigError
+from multisource.experiment.sweep import DEFAULT_METHODS
+from multisource.methods.base import list_methods
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("ensemble", "fusion", "grasp", "pearl")
+METHODS = tuple(list_methods())  # every registered method has its wrappers and README
 DATASETS = ("clear10", "clear100", "yearbook", "drift_digits")
 COMMON = ["--num_trials", "2", "--model", "mobilevit-xxs", "--seed", "7", "--batch_size", "16",
           "--precision", "16-mixed", "--data_root", "/data/x", "--results_dir", "/tmp/r", "--device", "cpu",
@@ -24,8 +26,12 @@ METHOD_FLAGS = {
                "--alignment_threshold", "0.5", "--learning_rate", "1e-4"],
               {"initial_epochs": 2, "finetune_epochs": 4, "num_alignment_batches": 2, "alignment_threshold": 0.5,
                "learning_rate": 1e-4}),
-    "pearl": (["--adapter_dim", "8", "--composition_epochs", "2", "--learning_rate", "1e-4"],
-              {"adapter_dim": 8, "composition_epochs": 2, "learning_rate": 1e-4}),
+    "pearl": (["--adapter_dim", "8", "--composition_epochs", "2", "--learning_rate", "1e-4", "--adapter_init",
+               "zero", "--adapter_data", "source"],
+              {"adapter_dim": 8, "composition_epochs": 2, "learning_rate": 1e-4, "adapter_init": "zero",
+               "adapter_data": "source"}),
+    "target_only": (["--head_lr_multiplier", "5"], {"head_lr_multiplier": 5.0}),
+    "source_finetune": (["--pick", "best-val"], {"pick": "best-val"}),
 }
 
 
@@ -75,7 +81,7 @@ def test_run_all_accepts_every_method_flag_and_applies_shared_ones_to_each():
     all_flags = [f for m in METHODS for f in METHOD_FLAGS[m][0]]
     cfg, sweep = parse(["--dataset", "clear10"] + COMMON + all_flags + ["--executor", "ray", "--ray_address",
                                                                             "auto", "--train_missing"])
-    assert cfg.methods == METHODS
+    assert cfg.methods == DEFAULT_METHODS
     assert cfg.method_configs["ensemble"].voting == "hard"
     assert {m: cfg.method_configs[m].learning_rate for m in ("fusion", "grasp", "pearl")} == dict.fromkeys(
         ("fusion", "grasp", "pearl"), 1e-4)

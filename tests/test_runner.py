@@ -27,9 +27,11 @@ FAST_FLAGS = {
     "fusion": ["--finetune_epochs", "1", "--learning_rate", "1e-3"],
     "grasp": ["--initial_epochs", "1", "--finetune_epochs", "1", "--learning_rate", "1e-3"],
     "pearl": ["--adapter_epochs", "1", "--composition_epochs", "1", "--adapter_dim", "4", "--learning_rate", "1e-3"],
+    "target_only": [],  # matched: GRASP's default 3 + 3 x (K - 1) = 6 epochs for K = 2
+    "source_finetune": ["--finetune_epochs", "1", "--learning_rate", "1e-3", "--pick", "best-val"],
 }
 REQUIRED = {"dataset", "model", "method", "target", "sources", "trial", "seed", "config", "environment", "val", "test",
-            "flops", "memory", "time", "params", "record"}
+            "flops", "memory", "time", "params", "record", "budget", "information_used"}
 
 
 def _opts(trained_sources, results: Path, **kw) -> RunOptions:
@@ -39,7 +41,7 @@ def _opts(trained_sources, results: Path, **kw) -> RunOptions:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ensemble", "fusion", "grasp", "pearl"])
+@pytest.mark.parametrize("method", list(FAST_FLAGS))
 def test_method_script_writes_its_files(trained_sources, tmp_path, method, capsys, monkeypatch):
     """Each method's script; GRASP's as a user runs it (a subprocess from its folder), the others through the
     same entry point in-process (one interpreter start-up with torch is enough to cover the script)."""
@@ -79,16 +81,23 @@ def test_method_script_writes_its_files(trained_sources, tmp_path, method, capsy
     assert m["test"]["accuracy"] > 0.2  # well above chance (0.1) even with one epoch
     assert m["flops"]["total"] > 0 and m["flops"]["forward_per_image"] > 0 and "MAC" in m["flops"]["convention"]
     assert m["memory"]["peak_bytes"] > 0 and m["time"]["total_s"] > 0
-    resident = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 1}[method]
+    resident = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 2, "target_only": 1, "source_finetune": 1}[method]
     assert m["memory"]["max_models_resident"] == resident
+    used = m["information_used"]
+    read = {"target_only": [], "source_finetune": ["era_2", "era_4", m["record"].get("source")]}.get(method, ["era_2", "era_4"])
+    assert used["source_models"] == list(dict.fromkeys(read)) and len(used["loaded_checkpoints"]) == len(set(read))
+    assert used["target_data"] == ([] if method == "ensemble" else ["train", "val"]) and used["source_data"] == []
+    budget = {"ensemble": 0, "fusion": 1, "grasp": 2, "pearl": 1, "target_only": 6, "source_finetune": 1}[method]
+    assert m["budget"]["target_epochs"] == budget and m["config"]["method_config"].get("finetune_epochs") != "matched"
     assert f"test acc {m['test']['accuracy']:.4f}" in stdout
     if method == "grasp":
         assert [s["source"] for s in m["record"]["steps"]] == ["era_4"]
         assert m["params"]["transferred"] == m["record"]["steps"][0]["transferred_elements"]
-    if method == "pearl":
-        assert set(m["record"]["composition_weights"]) == {"era_2", "era_4"}
+    if method == "pearl":  # the base is the source nearest to era_3 (era_2 on the tie), each adapter from SVD
+        assert set(m["record"]["composition_weights"]) == {"era_2", "era_4"} and m["record"]["base"] == "era_2"
+        assert 0 < m["record"]["approximation"]["era_4"]["relative_error"] < 1
         assert (out / "model.pt").is_file()
-    if method in ("fusion", "grasp"):  # the final model loads like a source checkpoint
+    if method in ("fusion", "grasp", "target_only", "source_finetune"):  # loads like a source checkpoint
         model, meta = load_checkpoint(out / "model.ckpt")
         assert meta["classes"] == [str(d) for d in range(10)]
 

@@ -33,6 +33,11 @@ def fake_report(method: str, target: str, trial: int, acc: float) -> dict:
                    "max_models_resident": 4 if method == "ensemble" else 2},
         "flops": {"total": 10**9 * (1 if method == "ensemble" else 5), "forward_per_image": 10**6,
                   "convention": "MACs"},
+        "budget": {"target_epochs": 0 if method == "ensemble" else 3 + trial,
+                   "target_train_images": 0 if method == "ensemble" else 100 * (3 + trial)},
+        "information_used": {"num_source_models": 4, "source_models": ["era_1", "era_3", "era_4", "era_5"],
+                             "pretrained_start": None, "source_data": [],
+                             "target_data": [] if method == "ensemble" else ["train", "val"]},
     }
 
 
@@ -96,6 +101,8 @@ def test_summary_numbers_equal_the_metrics_files(results):
         assert overall["pooled"]["test_accuracy"]["std"] == pytest.approx(np.std(pooled, ddof=1))
         assert summary["configs"][0]["method_config"] == {"learning_rate": 5e-5}
         assert summary["versions"][0]["git_commit"] == "abc"
+        assert summary["information_used"] == (["4 source models"] if method == "ensemble" else
+                                               ["4 source models + target train/val"])
 
 
 def test_failures_are_counted_never_scored(results):
@@ -124,12 +131,16 @@ def test_comparison_paired_test_and_tables(results):
     assert rows["ensemble"]["max_models_resident"] == 4 and rows["grasp"]["max_models_resident"] == 2
     assert rows["grasp"]["per_target_accuracy"]["era_4"] == pytest.approx(np.mean(ACC[("grasp", "era_4")]))
     assert rows["grasp"]["flops_total_macs"] == 5e9
+    assert rows["grasp"]["target_epochs"] == pytest.approx(np.mean([4, 5, 6, 4, 5, 6]))  # 3 + trial, both targets
+    assert rows["ensemble"]["target_epochs"] == 0 and rows["ensemble"]["information_used"] == "4 source models"
     with open(paths["comparison_csv"], newline="") as f:
         table = {r["method"]: r for r in csv.DictReader(f)}
     assert set(table) == {"ensemble", "fusion", "grasp"}
     assert float(table["grasp"]["accuracy_era_2"]) == pytest.approx(0.82)
     md = paths["comparison_md"].read_text()
     assert "| grasp |" in md and "reference" in md and "era_4" in md
+    assert "target epochs" in md and "| 4 source models + target train/val |" in md
+    assert table["grasp"]["information_used"] == "4 source models + target train/val"
     assert comp["reference"] == "grasp" and "Δ acc vs grasp (p)" in md  # the registry's reference method
     for name in ("accuracy_per_target", "accuracy_vs_cost"):
         assert paths[name].read_bytes()[:4] == b"\x89PNG"

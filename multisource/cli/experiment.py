@@ -71,11 +71,14 @@ def experiment_main(argv: list[str] | None = None, *, method: str | None = None)
     def main() -> int:
         # The library is imported here, when work starts (see cli/common.py).
         from ..experiment.runner import run_experiment
-        from ..experiment.settings import cli_layer, read_settings, resolve_experiment
+        from ..experiment.settings import cli_layer, read_settings, resolve_experiment, resolve_method_config
+        from ..methods import reference_method
 
         cli = cli_layer(args, exclude=("config", "verbose", "method"))
-        cfg, opts = resolve_experiment(read_settings(args.config), cli, chosen, set(owners))
-        report = run_experiment(cfg, opts)
+        file = read_settings(args.config)
+        cfg, opts = resolve_experiment(file, cli, chosen, set(owners))
+        # A ``matched`` budget follows the reference method's settings in the same file, as in a sweep.
+        report = run_experiment(cfg, opts, reference_config=resolve_method_config(file, reference_method()))
         t = report["test"]
         print(f"{report['method']} {report['dataset']}/{report['model']} target {report['target']} "
               f"trial {report['trial']}: test acc {t['accuracy']:.4f} (macro F1 {t['f1_macro']:.4f}), "

@@ -14,7 +14,7 @@ from typing import Any
 from ..config import ConfigError
 from ..data.loaders import DatasetHandle, open_dataset
 from ..methods import get_method
-from ..methods.base import order_sources
+from ..methods.base import order_sources, resolve_budget
 from ..methods.inputs import make_config
 from ..models.checkpoint import CheckpointError, read_checkpoint_meta
 from ..options import RunOptions
@@ -41,8 +41,9 @@ class ExperimentPlan:
 
 
 def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHandle | None = None,
-                    method_config: Any | None = None) -> ExperimentPlan:
-    """Resolve ``cfg``; ``handle`` and ``method_config`` let a sweep share what it resolved once."""
+                    method_config: Any | None = None, reference_config: Any | None = None) -> ExperimentPlan:
+    """Resolve ``cfg``; ``handle`` and ``method_config`` let a sweep share what it resolved once.
+    ``reference_config`` is the reference method's config a ``matched`` budget follows (default: its defaults)."""
     spec = get_method(cfg.method)
     method_config = method_config if method_config is not None else make_config(spec.name, cfg.method_config)
     handle = handle or open_dataset(cfg.dataset, opts.data_root)
@@ -51,6 +52,7 @@ def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHand
     if not sources:
         raise ConfigError(f"No source bins for target {cfg.target}; pass --sources.")
     seed = trial_seed(cfg.seed, cfg.trial)
+    method_config = resolve_budget(spec, method_config, len(sources), reference_config)
     sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
     checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
     out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial)

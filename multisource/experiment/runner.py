@@ -50,6 +50,25 @@ class NonFiniteResult(ValueError):
     """A method's model produced NaN or infinite outputs: a failure, never a result."""
 
 
+class TestSplitRead(RuntimeError):
+    """A method iterated the target's test split while adapting: its result would be contaminated."""
+
+
+def information_used(pool, target) -> dict[str, Any]:
+    """What the method read, as observed (not as declared): source checkpoints loaded, the shared start,
+    other bins' data and the target's splits. Raises when the target's test split was among them."""
+    reads = sorted(target.reads)
+    if "target:test" in reads:
+        raise TestSplitRead("The method read the target's test split while adapting, so its result would be "
+                            "contaminated and nothing is recorded; adapt on train and select on val only.")
+    loaded = list(dict.fromkeys(pool.loaded))  # first-load order, each once
+    return {"source_models": loaded, "num_source_models": len(loaded),
+            "loaded_checkpoints": [str(pool.checkpoints[n]) for n in loaded],
+            "pretrained_start": pool.start_loaded,
+            "source_data": sorted({r.split(":")[1] for r in reads if r.startswith("source:")}),
+            "target_data": [r.split(":")[1] for r in reads if r.startswith("target:")]}
+
+
 def write_predictions(path: Path, labels: torch.Tensor, predictions: torch.Tensor) -> Path:
     frame = pd.DataFrame({"index": range(len(labels)), "label": labels.numpy(), "prediction": predictions.numpy()})
     return atomic_write(path, lambda p: frame.to_csv(p, index=False))
@@ -103,10 +122,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None) -> dict[str, Any]:
-    """Resolve, check and run one experiment; returns the metrics.json content."""
+def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None,
+                   reference_config: Any | None = None) -> dict[str, Any]:
+    """Resolve, check and run one experiment; returns the metrics.json content. ``reference_config``: the
+    reference method's config a ``matched`` budget follows (default: its defaults)."""
     opts = opts or RunOptions()
-    plan = plan_experiment(cfg, opts)
+    plan = plan_experiment(cfg, opts, reference_config=reference_config)
     check_checkpoints([plan])
     return run_plan(plan, opts)
 
@@ -159,6 +180,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
              cfg.model, cfg.target, list(plan.sources), cfg.trial, plan.seed, device)
     t0 = time.perf_counter()
     result = get_method(method).run(plan.method_config, pool, target, meter)
+    used = information_used(pool, target)  # before the evaluation below reads val and test
     model = result.model
     macs = target.forward_macs(model, "final")
     meter.set_forward_macs(macs)
@@ -187,6 +209,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
                    "precision_requested": opts.precision},
         "options": {**asdict(opts), "data_root": str(handle.root)},
         "checkpoints": {b: str(p) for b, p in plan.checkpoints.items()},
+        "information_used": used,
         "environment": environment(str(device)),
         "val": val, "test": test,
         **meter.report(),

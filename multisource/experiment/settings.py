@@ -30,7 +30,7 @@ from ..methods import get_method, list_methods
 from ..options import RunOptions
 from ..training.fit import SourceTrainConfig
 from .config import ExperimentConfig
-from .sweep import PAPER_METHODS, SweepConfig
+from .sweep import DEFAULT_METHODS, SweepConfig
 
 SECTIONS: dict[str, type] = {"data": DriftDigitsConfig, "sources": SourceTrainConfig, "sweep": SweepConfig,
                              "run": RunOptions}
@@ -211,11 +211,11 @@ def resolve_experiment(file: Layer | None, cli: Layer, method: str, method_flags
 
 def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, dataset: str | None = None,
                   method_flags: dict[str, list[str]] | None = None) -> tuple[SweepConfig, RunOptions]:
-    """A sweep: which methods (flag > file > the paper's four), each one's config built once; the file's
+    """A sweep: which methods (flag > file > the paper's four and the reference rows), each one's config built once; the file's
     ``sources:`` section is kept for ``--train_missing``."""
     owners = method_flags or {}
     flags = {k for k in cli if k in owners}
-    chosen = [method] if method else (cli.get("methods") or methods_named(file) or list(PAPER_METHODS))
+    chosen = [method] if method else (cli.get("methods") or methods_named(file) or list(DEFAULT_METHODS))
     chosen = [get_method(m).name for m in chosen]
     stray = [k for k in flags if not set(owners[k]) & set(chosen)]
     if stray:

@@ -40,6 +40,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "max_models_resident": ("memory", "max_models_resident"),
     "flops_total_macs": ("flops", "total"),
     "flops_forward_per_image_macs": ("flops", "forward_per_image"),
+    "target_epochs": ("budget", "target_epochs"),
+    "target_train_images": ("budget", "target_train_images"),
+    "source_models_read": ("information_used", "num_source_models"),
 }
 TIMING_KEYS = ("time_s", "peak_memory_bytes")  # vary from run to run on the same inputs
 NOTES = {
@@ -147,6 +150,7 @@ def method_summary(dataset: str, model: str, method: str, finished: list[dict], 
         "targets": per_target,
         "overall": _overall(per_target, finished),
         "flops_convention": next((r["flops"].get("convention") for r in finished if r.get("flops")), None),
+        "information_used": sorted({information_label(r) for r in finished}),
         "configs": _distinct([_config_of(r) for r in finished]),
         "versions": _distinct([_versions_of(r) for r in finished]),
         "failed": [{k: f.get(k) for k in ("target", "error_type", "message", "traceback_file", "record_file")}
@@ -163,6 +167,23 @@ def _overall(per_target: dict, finished: list[dict]) -> dict:
         over_targets[k] = {"mean": d["mean"], "std": d["std"], "n_targets": d["n"]}
     pooled = {k: describe([metric_value(r, k) for r in finished]) for k in METRICS}
     return {"mean_over_targets": over_targets, "pooled": pooled}
+
+
+def information_label(report: dict) -> str:
+    """What an experiment's method read, in words: "4 source models + target train/val"."""
+    used = report.get("information_used")
+    if used is None:
+        return "not recorded"
+    parts = []
+    if used.get("num_source_models"):
+        parts.append(f"{used['num_source_models']} source model{'s' if used['num_source_models'] > 1 else ''}")
+    if used.get("pretrained_start"):
+        parts.append("pretrained start")
+    if used.get("source_data"):
+        parts.append(f"source data ({len(used['source_data'])} bins)")
+    if used.get("target_data"):
+        parts.append("target " + "/".join(used["target_data"]))
+    return " + ".join(parts) or "nothing"
 
 
 def _config_of(r: dict) -> dict:
@@ -260,6 +281,9 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
             "resident_model_bytes": pooled["resident_model_bytes"]["max"],
             "time_s": pooled["time_s"]["mean"],
             "max_models_resident": _int(pooled["max_models_resident"]["max"]),
+            "target_epochs": pooled["target_epochs"]["mean"],
+            "target_train_images": pooled["target_train_images"]["mean"],
+            "information_used": "; ".join(s.get("information_used") or []),
         })
     ref = summaries.get(reference)
     correct = correct or {}
@@ -277,6 +301,9 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
                       "cost": "flops_total_macs, peak_memory_bytes and time_s are means over all experiments; "
                               "max_models_resident and resident_model_bytes (parameters + buffers of the models "
                               "held at once) are maxima. " + NOTES["flops"] + " " + NOTES["memory"],
+                      "budget": "target_epochs and target_train_images: epochs over the target's train split and "
+                                "images trained on, means over experiments (alignment and selection passes are not "
+                                "training); information_used: what the method read, as observed by the runner.",
                       "paired_vs_reference": f"per target: method - {reference} test accuracy, each averaged "
                                              "over its trials, with a paired bootstrap 95% interval over the same "
                                              "test examples (distinguishable when it excludes 0); over targets: "
@@ -328,6 +355,8 @@ def comparison_frame(comp: dict):
             "peak_memory_bytes": r["peak_memory_bytes"], "resident_model_bytes": r["resident_model_bytes"],
             "time_s": r["time_s"],
             "max_models_resident": r["max_models_resident"],
+            "target_epochs": r["target_epochs"], "target_train_images": r["target_train_images"],
+            "information_used": r["information_used"],
             "diff_vs_reference": paired.get("mean_difference"), "p_value_vs_reference": paired.get("p_value"),
             "p_value_holm_vs_reference": paired.get("p_value_holm"), "targets_vs_reference": paired.get("n_targets"),
         })
@@ -359,7 +388,8 @@ def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
 def comparison_markdown(comp: dict) -> str:
     """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
     head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"], "GMACs total", "MMACs/image",
-            "peak memory MiB", "model memory MiB", "time s", "max models", f"Δ acc vs {comp['reference']} (p)"]
+            "peak memory MiB", "model memory MiB", "time s", "max models", "target epochs", "information used",
+            f"Δ acc vs {comp['reference']} (p)"]
     lines = [f"# {comp['dataset']} / {comp['model']}: method comparison", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in comp["methods"]:
@@ -373,11 +403,12 @@ def comparison_markdown(comp: dict) -> str:
                  _fmt(r["flops_total_macs"], ".2f", 1e9), _fmt(r["flops_forward_per_image_macs"], ".2f", 1e6),
                  _fmt(r["peak_memory_bytes"], ".0f", 2**20), _fmt(r["resident_model_bytes"], ".2f", 2**20),
                  _fmt(r["time_s"], ".1f"),
-                 _fmt(r["max_models_resident"], ".0f"), diff]
+                 _fmt(r["max_models_resident"], ".0f"), _fmt(r["target_epochs"], ".0f"), r["information_used"] or "-",
+                 diff]
         lines.append("| " + " | ".join(cells) + " |")
     notes = comp["notes"]
     lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials.",
-              f"- cost: {notes['cost']}",
+              f"- cost: {notes['cost']}", f"- budget: {notes['budget']}",
               f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} The table's p is the Holm-corrected "
               f"p-value over targets ('-' below {MIN_TARGETS} targets or when the differences do not vary).",
               *distinguishability_lines(comp)]

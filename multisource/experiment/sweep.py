@@ -23,7 +23,7 @@ from ..config import ConfigError, build, check_range
 from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
 from ..executors import make_executor
-from ..methods import get_method
+from ..methods import get_method, reference_method
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
 from ..options import RunOptions
@@ -38,6 +38,8 @@ from .summary import write_summaries
 
 log = logging.getLogger(__name__)
 PAPER_METHODS = ("ensemble", "fusion", "grasp", "pearl")
+# A sweep without a method list runs the paper's four and the reference rows every comparison needs.
+DEFAULT_METHODS = PAPER_METHODS + ("target_only", "source_finetune")
 
 
 class MissingSourceCheckpoints(FileNotFoundError):
@@ -56,7 +58,7 @@ class SweepConfig:
 
     dataset: str = "drift_digits"
     models: tuple[str, ...] = ("tiny-resnet",)
-    methods: tuple[str, ...] = PAPER_METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     targets: tuple[str, ...] = ()  # default: every bin of the dataset
     num_trials: int = 3
     seed: int = 42  # trial k derives its own seed from this one
@@ -138,6 +140,8 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
     handle.check_bins(*(config.targets or handle.bins))  # present in this build of the dataset
     targets = [b for b in handle.bins if b in config.targets] if config.targets else list(handle.bins)
     method_configs = {m: make_config(m, config.method_configs.get(m)) for m in config.methods}
+    reference = reference_method()  # a ``matched`` budget follows this sweep's reference config
+    reference_config = method_configs.get(reference) or make_config(reference, config.method_configs.get(reference))
     jobs = []
     for model in config.models:
         for method in config.methods:
@@ -147,7 +151,7 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
                     cfg = ExperimentConfig(dataset=config.dataset, model=model, method=method, target=target,
                                            sources=sources, trial=trial, seed=config.seed,
                                            batch_size=config.batch_size, image_size=config.image_size)
-                    jobs.append(plan_experiment(cfg, opts, handle, method_configs[method]))
+                    jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
     return SweepPlan(config, handle, method_configs, jobs)
 
 

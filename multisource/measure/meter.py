@@ -10,6 +10,7 @@ method knows), under phase names of the method's choosing.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -20,6 +21,22 @@ from .memory import MemoryTracker, ModelResidency
 from .timing import PhaseTimer
 
 
+@dataclass
+class TargetBudget:
+    """How much target training a method did: epochs over the target's train split and images trained on
+    (the budget column of a comparison; alignment or statistics passes without an optimiser step are not counted)."""
+
+    epochs: int = 0
+    train_images: int = 0
+
+    def add(self, epochs: int, train_images: int) -> None:
+        self.epochs += int(epochs)
+        self.train_images += int(train_images)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"target_epochs": self.epochs, "target_train_images": self.train_images}
+
+
 class Meter:
     """Bundles :class:`PhaseTimer`, :class:`MemoryTracker` and :class:`FlopsLedger` for one experiment."""
 
@@ -28,6 +45,7 @@ class Meter:
         self.timer = PhaseTimer(self.device)
         self.memory = MemoryTracker(self.device)
         self.flops = FlopsLedger()
+        self.budget = TargetBudget()
         self._open: str | None = None
 
     @property
@@ -58,4 +76,5 @@ class Meter:
         return macs
 
     def report(self) -> dict[str, Any]:
-        return {"time": self.timer.to_dict(), "memory": self.memory.to_dict(), "flops": self.flops.to_dict()}
+        return {"time": self.timer.to_dict(), "memory": self.memory.to_dict(), "flops": self.flops.to_dict(),
+                "budget": self.budget.to_dict()}

@@ -7,15 +7,16 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import ConfigError
 from ..measure.flops import forward_macs
-from ..models.factory import load_checkpoint
+from ..models.checkpoint import CheckpointError, read_checkpoint_meta
+from ..models.factory import create_model, load_checkpoint
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,30 @@ log = logging.getLogger(__name__)
 SOURCE_ORDERS = ("chronological", "nearest-first", "farthest-first", "random")
 
 
+class ReadLoader:
+    """A data loader that notes in ``reads`` that it was iterated, so a result can say which data its method
+    actually read (and a method that read the target's test split is caught). Everything else is the loader's."""
+
+    def __init__(self, loader: DataLoader, reads: set[str], name: str) -> None:
+        self.loader, self._reads, self._name = loader, reads, name
+
+    def __iter__(self):
+        self._reads.add(self._name)
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, item: str):
+        return getattr(self.loader, item)
+
+
 @dataclass
 class TargetData:
-    """The target bin: adapt on ``train``, select on ``val``, report on ``test`` (eval transforms for both)."""
+    """The target bin: adapt on ``train``, select on ``val``, report on ``test`` (eval transforms for both).
+
+    ``reads`` collects what was iterated ("target:train", "source:era_1:train", ...) when the loaders are
+    :class:`ReadLoader`\ s, as :func:`multisource.methods.inputs.target_data` builds them."""
 
     bin: str
     classes: list[str]
@@ -38,6 +60,9 @@ class TargetData:
     seed: int = 0
     # Loader of another bin's split, (bin, split) -> loader: PEARL trains each adapter on its source's data.
     bin_loader: Callable[[str, str], DataLoader] | None = None
+    # (bin, split, augment) -> the split's dataset (indexable, in its fixed order): GRASP's alignment batches.
+    split_dataset: Callable[[str, str, bool], Dataset] | None = None
+    reads: set[str] = field(default_factory=set)
     _macs: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -49,6 +74,18 @@ class TargetData:
         if key not in self._macs:
             self._macs[key] = forward_macs(model, self.image_size, device=self.device)
         return self._macs[key]
+
+    def batches_at(self, indices: Sequence[Sequence[int]], *, augment: bool = False) -> list:
+        """Batches of the target's train split at the given dataset indices (eval transforms unless ``augment``),
+        so a record of indices is enough to rebuild them."""
+        if self.split_dataset is None:
+            raise ValueError("This TargetData has no split_dataset; build it with methods.inputs.target_data.")
+        self.reads.add("target:train")
+        ds = self.split_dataset(self.bin, "train", augment)
+        return [default_collate([ds[i] for i in batch]) for batch in indices]
+
+    def train_size(self) -> int:
+        return len(self.train.dataset)
 
 
 class SourcePool:
@@ -63,6 +100,8 @@ class SourcePool:
         self.residency = residency
         self._held: dict[str, nn.Module] = {}
         self.loads = 0
+        self.loaded: list[str] = []  # source names in the order their checkpoints were read (a record)
+        self.start_loaded: str | None = None  # what load_start built the shared start from
 
     @property
     def names(self) -> list[str]:
@@ -77,10 +116,36 @@ class SourcePool:
         model, _ = load_checkpoint(self.checkpoints[name], expected_model=self.model_name,
                                    expected_classes=self.classes, image_size=self.image_size, device=self.device)
         self.loads += 1
+        self.loaded.append(name)
+        return self._hold(key, model)
+
+    def _hold(self, key: str, model: nn.Module) -> nn.Module:
         if self.residency is not None:
             self.residency.hold(key, model)
         self._held[key] = model
         return model
+
+    def shared_start(self) -> tuple[bool, str | None]:
+        """(pretrained, weights) every source was fine-tuned from, read from the checkpoints' metadata: the
+        tiny models' upstream checkpoint, or (None) the architecture's ImageNet weights from the local cache."""
+        starts = {}
+        for name, path in self.checkpoints.items():
+            config = read_checkpoint_meta(path).get("config") or {}
+            starts[name] = (bool(config.get("pretrained", False)), config.get("pretrained_from"))
+        distinct = set(starts.values())
+        if len(distinct) != 1:
+            raise CheckpointError(f"The sources were not fine-tuned from one shared start ({starts}); methods that "
+                                  "need the start (target_only, task vectors) require sources trained alike.")
+        return distinct.pop()
+
+    def load_start(self, key: str = "start") -> nn.Module:
+        """The shared pretrained start with a new classifier head for the target's classes (drawn from the
+        global RNG, which the runner seeds per trial); registered as resident like a source."""
+        pretrained, weights = self.shared_start()
+        model = create_model(self.model_name, len(self.classes), pretrained=pretrained, weights=weights,
+                             image_size=self.image_size).to(self.device)
+        self.start_loaded = weights or ("pretrained weights of " + self.model_name if pretrained else "random init")
+        return self._hold(key, model)
 
     def adopt(self, key: str, new_key: str) -> None:
         """Re-register a held model under a new key, measuring its bytes again (e.g. after adapters were added)."""
@@ -140,7 +205,9 @@ class MethodResult:
 class MethodSpec:
     """A registered method. What is specific to it lives here, so generic code never names its fields:
     ``source_order(config)`` says how it orders its sources (None: chronological); ``reference`` marks the
-    method every comparison is made against."""
+    method every comparison is made against; ``target_epochs(config, K)`` is how many target epochs it trains
+    with K sources (the reference's is the matched budget); ``match_budget(config, epochs)`` returns the config
+    with a ``matched`` budget set to ``epochs`` (None: the method has no matchable budget)."""
 
     name: str
     config_cls: type
@@ -148,6 +215,8 @@ class MethodSpec:
     description: str = ""
     source_order: Callable[[Any], str] | None = None
     reference: bool = False
+    target_epochs: Callable[[Any, int], int] | None = None
+    match_budget: Callable[[Any, int], Any] | None = None
 
     def order_of(self, config: Any) -> str:
         return self.source_order(config) if self.source_order else "chronological"
@@ -157,9 +226,12 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register_method(name: str, config_cls: type, description: str = "", *,
-                    source_order: Callable[[Any], str] | None = None, reference: bool = False) -> Callable:
+                    source_order: Callable[[Any], str] | None = None, reference: bool = False,
+                    target_epochs: Callable[[Any, int], int] | None = None,
+                    match_budget: Callable[[Any, int], Any] | None = None) -> Callable:
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
-        METHODS.register(name, MethodSpec(name, config_cls, fn, description, source_order, reference))
+        METHODS.register(name, MethodSpec(name, config_cls, fn, description, source_order, reference,
+                                          target_epochs, match_budget))
         return fn
 
     return deco
@@ -181,6 +253,19 @@ def reference_method() -> str:
     return refs[0]
 
 
+def resolve_budget(spec: MethodSpec, config: Any, num_sources: int, reference_config: Any | None = None) -> Any:
+    """``config`` with a ``matched`` target budget set to the reference method's epochs for ``num_sources``
+    sources (the reference's config as given, else its defaults)."""
+    if spec.match_budget is None:
+        return config
+    ref = METHODS.get(reference_method())
+    if reference_config is None:
+        reference_config = ref.config_cls()
+    if ref.target_epochs is None:
+        raise RuntimeError(f"The reference method {ref.name} registers no target_epochs; budgets cannot be matched.")
+    return spec.match_budget(config, ref.target_epochs(reference_config, num_sources))
+
+
 def order_sources(sources: Sequence[str], target: str, all_bins: Sequence[str], order: str = "chronological",
                   seed: int = 0) -> list[str]:
     """Sources in the requested order; distances are positions in the dataset's chronological bin list."""
@@ -198,14 +283,3 @@ def order_sources(sources: Sequence[str], target: str, all_bins: Sequence[str], 
     if order == "nearest-first":
         return sorted(chrono, key=lambda b: (dist[b], pos[b]))
     return sorted(chrono, key=lambda b: (-dist[b], pos[b]))
-
-
-def iterate_batches(loader: DataLoader, n: int) -> Iterator:
-    """The first ``n`` batches of ``loader`` (cycling if it is shorter)."""
-    count = 0
-    while count < n:
-        for batch in loader:
-            yield batch
-            count += 1
-            if count >= n:
-                return

@@ -11,30 +11,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import check_choice, check_range
-from ..training.loop import FinetuneConfig
+from ..config import check_choice
 from .base import MethodResult, SourcePool, TargetData, register_method
 from .merge import recalibrate_batchnorm, running_mean_
-from .target_finetune import finetune_on_target
+from .target_finetune import TargetFinetuneConfig, finetune_on_target, match_finetune_epochs
 
 
 @dataclass
-class FusionConfig:
+class FusionConfig(TargetFinetuneConfig):
     mode: str = "params"
     recalibrate_bn: bool = False
-    finetune_epochs: int = 3
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice(self, "mode", ("params", "logits"))
-        check_range(self, "finetune_epochs", 0)
-        check_range(self, "learning_rate", 0)
-        check_range(self, "weight_decay", 0)
-
-    def finetune_config(self) -> FinetuneConfig:
-        return FinetuneConfig(epochs=self.finetune_epochs, learning_rate=self.learning_rate,
-                              weight_decay=self.weight_decay)
 
 
 class LogitMean(nn.Module):
@@ -59,7 +49,8 @@ def _average_streaming(pool: SourcePool) -> tuple[nn.Module, int]:
     return merged, 3 * elements  # per element: subtract, scale, add
 
 
-@register_method("fusion", FusionConfig, "Average source parameters (or jointly tune a logit mean), then fine-tune.")
+@register_method("fusion", FusionConfig, "Average source parameters (or jointly tune a logit mean), then fine-tune.",
+                 match_budget=match_finetune_epochs)
 def run(cfg: FusionConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     record: dict = {"mode": cfg.mode, "members": pool.names}
     if cfg.mode == "logits":

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ..config import check_choice, check_range
+from ..utils.seed import derive_seed
 from ..training.loop import FinetuneConfig, autocast, accuracy
-from .base import SOURCE_ORDERS, MethodResult, SourcePool, TargetData, iterate_batches, register_method
+from .base import SOURCE_ORDERS, MethodResult, SourcePool, TargetData, register_method
 from .merge import (batchnorm_buffers_for, gradient_alignment, parameter_gradients, recalibrate_batchnorm,
                     select_tensors, transfer_tensors)
 from .target_finetune import finetune_on_target
@@ -36,6 +37,10 @@ class GraspConfig:
     eval_mode_alignment: bool = False  # compute alignment gradients with BatchNorm in eval mode
     transfer_bn_buffers: bool = False  # copy running stats of BatchNorm layers whose weight is transferred
     recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on target train data after a transfer
+    # Alignment batches: drawn from the target's train split by a seeded permutation and recorded by dataset
+    # index; with eval transforms unless ``alignment_augment`` (then the indices alone do not fix the pixels).
+    alignment_augment: bool = False
+    alignment_resample: bool = False  # draw new batches for every step (default: one draw reused by all steps)
 
     def __post_init__(self) -> None:
         check_range(self, "initial_epochs", 0)
@@ -74,6 +79,16 @@ def alignment_gradients(model: nn.Module, batches: list, device: torch.device, p
     return grads
 
 
+def alignment_indices(size: int, batch_size: int, num_batches: int, seed: int) -> list[list[int]]:
+    """``num_batches`` batches of train-split indices from a permutation seeded by ``seed`` (cycling through it
+    again when the split is smaller than the batches asked for)."""
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < batch_size * num_batches:
+        order += torch.randperm(size, generator=generator).tolist()
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
+
+
 def transfer_step(current: nn.Module, source: nn.Module, batches: list, cfg: GraspConfig, device: torch.device,
                   precision: str = "32") -> dict:
     """Align ``source`` with ``current`` on ``batches`` and copy the aligned tensors into ``current``."""
@@ -89,8 +104,13 @@ def transfer_step(current: nn.Module, source: nn.Module, batches: list, cfg: Gra
             "total_elements": sum(p.numel() for p in current.parameters())}
 
 
+def target_epochs(cfg: GraspConfig, num_sources: int) -> int:
+    """Initial fine-tuning of the first source, then one fine-tuning after each further source's transfer."""
+    return cfg.initial_epochs + (num_sources - 1) * cfg.finetune_epochs
+
+
 @register_method("grasp", GraspConfig, "Sequential gradient-aligned parameter transfer (2 models resident).",
-                 source_order=lambda c: c.source_order, reference=True)
+                 source_order=lambda c: c.source_order, reference=True, target_epochs=target_epochs)
 def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     names = pool.names  # already in the requested order (see order_sources)
     history: list[dict] = []
@@ -101,10 +121,14 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
     history += [{"step": 0, "source": names[0], **h} for h in fit.history]
     record = {"source_order": cfg.source_order, "order": names, "initial_source": names[0],
               "initial_val_accuracy": fit.best_val_accuracy, "steps": []}
-    batches = list(iterate_batches(target.train, cfg.num_alignment_batches))
     macs = target.forward_macs(current)
-    align_images = sum(len(y) for _, y in batches)
+    batch_size = target.train.batch_size
     for step, name in enumerate(names[1:], start=1):
+        if step == 1 or cfg.alignment_resample:
+            indices = alignment_indices(target.train_size(), batch_size, cfg.num_alignment_batches,
+                                        derive_seed(target.seed, "grasp-alignment", step if cfg.alignment_resample else 0))
+            batches = target.batches_at(indices, augment=cfg.alignment_augment)
+            align_images = sum(len(y) for _, y in batches)
         with meter.phase("align"):
             with pool.borrow(name) as source:
                 info = transfer_step(current, source, batches, cfg, target.device, target.precision)
@@ -120,7 +144,8 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
         fit = finetune_on_target(current, target, cfg.finetune_config(cfg.finetune_epochs), meter,
                                  phase="finetune", desc=f"grasp step {step}[{name}]")
         history += [{"step": step, "source": name, **h} for h in fit.history]
-        record["steps"].append({"step": step, "source": name, **info, "val_accuracy_after_transfer":
+        record["steps"].append({"step": step, "source": name, "alignment_indices": indices, **info,
+                                "val_accuracy_after_transfer":
                                 val_after_transfer, "val_accuracy": fit.best_val_accuracy,
                                 "best_epoch": fit.best_epoch})
         log.info("GRASP step %d (%s): transferred %d/%d tensors, val %.4f", step, name, info["num_transferred"],

@@ -14,9 +14,10 @@ import torch
 
 from ..config import build
 from ..data.loaders import DatasetHandle, open_dataset, split_loader
+from ..data.transforms import make_transform
 from ..measure.meter import Meter
 from ..models.factory import data_config_for
-from .base import MethodResult, SourcePool, TargetData, get_method
+from .base import MethodResult, ReadLoader, SourcePool, TargetData, get_method, resolve_budget
 
 
 def make_config(method: str, values: Mapping[str, Any] | Any | None = None) -> Any:
@@ -30,17 +31,26 @@ def make_config(method: str, values: Mapping[str, Any] | Any | None = None) -> A
 def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_root: str | Path | None = None,
                 batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu",
                 precision: str = "32", seed: int = 0, image_size: int | None = None) -> TargetData:
-    """The target bin's loaders (train with train transforms and seeded shuffling; val/test for evaluation)."""
+    """The target bin's loaders (train with train transforms and seeded shuffling; val/test for evaluation).
+
+    Every loader notes in ``TargetData.reads`` when it is iterated: "target:<split>" for the target's splits,
+    "source:<bin>:<split>" for another bin's data, so a result records the information its method used."""
     handle = dataset if isinstance(dataset, DatasetHandle) else open_dataset(dataset, data_root)
     image_size = image_size or handle.info.image_size
     dcfg = data_config_for(model, image_size, hflip=handle.info.hflip)
+    reads: set[str] = set()
 
-    def bin_loader(bin_name: str, split: str):
-        return split_loader(handle, bin_name, split, dcfg, batch_size=batch_size, num_workers=num_workers, seed=seed)
+    def loader(bin_name: str, split: str) -> ReadLoader:
+        name = f"target:{split}" if bin_name == target else f"source:{bin_name}:{split}"
+        return ReadLoader(split_loader(handle, bin_name, split, dcfg, batch_size=batch_size,
+                                       num_workers=num_workers, seed=seed), reads, name)
 
-    return TargetData(bin=target, classes=handle.classes, train=bin_loader(target, "train"),
-                      val=bin_loader(target, "val"), test=bin_loader(target, "test"), device=torch.device(device),
-                      precision=precision, image_size=image_size, seed=seed, bin_loader=bin_loader)
+    def split_dataset(bin_name: str, split: str, augment: bool):
+        return handle.split(bin_name, split, make_transform(dcfg, augment))
+
+    return TargetData(bin=target, classes=handle.classes, train=loader(target, "train"), val=loader(target, "val"),
+                      test=loader(target, "test"), device=torch.device(device), precision=precision,
+                      image_size=image_size, seed=seed, bin_loader=loader, split_dataset=split_dataset, reads=reads)
 
 
 def source_pool(checkpoints: Mapping[str, str | Path], target: TargetData, *, model: str,
@@ -53,7 +63,9 @@ def source_pool(checkpoints: Mapping[str, str | Path], target: TargetData, *, mo
 def run_method(method: str, pool: SourcePool | Mapping[str, str | Path], target: TargetData,
                config: Mapping[str, Any] | Any | None = None, meter: Any | None = None, *,
                model: str | None = None) -> MethodResult:
-    """Run a registered method on a pool (or a ``{bin: checkpoint}`` mapping plus ``model``)."""
+    """Run a registered method on a pool (or a ``{bin: checkpoint}`` mapping plus ``model``); a ``matched``
+    budget is matched to the reference method's default configuration."""
+    spec = get_method(method)
     cfg = make_config(method, config)
     meter = meter if meter is not None else Meter(target.device)
     if not isinstance(pool, SourcePool):
@@ -62,4 +74,4 @@ def run_method(method: str, pool: SourcePool | Mapping[str, str | Path], target:
         pool = source_pool(pool, target, model=model)
     if pool.residency is None:
         pool.residency = meter.models
-    return get_method(method).run(cfg, pool, target, meter)
+    return spec.run(resolve_budget(spec, cfg, len(pool)), pool, target, meter)

@@ -1,24 +1,31 @@
-"""PEARL: parameter-efficient adapter composition (SPEC 5).
+"""PEARL: parameter-efficient adapter composition over the source models (SPEC 5).
 
-The first source's model is the frozen base. One LoRA adapter per source (PEFT, on the base's Conv2d and
-Linear layers, not the classifier head) is trained on that source's own train split; then composition
-weights w on the simplex (softmax of learnable logits, initialised uniform) are learned on the target's
-train split with the adapters frozen. The model is base + sum_k w_k * adapter_k: one base, K small adapters.
+One source is the frozen base (``source_order`` decides which: the first in that order; nearest-first by
+default). Every source k gets one LoRA adapter (PEFT, on the Conv2d and Linear layers, the classifier head
+included) initialised as the best rank-r approximation of that source's weight difference from the base,
+layer by layer (truncated SVD of W_k - W_base; a k x k Conv2d kernel is factorised as PEFT's conv LoRA is: a
+k x k convolution to r channels, then a 1 x 1 convolution), so the composition blends the sources' own
+knowledge. The sources are loaded one at a time: base + one source + K adapters are resident. Optionally each
+adapter is then refined (``adapter_data``: ``source`` trains it on that source's own train split, the paper's
+recipe; ``target`` on the target's). Finally composition weights w on the simplex (softmax of learnable
+logits, initialised uniform) are learned on the target's train split with the adapters frozen:
+base + sum_k w_k * adapter_k. What the adapters cannot carry (biases, BatchNorm parameters and statistics,
+grouped convolutions) stays the base's; the record says how much of each source's difference that is.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import check_choice, check_range
-from ..models.checkpoint import head_prefixes
+from ..config import ConfigError, check_choice, check_range
 from ..training.loop import FinetuneConfig, finetune
-from .base import MethodResult, SourcePool, TargetData, register_method
+from .base import SOURCE_ORDERS, MethodResult, SourcePool, TargetData, register_method
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +34,14 @@ log = logging.getLogger(__name__)
 class PearlConfig:
     adapter_dim: int = 16
     lora_alpha: float | None = None  # default: adapter_dim (scaling 1)
-    adapter_epochs: int = 3
+    adapter_init: str = "svd"  # "svd": rank-r approximation of the source's delta from the base; "zero": none
+    adapter_data: str = "none"  # refine each adapter on: nothing, its source's train split, or the target's
+    adapter_epochs: int = 3  # when adapter_data is not "none"
     learning_rate: float = 5e-5  # adapters
     weight_decay: float = 0.01
     composition_epochs: int = 3
     composition_lr: float = 0.01
-    adapter_data: str = "source"  # "target": train every adapter on the target (the released code's choice)
+    source_order: str = "nearest-first"  # the first source in this order is the base
 
     def __post_init__(self) -> None:
         check_range(self, "adapter_dim", 1)
@@ -41,19 +50,73 @@ class PearlConfig:
         check_range(self, "learning_rate", 0)
         check_range(self, "composition_lr", 0)
         check_range(self, "weight_decay", 0)
-        check_choice(self, "adapter_data", ("source", "target"))
+        check_choice(self, "adapter_init", ("svd", "zero"))
+        check_choice(self, "adapter_data", ("none", "source", "target"))
+        check_choice(self, "source_order", SOURCE_ORDERS)
+        if self.adapter_init == "zero" and (self.adapter_data == "none" or self.adapter_epochs == 0):
+            raise ConfigError("PearlConfig.adapter_init='zero' without adapter training (adapter_data='none' or "
+                              "adapter_epochs=0) composes nothing but the base; use adapter_init='svd' or set "
+                              "adapter_data to source or target.")
+
+    @property
+    def scaling(self) -> float:
+        return (self.lora_alpha or self.adapter_dim) / self.adapter_dim
 
 
-def lora_target_modules(model: nn.Module, rank: int) -> tuple[list[str], list[str]]:
-    """Conv2d and Linear layers outside the head that PEFT's LoRA can wrap; grouped convolutions whose
-    group count does not divide the rank (depthwise) are skipped, as PEFT requires."""
-    heads = tuple(h.rstrip(".") for h in head_prefixes(model))
+def lora_target_modules(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Linear and ungrouped Conv2d layers (the head included): the ones a LoRA delta can be initialised for.
+    Grouped and depthwise convolutions are skipped (listed), since PEFT factorises them differently."""
     targets, skipped = [], []
     for name, mod in model.named_modules():
-        if not isinstance(mod, (nn.Conv2d, nn.Linear)) or name.startswith(heads) or name in heads:
-            continue
-        (targets if isinstance(mod, nn.Linear) or rank % mod.groups == 0 else skipped).append(name)
+        if isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1):
+            targets.append(name)
+        elif isinstance(mod, nn.Conv2d):
+            skipped.append(name)
     return targets, skipped
+
+
+def low_rank_factors(delta: torch.Tensor, rank: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A, B, residual) with B @ A * scaling the best rank-``rank`` approximation of ``delta`` (out x in, or a
+    conv kernel out x in x kh x kw flattened to out x in*kh*kw); A is rank x in..., B out x rank (zero-padded when
+    the delta's rank is smaller). ``residual`` is the squared Frobenius norm of what the rank cannot hold."""
+    matrix = delta.reshape(delta.shape[0], -1).double()
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    k = min(rank, s.numel())
+    root = s[:k].sqrt()
+    a = torch.zeros(rank, matrix.shape[1], dtype=torch.float64)
+    b = torch.zeros(matrix.shape[0], rank, dtype=torch.float64)
+    a[:k] = root[:, None] * vh[:k]
+    b[:, :k] = u[:, :k] * root[None, :] / scaling
+    residual = float((s[k:] ** 2).sum())
+    return a.reshape(rank, *delta.shape[1:]).to(delta.dtype), b.to(delta.dtype), residual
+
+
+def svd_initialise(peft_model: nn.Module, adapter: str, source: nn.Module, rank: int, scaling: float) -> dict:
+    """Set ``adapter`` in every LoRA layer of ``peft_model`` to the truncated SVD of source - base.
+
+    Returns the approximation record: relative Frobenius error over the adapted layers, and the share of the
+    source's whole parameter difference that lies outside them (kept from the base)."""
+    src = dict(source.named_parameters())
+    delta_sq, residual_sq, covered = 0.0, 0.0, set()
+    with torch.no_grad():
+        for name, module in peft_model.base_model.model.named_modules():
+            if not (hasattr(module, "lora_A") and adapter in module.lora_A):
+                continue
+            base_weight = module.get_base_layer().weight
+            delta = (src[f"{name}.weight"].to(base_weight) - base_weight).cpu()
+            a, b, residual = low_rank_factors(delta, rank, scaling)
+            module.lora_A[adapter].weight.copy_(a.reshape(module.lora_A[adapter].weight.shape))
+            module.lora_B[adapter].weight.copy_(b.reshape(module.lora_B[adapter].weight.shape))
+            delta_sq += float(delta.double().pow(2).sum())
+            residual_sq += residual
+            covered.add(f"{name}.weight")
+        base_params = {n.replace(".base_layer", ""): p for n, p in peft_model.base_model.model.named_parameters()
+                       if "lora_" not in n}
+        outside_sq = sum(float((src[n].to(p) - p).double().pow(2).sum()) for n, p in base_params.items()
+                         if n not in covered and n in src)
+    total = delta_sq + outside_sq
+    return {"relative_error": math.sqrt(residual_sq / delta_sq) if delta_sq else 0.0,
+            "delta_norm": math.sqrt(delta_sq), "outside_adapters_share": outside_sq / total if total else 0.0}
 
 
 class ComposedAdapters(nn.Module):
@@ -89,6 +152,15 @@ class ComposedAdapters(nn.Module):
         return self.peft_model(x)
 
 
+def composed_weight(peft_model: nn.Module, layer: str, weights: dict[str, float]) -> torch.Tensor:
+    """The effective weight of ``layer`` under composition weights {adapter: w}: base + sum_k w_k * delta_k."""
+    module = peft_model.base_model.model.get_submodule(layer)
+    out = module.get_base_layer().weight.detach().clone()
+    for adapter, w in weights.items():
+        out += w * module.get_delta_weight(adapter).detach()
+    return out
+
+
 def _adapter_name(bin_name: str) -> str:
     return "src_" + re.sub(r"\W", "_", bin_name)
 
@@ -98,35 +170,40 @@ def _adapter_params(peft_model: nn.Module, name: str) -> int:
 
 
 def _train_adapter(peft_model, adapter: str, bin_name: str, cfg: PearlConfig, target: TargetData, meter):
-    """Train one adapter (only its parameters require grad) on its source's data, selected on that bin's val."""
+    """Refine one adapter (only its parameters require grad) on its source's or the target's data, selected on
+    the same bin's val split."""
     peft_model.base_model.set_adapter(adapter)
     for n, p in peft_model.named_parameters():
         p.requires_grad = f".{adapter}." in n and "lora_" in n
-    if cfg.adapter_data == "target" or target.bin_loader is None:
+    if cfg.adapter_data == "target":
         train, val = target.train, target.val
     else:
         train, val = target.bin_loader(bin_name, "train"), target.bin_loader(bin_name, "val")
     ft = FinetuneConfig(epochs=cfg.adapter_epochs, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                        freeze_batchnorm=True)
+                        freeze_batchnorm=True,  # an SVD start competes with its refinement (a zero one cannot)
+                        include_initial=cfg.adapter_init == "svd")
     macs = target.forward_macs(peft_model, "pearl-one-adapter")
     with meter.phase("adapters"):
         fit = finetune(peft_model, train, val, ft, target.device, precision=target.precision,
                        desc=f"pearl adapter[{bin_name}]")
     meter.flops.add_training("adapters", macs, fit.train_images)
     meter.flops.add_forward("adapters_validation", macs, fit.val_images)
+    if cfg.adapter_data == "target":
+        meter.budget.add(cfg.adapter_epochs, fit.train_images)
     return fit
 
 
-@register_method("pearl", PearlConfig, "LoRA adapter per source on a frozen base, composed with learned weights.")
+@register_method("pearl", PearlConfig, "LoRA adapters initialised from each source's delta to a frozen base "
+                 "source, composed with learned weights.", source_order=lambda c: c.source_order)
 def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     from peft import LoraConfig, get_peft_model  # here, not at the top: PEFT takes seconds and only PEARL uses it
 
-    names = pool.names
+    names = pool.names  # the first is the base (pool order follows cfg.source_order)
     with meter.phase("load"):
         base = pool.load(names[0], key="base")
     for p in base.parameters():
         p.requires_grad = False
-    modules, skipped = lora_target_modules(base, cfg.adapter_dim)
+    modules, skipped = lora_target_modules(base)
     lora = LoraConfig(r=cfg.adapter_dim, lora_alpha=cfg.lora_alpha or cfg.adapter_dim, lora_dropout=0.0,
                       target_modules=modules)
     adapters = [_adapter_name(n) for n in names]
@@ -135,11 +212,19 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
         peft_model.add_adapter(a, lora)
     peft_model.to(target.device)
     pool.adopt("base", "base+adapters")  # PEFT injected the adapters into the base in place: count their bytes
+    approximation: dict[str, dict] = {names[0]: {"relative_error": 0.0, "delta_norm": 0.0,
+                                                 "outside_adapters_share": 0.0}}  # the base's delta is zero
+    if cfg.adapter_init == "svd":  # the base's own adapter keeps PEFT's init (B = 0): its delta is zero
+        for a, bin_name in zip(adapters[1:], names[1:]):
+            with meter.phase("adapter_init"), pool.borrow(bin_name) as source:
+                approximation[bin_name] = svd_initialise(peft_model, a, source, cfg.adapter_dim, cfg.scaling)
+                del source  # one source resident beside the base at a time
     history, adapter_val = [], {}
-    for a, bin_name in zip(adapters, names):
-        fit = _train_adapter(peft_model, a, bin_name, cfg, target, meter)
-        adapter_val[bin_name] = fit.best_val_accuracy
-        history += [{"step": f"adapter:{bin_name}", **h} for h in fit.history]
+    if cfg.adapter_data != "none" and cfg.adapter_epochs:
+        for a, bin_name in zip(adapters, names):
+            fit = _train_adapter(peft_model, a, bin_name, cfg, target, meter)
+            adapter_val[bin_name] = fit.best_val_accuracy
+            history += [{"step": f"adapter:{bin_name}", **h} for h in fit.history]
     peft_model.base_model.set_adapter(adapters)  # all adapters active together
     for p in peft_model.parameters():
         p.requires_grad = False
@@ -153,11 +238,14 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
                        optimizer=optimizer, desc="pearl composition")
     meter.flops.add_training("compose", macs, fit.train_images)
     meter.flops.add_forward("compose_validation", macs, fit.val_images)
+    meter.budget.add(cfg.composition_epochs, fit.train_images)
     history += [{"step": "composition", **h} for h in fit.history]
     weights = model.weights().detach().cpu().tolist()
-    record = {"base": names[0], "adapter_data": cfg.adapter_data, "adapter_dim": cfg.adapter_dim,
-              "composition_weights": dict(zip(names, weights)),
+    record = {"base": names[0], "source_order": cfg.source_order, "adapter_init": cfg.adapter_init,
+              "adapter_data": cfg.adapter_data, "adapter_dim": cfg.adapter_dim,
+              "composition_weights": dict(zip(names, weights)), "approximation": approximation,
               "adapter_params": {n: _adapter_params(peft_model, a) for n, a in zip(names, adapters)},
               "adapted_modules": len(modules), "skipped_modules": skipped, "adapter_val_accuracy": adapter_val,
-              "composition_best_epoch": fit.best_epoch, "best_val_accuracy": fit.best_val_accuracy}
+              "composition_best_epoch": fit.best_epoch, "best_val_accuracy": fit.best_val_accuracy,
+              "kept_from_base": "biases, BatchNorm parameters and statistics, skipped (grouped) convolutions"}
     return MethodResult(model=model, record=record, history=history, standalone=False)
