@@ -3,8 +3,6 @@ what each method read, and GRASP's alignment scores re-derived from the record."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -159,40 +157,3 @@ def test_grasp_alignment_scores_rederived_from_the_recorded_indices(trained_sour
     assert again.record["steps"][0]["alignment_indices"] == indices
     assert again.record["steps"][0]["alignment"] == step["alignment"]
 
-
-def test_source_model_is_bitwise_identical_with_or_without_the_upstream_checkpoint(trained_sources, tmp_path,
-                                                                                   monkeypatch):
-    """A source model's weights depend on its own stage seed only: not on whether the upstream pretraining ran
-    just before it in the same process (fresh clone), was reused from disk, or other bins were trained first."""
-    import functools
-    import shutil
-
-    from conftest import SOURCE_BATCH, SOURCE_EPOCHS, TINY_MODEL, UPSTREAM_EPOCHS
-    from multisource.models.checkpoint import read_checkpoint
-    from multisource.options import RunOptions
-    from multisource.training import source as source_module
-    from multisource.training.fit import SourceTrainConfig
-    from multisource.training.source import train_source
-    from multisource.training.upstream import ensure_upstream
-
-    # The session's sources were pretrained with the tests' shorter upstream recipe; use the same one here.
-    monkeypatch.setattr(source_module, "ensure_upstream", functools.partial(ensure_upstream, epochs=UPSTREAM_EPOCHS))
-    cfg = SourceTrainConfig(dataset="drift_digits", bin="era_2", model_name=TINY_MODEL, max_epochs=SOURCE_EPOCHS,
-                            batch_size=SOURCE_BATCH, seed=0)
-    upstream_rel = Path("drift_digits") / "upstream" / f"{TINY_MODEL}.ckpt"
-    reused = tmp_path / "reused"
-    (reused / upstream_rel).parent.mkdir(parents=True)
-    shutil.copy(trained_sources["results_dir"] / upstream_rel, reused / upstream_rel)
-    states = {"session (after upstream and era_1 in one process)":
-              read_checkpoint(trained_sources["checkpoint_dir"] / "era_2.ckpt")["state_dict"]}
-    for name, results in (("upstream reused from disk", reused), ("upstream pretrained first", tmp_path / "fresh")):
-        opts = RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results), progress=False)
-        report = train_source(cfg, opts)
-        states[name] = read_checkpoint(report["checkpoint"])["state_dict"]
-    fresh_upstream = read_checkpoint(tmp_path / "fresh" / upstream_rel)["state_dict"]
-    session_upstream = read_checkpoint(trained_sources["results_dir"] / upstream_rel)["state_dict"]
-    assert all(torch.equal(fresh_upstream[k], session_upstream[k]) for k in session_upstream)
-    first, *others = states.values()
-    for name, state in list(states.items())[1:]:
-        assert state.keys() == first.keys()
-        assert all(torch.equal(state[k], first[k]) for k in first), name
