@@ -157,3 +157,22 @@ def test_grasp_alignment_scores_rederived_from_the_recorded_indices(trained_sour
     assert again.record["steps"][0]["alignment_indices"] == indices
     assert again.record["steps"][0]["alignment"] == step["alignment"]
 
+
+
+def test_reading_the_target_test_split_fails_the_experiment_and_reads_are_what_was_iterated(target):
+    import copy
+    from types import SimpleNamespace
+
+    from multisource.experiment.runner import TestSplitRead, information_used
+
+    target.reads.clear()
+    len(target.test), target.test.dataset  # size and attributes are not reads
+    assert target.reads == set() and copy.copy(target.test).loader is target.test.loader
+    next(iter(target.train))
+    pool = SimpleNamespace(loaded=["era_1", "era_1"], checkpoints={"era_1": "a.ckpt"}, start_loaded=None)
+    used = information_used(pool, target)
+    assert used["target_data"] == ["train"] and used["source_models"] == ["era_1"] and used["source_data"] == []
+    next(iter(target.test))
+    with pytest.raises(TestSplitRead, match="test split"):
+        information_used(pool, target)
+    target.reads.clear()

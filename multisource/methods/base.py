@@ -39,6 +39,8 @@ class ReadLoader:
         return len(self.loader)
 
     def __getattr__(self, item: str):
+        if item == "loader":  # not yet set (e.g. while copying): no recursion through __getattr__
+            raise AttributeError(item)
         return getattr(self.loader, item)
 
 
