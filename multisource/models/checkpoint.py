@@ -53,7 +53,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, clas
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's payload; ``mmap`` maps the tensors instead of reading them (for metadata only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Train it first (baseline_training/"
@@ -61,7 +62,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes; an interrupted copy?); delete it and re-train.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001  corrupt or foreign file, whatever torch raises: say which, in one line
         # torch's message suggests weights_only=False, which would run arbitrary code from the file: not repeated.
         raise CheckpointError(f"Cannot read checkpoint {path}: not a readable PyTorch checkpoint "
@@ -72,8 +73,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """Everything but the weights."""
-    return {k: v for k, v in read_checkpoint(path).items() if k != "state_dict"}
+    """Everything but the weights, which are memory-mapped and never read (plans check every source's
+    metadata before each experiment; the shared start is found the same way)."""
+    return {k: v for k, v in read_checkpoint(path, mmap=True).items() if k != "state_dict"}
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
