@@ -29,5 +29,14 @@ def checkpoint_path(results_dir: Path, dataset: str, model: str, bin_name: str) 
     return baseline_dir(results_dir, dataset, model) / f"{bin_name}.ckpt"
 
 
-def experiment_dir(results_dir: Path, dataset: str, model: str, method: str, target: str, trial: int) -> Path:
-    return results_dir / dataset / model / method / target / f"trial_{trial}"
+def model_results_dir(results_dir: Path, dataset: str, model: str, protocol: str = "leave-one-out") -> Path:
+    """Where one protocol's experiments, summaries and sweep logs of (dataset, model) live: the paper's
+    leave-one-out directly under ``<dataset>/<model>/``, any other under ``<dataset>/<model>/protocols/<name>/``
+    (``window:3`` -> ``window-3``), so results of two protocols never mix."""
+    base = Path(results_dir) / dataset / model
+    return base if protocol == "leave-one-out" else base / "protocols" / protocol.replace(":", "-")
+
+
+def experiment_dir(results_dir: Path, dataset: str, model: str, method: str, target: str, trial: int,
+                   protocol: str = "leave-one-out") -> Path:
+    return model_results_dir(results_dir, dataset, model, protocol) / method / target / f"trial_{trial}"

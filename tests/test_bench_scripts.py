@@ -111,3 +111,11 @@ def test_end_to_end_settings_are_valid_for_every_paper_method(monkeypatch):
     assert set(configs) == set(PAPER_METHODS)
     for method, values in configs.items():
         assert make_config(method, values)  # unknown keys or bad values raise
+
+
+def test_import_table(tmp_path):
+    report = run_bench("import_table", tmp_path, "--repeats", "1")
+    assert report["rows"] == 1000 and sum(report["bins"].values()) == 1000  # every row placed, none skipped
+    assert list(report["bins"]) == ["2019", "2020", "2021", "2022", "2023"]
+    for link in ("copy", "symlink"):
+        assert report["imports"][link]["images_per_s"] == pytest.approx(1000 / report["imports"][link]["median_s"])

@@ -35,6 +35,9 @@ def add_method_flags(p: argparse.ArgumentParser, methods: list[str], title: str)
 
 def add_shared_experiment_flags(p: argparse.ArgumentParser) -> None:
     """Flags of one experiment that a sweep passes on to each of its experiments."""
+    p.add_argument("--protocol", default=None,
+                   help="which bins are a target's sources: leave-one-out (default, every other bin), past (only "
+                        "earlier bins) or window:N (the N latest earlier bins)")
     p.add_argument("--seed", default=None, help="base seed (default 42); trial k derives its own")
     p.add_argument("--batch_size", default=None, help="default 32")
     p.add_argument("--image_size", default=None, help="default: the dataset's")
@@ -48,10 +51,11 @@ def build_parser(method: str | None, table: dict) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=f"Run one {method or 'method'} experiment on a target bin.")
     if method is None:
         p.add_argument("--method", required=True, choices=sorted(table))
-    p.add_argument("--dataset", default=None, help="drift_digits, clear10, clear100, yearbook")
+    p.add_argument("--dataset", default=None, help="drift_digits, clear10, clear100, yearbook, or the folder of "
+                                                   "an imported dataset (with its dataset_card.json)")
     p.add_argument("--model", "--model_name", dest="model", default=None, help="model name or alias")
     p.add_argument("--target", default=None, help="target bin (held out)")
-    p.add_argument("--sources", nargs="+", default=None, help="source bins (default: every other bin)")
+    p.add_argument("--sources", nargs="+", default=None, help="source bins (default: the protocol's)")
     p.add_argument("--trial", default=None, help="trial number k >= 1 (default 1)")
     add_shared_experiment_flags(p)
     return p

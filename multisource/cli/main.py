@@ -3,6 +3,7 @@
     multisource preprocess drift_digits|clear10|clear100|yearbook [flags]
     multisource train | train-all | pretrain-upstream | download-weights [flags]
     multisource run | sweep | summarize | demo [flags]
+    multisource import | drift-report [flags]
     multisource generate [--check]
 
 Each subcommand takes exactly the flags of the script it stands for (``multisource sweep --help``).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from . import demo, experiment, generated, preprocess, preprocess_real, sweep, train
+from . import demo, experiment, generated, own_data, preprocess, preprocess_real, sweep, train
 
 PREPROCESS: dict[str, Callable[[list[str]], int]] = {
     "drift_digits": preprocess.drift_digits_main, "clear10": preprocess_real.clear10_main,
@@ -27,6 +28,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (experiment.experiment_main, "one experiment (--method M --target T ...)"),
     "sweep": (sweep.sweep_main, "leave-one-bin-out sweep with summaries"),
     "summarize": (sweep.summarize_main, "rebuild summaries from metrics.json files"),
+    "import": (own_data.import_main, "import your own images (a table or a folder tree) as a dataset"),
+    "drift-report": (own_data.drift_main, "every source model on every bin's test split"),
     "demo": (demo.demo_main, "the end-to-end demo on drifting digits"),
     "generate": (generated.generate_main, "write the wrapper scripts and flag table from the registries"),
 }

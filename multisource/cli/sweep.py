@@ -27,7 +27,8 @@ def build_parser(method: str | None = None, dataset: str | None = None) -> tuple
                                             "every target x trial (x method x model); finished experiments are "
                                             "skipped, failures recorded, summaries written at the end.")
     if dataset is None:
-        p.add_argument("--dataset", default=None, help=f"{', '.join(list_datasets())} (default drift_digits)")
+        p.add_argument("--dataset", default=None, help=f"{', '.join(list_datasets())} (default drift_digits), or "
+                                                       "the folder of an imported dataset")
     p.add_argument("--model", "--model_name", "--models", dest="models", nargs="+", default=None,
                    help="model name(s) or aliases (default tiny-resnet)")
     if method is None:
@@ -66,6 +67,8 @@ def print_result(result) -> None:
 
     print(f"\n{len(result.outcomes)} experiments: {len(result.finished)} finished now, {len(result.skipped)} "
           f"already finished (skipped), {len(result.failed)} failed.")
+    for target, why in result.skipped_targets.items():
+        print(f"  target {target} not run: {why}")
     for o in result.failed:
         print(f"  FAILED {o.model} {o.method} {o.target} trial {o.trial}: {o.error_type}: {o.message}\n"
               f"         traceback: {failure_paths(Path(o.out_dir))[1]}", file=sys.stderr)
@@ -91,7 +94,8 @@ def sweep_main(argv: list[str] | None = None, *, method: str | None = None, data
                                      method_flags=owners)
         plan = plan_sweep(config, opts)
         if args.dry_run:
-            print(f"{len(plan.jobs)} experiments ({config.dataset}; models {list(config.models)}; methods "
+            print(f"{len(plan.jobs)} experiments ({plan.handle.info.name}, protocol {config.protocol}; models "
+                  f"{list(config.models)}; methods "
                   f"{list(config.methods)}; {config.num_trials} trial(s)):\n{describe_plan(plan.jobs)}")
             for model, items in missing_checkpoints(plan, plan.jobs).items():
                 print(f"missing source checkpoints for {model}: {[b for b, _ in items]}")
@@ -124,7 +128,9 @@ def summarize_main(argv: list[str] | None = None) -> int:
     """Rebuild the summaries of (dataset, model) from whatever metrics.json files exist."""
     p = argparse.ArgumentParser(description="Rebuild JSON/Markdown/CSV summaries and plots from the "
                                             "per-experiment metrics.json files.")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="a registered dataset or an imported dataset's folder")
+    p.add_argument("--protocol", default="leave-one-out",
+                   help="the protocol whose results to summarize (leave-one-out, past, window:N)")
     p.add_argument("--model", "--model_name", "--models", dest="models", nargs="+", required=True)
     p.add_argument("--results_dir", default=None, help="results root (default: <project>/results)")
     p.add_argument("--no_plots", dest="plots", action="store_false", help="skip the PNG plots")
@@ -139,7 +145,7 @@ def summarize_main(argv: list[str] | None = None) -> int:
 
         root = RunOptions(results_dir=args.results_dir).results_path()
         for model in args.models:
-            paths = write_summaries(root, args.dataset, model, plots=args.plots)
+            paths = write_summaries(root, args.dataset, model, plots=args.plots, protocol=args.protocol)
             print(paths["comparison_md"].read_text(encoding="utf-8"))
             print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
             unreadable = [f for name, p in paths.items() if p.suffix == ".json" and name != "comparison_json"

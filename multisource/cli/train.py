@@ -14,7 +14,8 @@ from .common import add_executor_options, add_run_options, run_main, setup_loggi
 
 def add_train_arguments(p: argparse.ArgumentParser, dataset: str | None) -> None:
     if dataset is None:
-        p.add_argument("--dataset", default=None, help=f"registered dataset ({', '.join(list_datasets())})")
+        p.add_argument("--dataset", default=None, help=f"registered dataset ({', '.join(list_datasets())}) or an "
+                                                          "imported dataset's folder")
     p.add_argument("--model_name", "--model", dest="model_name", default=None,
                    help="model name or alias (e.g. mobilevit-xxs, resnet-50, tiny-resnet)")
     p.add_argument("--max_epochs", "--epochs", dest="max_epochs", default=None, help="default 15")

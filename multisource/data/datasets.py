@@ -1,12 +1,19 @@
-"""The dataset registry: one entry per time-binned dataset (directory, bins in order, classes)."""
+"""The dataset registry: one entry per time-binned dataset (directory, bins in order, classes).
+
+A dataset is also its card: ``get_dataset(PATH)`` reads the ``dataset_card.json`` of a preprocessed folder (an
+imported dataset, or a built-in one at another place), so no code edit is needed to use a new dataset.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..paths import DATASETS_DIR
 from ..registry import Registry
+from .card import CARD_NAME, read_card
 
 
 @dataclass(frozen=True)
@@ -22,13 +29,19 @@ class DatasetInfo:
     hflip: bool = True  # horizontal flip is a valid augmentation (not for digits)
     description: str = ""
     extra: dict = field(default_factory=dict)
+    root: Path | None = None  # set for a dataset opened from its card (--dataset PATH)
 
     @property
     def scripts_dir(self) -> str:
         return self.training_dir or self.name
 
+    @property
+    def key(self) -> str:
+        """What a config stores to find this dataset again: the registered name, or the card's folder."""
+        return str(self.root) if self.root is not None else self.name
+
     def default_root(self) -> Path:
-        return DATASETS_DIR / self.dir_name
+        return self.root if self.root is not None else DATASETS_DIR / self.dir_name
 
     def build_command(self) -> str:
         return f"python preprocessing/{self.preprocess_script}"
@@ -72,8 +85,53 @@ DATASETS.register("yearbook", DatasetInfo(
 ), aliases=("yearbook_decades",))
 
 
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or name.startswith((".", "~")) or Path(name).expanduser().is_dir()
+
+
+_CARD_CACHE: dict[tuple[str, int], DatasetInfo] = {}
+
+
+def dataset_from_card(folder: str | os.PathLike) -> DatasetInfo:
+    """The dataset described by ``folder/dataset_card.json``: a built-in one (its registered entry, rooted
+    there) or an imported one (name, bins in time order, classes, image size from the card)."""
+    root = Path(folder).expanduser().resolve()
+    card_path = root / CARD_NAME
+    if not card_path.is_file():
+        raise KeyError(f"{root} has no {CARD_NAME}, so it is not a dataset; import your images with python "
+                       "preprocessing/import_dataset.py (--table or --folder), or pass a registered dataset "
+                       f"({', '.join(DATASETS.list())}).")
+    cache_key = (str(card_path), card_path.stat().st_mtime_ns)
+    if cache_key in _CARD_CACHE:
+        return _CARD_CACHE[cache_key]
+    card = read_card(root) or {}
+    name = str(card.get("dataset") or "")
+    if name in DATASETS:
+        info = dataclasses.replace(DATASETS.get(name), root=root)
+    else:
+        bins = card.get("bin_order") or list(card.get("bins") or {})
+        if not name or not bins or not card.get("classes"):
+            raise ValueError(f"{card_path} lacks 'dataset', 'bins' or 'classes'; re-import the dataset "
+                             "(python preprocessing/import_dataset.py ... --overwrite).")
+        info = DatasetInfo(name=name, dir_name=root.name, bins=tuple(bins), classes=tuple(card["classes"]),
+                           image_size=int(card.get("image_size") or 224), hflip=bool(card.get("hflip", True)),
+                           preprocess_script="import_dataset.py", root=root,
+                           description=f"Imported dataset ({card.get('binning', 'named bins')}).")
+    _CARD_CACHE[cache_key] = info
+    return info
+
+
 def get_dataset(name: str) -> DatasetInfo:
-    return DATASETS.get(name)
+    """A registered dataset by name or alias, or the dataset in a folder with a dataset card."""
+    if name in DATASETS:
+        return DATASETS.get(name)
+    if _looks_like_path(str(name)):
+        return dataset_from_card(name)
+    try:
+        return DATASETS.get(name)
+    except KeyError as exc:
+        raise KeyError(f"{exc.args[0][:-1]}, or the folder of a dataset with a {CARD_NAME} (e.g. "
+                       "datasets/MyData).") from None
 
 
 def list_datasets() -> list[str]:

@@ -9,6 +9,7 @@ from ..config import ConfigError, check_range
 from ..data.datasets import get_dataset
 from ..methods import get_method
 from ..models.factory import resolve_model
+from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 
 
 @dataclass
@@ -19,7 +20,8 @@ class ExperimentConfig:
     model: str = "tiny-resnet"
     method: str = "grasp"
     target: str = ""
-    sources: tuple[str, ...] = ()  # default: every other bin, chronologically
+    sources: tuple[str, ...] = ()  # default: the protocol's sources, chronologically
+    protocol: str = DEFAULT_PROTOCOL  # leave-one-out | past | window:N (experiment/protocols.py)
     trial: int = 1
     seed: int = 42  # trial k > 1 derives its own seed from this one
     batch_size: int = 32
@@ -39,6 +41,7 @@ class ExperimentConfig:
                               "target's own source model. Remove it from --sources.")
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"--sources lists a bin twice: {list(self.sources)}.")
-        self.dataset = get_dataset(self.dataset).name
+        self.dataset = get_dataset(self.dataset).key
+        self.protocol = canonical_protocol(self.protocol)
         self.model = resolve_model(self.model).name
         self.method = get_method(self.method).name

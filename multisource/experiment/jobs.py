@@ -42,8 +42,8 @@ class Outcome:
     @classmethod
     def for_plan(cls, plan: ExperimentPlan, status: str, **kw: Any) -> "Outcome":
         c = plan.config
-        return cls(status=status, out_dir=str(plan.out_dir), dataset=c.dataset, model=c.model, method=c.method,
-                   target=c.target, trial=c.trial, **kw)
+        return cls(status=status, out_dir=str(plan.out_dir), dataset=plan.handle.info.name, model=c.model,
+                   method=c.method, target=c.target, trial=c.trial, **kw)
 
     @classmethod
     def died(cls, plan: ExperimentPlan, exc: BaseException) -> "Outcome":

@@ -21,6 +21,7 @@ from ..options import RunOptions
 from ..paths import experiment_dir
 from ..utils.seed import trial_seed
 from .config import ExperimentConfig
+from .protocols import check_sources, protocol_sources
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,17 @@ def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHand
     method_config = method_config if method_config is not None else make_config(spec.name, cfg.method_config)
     handle = handle or open_dataset(cfg.dataset, opts.data_root)
     handle.check_bins(cfg.target, *cfg.sources)
-    sources = list(cfg.sources) or [b for b in handle.bins if b != cfg.target]
+    check_sources(handle.bins, cfg.target, cfg.sources, cfg.protocol)
+    sources = list(cfg.sources) or protocol_sources(handle.bins, cfg.target, cfg.protocol)
     if not sources:
-        raise ConfigError(f"No source bins for target {cfg.target}; pass --sources.")
+        raise ConfigError(f"No source bins for target {cfg.target} under --protocol {cfg.protocol} (it is the "
+                          "first bin); choose a later target or another protocol.")
     seed = trial_seed(cfg.seed, cfg.trial)
     method_config = resolve_budget(spec, method_config, len(sources), reference_config)
     sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
     checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
-    out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial)
+    out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial,
+                         cfg.protocol)
     return ExperimentPlan(cfg, method_config, handle, tuple(sources), checkpoints, seed,
                           cfg.image_size or handle.info.image_size, out)
 
@@ -65,7 +69,7 @@ def check_source_checkpoint(path: Path, bin_name: str, handle: DatasetHandle, mo
     if not path.is_file():
         raise CheckpointError(
             f"Missing source checkpoint {path}. Train it with: python baseline_training/train_baseline.py "
-            f"--dataset {handle.info.name} --bin {bin_name} --model_name {model} (or pass --checkpoint_dir).")
+            f"--dataset {handle.info.key} --bin {bin_name} --model_name {model} (or pass --checkpoint_dir).")
     meta = read_checkpoint_meta(path)
     if meta.get("dataset") not in (None, handle.info.name):
         raise CheckpointError(f"Checkpoint {path} was trained on dataset '{meta['dataset']}', not "

@@ -117,3 +117,23 @@ def plot_accuracy_vs_cost(comp: dict, path: Path) -> Path:
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(f"{comp['dataset']} / {comp['model']}: accuracy vs cost")
     return _save(fig, path)
+
+
+def plot_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[str], path: Path, title: str) -> Path:
+    """Test accuracy of each bin's source model (rows) on each bin (columns), with the values written in."""
+    m = np.array([[_nan(v) for v in row] for row in matrix], dtype=float)
+    size = max(4.0, 0.7 * len(bins) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(bins)), bins, rotation=45, ha="right")
+    ax.set_yticks(range(len(bins)), bins)
+    ax.set_xlabel("test bin")
+    ax.set_ylabel("source model's bin")
+    for i in range(len(bins)):
+        for j in range(len(bins)):
+            if np.isfinite(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if m[i, j] > 0.6 else "white", fontweight="bold" if i == j else None)
+    fig.colorbar(im, ax=ax, label="test accuracy")
+    ax.set_title(title)
+    return _save(fig, path)

@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..data.datasets import DATASETS
+from ..data.datasets import get_dataset
 from ..methods import METHODS, reference_method
 from ..models.factory import resolve_model
+from ..paths import model_results_dir
+from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 from ..utils.io import atomic_write, read_json, write_json, write_text
 from .plots import plot_accuracy_per_target, plot_accuracy_vs_cost
 from ..measure.statistics import MIN_TARGETS, holm, paired_bootstrap_difference, paired_test_over_targets
@@ -79,15 +81,17 @@ def metric_value(report: dict, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def summary_dir(results_dir: Path, dataset: str, model: str) -> Path:
-    return Path(results_dir) / dataset / model / "summaries"
+def summary_dir(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT_PROTOCOL) -> Path:
+    return model_results_dir(Path(results_dir), dataset, model, protocol) / "summaries"
 
 
-def collect(results_dir: Path, dataset: str, model: str) -> dict[str, dict[str, list]]:
-    """{method: {"finished": [metrics.json, ...], "failed": [failure record, ...]}} from disk.
+def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT_PROTOCOL
+            ) -> dict[str, dict[str, list]]:
+    """{method: {"finished": [metrics.json, ...], "failed": [failure record, ...]}} of one protocol from disk.
 
-    A trial folder whose metrics.json is unreadable or incomplete is listed as failed (never silently dropped)."""
-    base = Path(results_dir) / dataset / model
+    A trial folder whose metrics.json is unreadable or incomplete is listed as failed (never silently dropped);
+    one recorded under another protocol (a moved folder) is listed as failed too, never mixed in."""
+    base = model_results_dir(Path(results_dir), dataset, model, protocol)
     found: dict[str, dict[str, list]] = {}
     if not base.is_dir():
         return found
@@ -96,7 +100,15 @@ def collect(results_dir: Path, dataset: str, model: str) -> dict[str, dict[str, 
         for tdir in sorted(p for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for run in sorted(tdir.glob("trial_*")):
                 if run.is_dir() and is_finished(run):
-                    finished.append({**read_json(run / METRICS_FILE), "_dir": str(run)})  # _dir: not written
+                    report = {**read_json(run / METRICS_FILE), "_dir": str(run)}  # _dir: not written
+                    found_protocol = (report.get("config") or {}).get("protocol") or DEFAULT_PROTOCOL
+                    if found_protocol == protocol:
+                        finished.append(report)
+                    else:
+                        failed.append({"error_type": "ProtocolMismatch", "target": tdir.name,
+                                       "message": f"{run} was run under protocol {found_protocol}, not {protocol}; "
+                                                  "move it back or re-run it", "record_file": str(run / METRICS_FILE),
+                                       "config": report.get("config") or {}})
                 elif run.is_dir():
                     trial = run.name.removeprefix("trial_")
                     failed.append({"error_type": "UnreadableResult", "target": tdir.name,
@@ -118,8 +130,16 @@ def _read_or_empty(path: Path) -> dict:
         return {"error_type": "unreadable failure record"}
 
 
+def dataset_bins(dataset: str) -> list[str]:
+    """The dataset's bins in time order (none known for a name that is neither registered nor a card folder)."""
+    try:
+        return list(get_dataset(dataset).bins)
+    except (KeyError, ValueError):
+        return []
+
+
 def target_order(dataset: str, targets: set[str]) -> list[str]:
-    bins = list(DATASETS.get(dataset).bins) if dataset in DATASETS else []
+    bins = dataset_bins(dataset)
     return [b for b in bins if b in targets] + sorted(t for t in targets if t not in bins)
 
 
@@ -253,7 +273,8 @@ def _int(v: float | None) -> int | None:
     return None if v is None else int(v)
 
 
-def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: dict | None = None) -> dict:
+def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: dict | None = None,
+               protocol: str = DEFAULT_PROTOCOL) -> dict:
     """One row per method: accuracy, per-target accuracies, cost; and paired differences to the reference
     method (the one registered with ``reference=True``)."""
     reference = reference_method()
@@ -294,7 +315,7 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
     for m, p_holm in holm({m: p.get("p_value") for m, p in paired.items()}).items():
         paired[m]["p_value_holm"] = p_holm
     return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
+            "protocol": protocol, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
             "methods": rows, "reference": reference, "paired_vs_reference": paired,
             "notes": {"accuracy_mean": NOTES["overall.mean_over_targets"],
                       "accuracy_pooled_mean": NOTES["overall.pooled"],
@@ -313,22 +334,29 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
                                              f"{MIN_TARGETS} targets."}}
 
 
-def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bool = True) -> dict[str, Path]:
-    """Rebuild every summary of (dataset, model) from the metrics.json files; returns {name: path}."""
-    dataset, model = DATASETS.get(dataset).name, resolve_model(model).name
+def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bool = True,
+                    protocol: str = DEFAULT_PROTOCOL) -> dict[str, Path]:
+    """Rebuild every summary of (dataset, model) under one protocol from the metrics.json files; returns
+    {name: path}. ``dataset`` is a registered name or an imported dataset's folder (or its bare name)."""
+    key, model, protocol = dataset, resolve_model(model).name, canonical_protocol(protocol)
+    dataset = _dataset_name(key)
     results_dir = Path(results_dir)
-    found = collect(results_dir, dataset, model)
+    found = collect(results_dir, dataset, model, protocol)
     if not found:
-        raise FileNotFoundError(f"No experiment results under {results_dir / dataset / model}; run a sweep first "
-                                f"(python experiments/run_all.py --dataset {dataset} --model {model}).")
-    out = summary_dir(results_dir, dataset, model)
+        raise FileNotFoundError(f"No {protocol} experiment results under "
+                                f"{model_results_dir(results_dir, dataset, model, protocol)}; run a sweep first "
+                                f"(python experiments/run_all.py --dataset {key} --model {model} --protocol "
+                                f"{protocol}).")
+    out = summary_dir(results_dir, dataset, model, protocol)
     paths: dict[str, Path] = {}
     summaries = {}
     for method, runs in found.items():
-        summaries[method] = method_summary(dataset, model, method, runs["finished"], runs["failed"])
+        summaries[method] = method_summary(key, model, method, runs["finished"], runs["failed"])
+        summaries[method].update(dataset=dataset, protocol=protocol)
         paths[method] = write_json(out / f"{method}.json", summaries[method])
     correct = {m: correctness(runs["finished"]) for m, runs in found.items()}
-    comp = comparison(dataset, model, summaries, correct)
+    comp = comparison(key, model, summaries, correct, protocol)
+    comp["dataset"] = dataset
     if plots and any(r["num_experiments"] for r in comp["methods"]):
         comp["plots"] = {"accuracy_per_target": "accuracy_per_target.png", "accuracy_vs_cost": "accuracy_vs_cost.png"}
         paths["accuracy_per_target"] = plot_accuracy_per_target(comp, out / "accuracy_per_target.png")
@@ -338,6 +366,16 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
     paths["comparison_csv"] = atomic_write(out / "comparison.csv", lambda p: frame.to_csv(p, index=False))
     paths["comparison_md"] = write_text(out / "comparison.md", comparison_markdown(comp))
     return paths
+
+
+def _dataset_name(key: str) -> str:
+    """A registered or card dataset's name; a bare name of an imported dataset stands for itself."""
+    try:
+        return get_dataset(key).name
+    except KeyError:
+        if "/" in key:
+            raise
+        return key
 
 
 def comparison_frame(comp: dict):
@@ -390,7 +428,8 @@ def comparison_markdown(comp: dict) -> str:
     head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"], "GMACs total", "MMACs/image",
             "peak memory MiB", "model memory MiB", "time s", "max models", "target epochs", "information used",
             f"Δ acc vs {comp['reference']} (p)"]
-    lines = [f"# {comp['dataset']} / {comp['model']}: method comparison", "",
+    lines = [f"# {comp['dataset']} / {comp['model']}: method comparison (protocol: "
+             f"{comp.get('protocol', DEFAULT_PROTOCOL)})", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in comp["methods"]:
         p = comp["paired_vs_reference"].get(r["method"])

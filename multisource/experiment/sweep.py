@@ -27,12 +27,14 @@ from ..methods import get_method, reference_method
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
 from ..options import RunOptions
+from ..paths import model_results_dir
 from ..training.all_bins import train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
 from .config import ExperimentConfig
 from .jobs import Outcome, claimed_elsewhere, execute, failure_paths
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
+from .protocols import DEFAULT_PROTOCOL, canonical_protocol, protocol_sources
 from .runner import METRICS_FILE, is_finished
 from .summary import write_summaries
 
@@ -60,6 +62,7 @@ class SweepConfig:
     models: tuple[str, ...] = ("tiny-resnet",)
     methods: tuple[str, ...] = DEFAULT_METHODS
     targets: tuple[str, ...] = ()  # default: every bin of the dataset
+    protocol: str = DEFAULT_PROTOCOL  # which bins are a target's sources (experiment/protocols.py)
     num_trials: int = 3
     seed: int = 42  # trial k derives its own seed from this one
     batch_size: int = 32
@@ -68,7 +71,8 @@ class SweepConfig:
     source_training: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.dataset = get_dataset(self.dataset).name
+        self.dataset = get_dataset(self.dataset).key
+        self.protocol = canonical_protocol(self.protocol)
         self.models = tuple(resolve_model(m).name for m in _as_tuple(self.models))
         self.methods = tuple(get_method(m).name for m in _as_tuple(self.methods))
         self.targets = _as_tuple(self.targets)
@@ -97,6 +101,7 @@ class SweepPlan:
     handle: DatasetHandle
     method_configs: dict[str, Any]
     jobs: list[ExperimentPlan]
+    skipped_targets: dict[str, str] = field(default_factory=dict)  # target -> why it has no experiments
 
 
 @dataclass
@@ -104,6 +109,7 @@ class SweepResult:
     outcomes: list[Outcome]
     summaries: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> {name: path}
     logs: list[Path] = field(default_factory=list)
+    skipped_targets: dict[str, str] = field(default_factory=dict)
 
     def _with(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -142,17 +148,25 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
     method_configs = {m: make_config(m, config.method_configs.get(m)) for m in config.methods}
     reference = reference_method()  # a ``matched`` budget follows this sweep's reference config
     reference_config = method_configs.get(reference) or make_config(reference, config.method_configs.get(reference))
+    sources_of = {t: tuple(protocol_sources(handle.bins, t, config.protocol)) for t in targets}  # chronological
+    skipped = {t: f"no bins before {t} (the first bin) under --protocol {config.protocol}"
+               for t, s in sources_of.items() if not s}
+    for t, why in skipped.items():
+        log.info("Target %s skipped: %s", t, why)
     jobs = []
     for model in config.models:
         for method in config.methods:
-            for target in targets:
-                sources = tuple(b for b in handle.bins if b != target)  # chronological
+            for target in (t for t in targets if t not in skipped):
                 for trial in range(1, config.num_trials + 1):
                     cfg = ExperimentConfig(dataset=config.dataset, model=model, method=method, target=target,
-                                           sources=sources, trial=trial, seed=config.seed,
-                                           batch_size=config.batch_size, image_size=config.image_size)
+                                           sources=sources_of[target], protocol=config.protocol, trial=trial,
+                                           seed=config.seed, batch_size=config.batch_size,
+                                           image_size=config.image_size)
                     jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
-    return SweepPlan(config, handle, method_configs, jobs)
+    if not jobs:
+        raise ConfigError(f"No experiments to run: {'; '.join(skipped.values())}. Choose later --targets or "
+                          "another --protocol.")
+    return SweepPlan(config, handle, method_configs, jobs, skipped)
 
 
 def config_mismatch(job: ExperimentPlan) -> str | None:
@@ -281,11 +295,13 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
             if progress:
                 progress(job, outcome, n, len(pending))
     finally:
-        result = SweepResult([outcomes[id(j)] for j in jobs if id(j) in outcomes])
+        result = SweepResult([outcomes[id(j)] for j in jobs if id(j) in outcomes],
+                             skipped_targets=dict(plan.skipped_targets))
         result.logs = write_sweep_logs(plan, opts, outcomes, started)
     if opts.summarize:
         for model in plan.config.models:
-            result.summaries[model] = write_summaries(opts.results_path(), plan.config.dataset, model)
+            result.summaries[model] = write_summaries(opts.results_path(), plan.config.dataset, model,
+                                                      protocol=plan.config.protocol)
     return result
 
 
@@ -322,10 +338,12 @@ def write_sweep_logs(plan: SweepPlan, opts: RunOptions, outcomes: dict, started:
         for e in entries:
             e.pop("traceback", None)  # kept in the traceback file beside the experiment
         counts = {s: sum(e["status"] == s for e in entries) for s in ("finished", "skipped", "failed", "not run")}
-        path = opts.results_path() / plan.config.dataset / model / "sweeps" / f"sweep-{stamp}-{os.getpid()}.json"
+        where = model_results_dir(opts.results_path(), plan.handle.info.name, model, plan.config.protocol)
+        path = where / "sweeps" / f"sweep-{stamp}-{os.getpid()}.json"
         write_json(path, {"started_at": started.isoformat(timespec="seconds"),
                           "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           "counts": counts, "config": dataclasses.asdict(plan.config),
+                          "skipped_targets": plan.skipped_targets,
                           "method_configs": {m: dataclasses.asdict(c) for m, c in plan.method_configs.items()},
                           "options": dataclasses.asdict(opts), "experiments": entries})
         paths.append(path)

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..config import ConfigError, check_range
+from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, split_loader
 from ..measure.metrics import classification_metrics
 from ..models.factory import data_config, resolve_model
@@ -56,6 +57,7 @@ class SourceTrainConfig:
         if self.image_size is not None:
             check_range(self, "image_size", 8)
         self.model_name = resolve_model(self.model_name).name
+        self.dataset = get_dataset(self.dataset).key  # a registered name or an imported dataset's folder
 
     @property
     def resolved_learning_rate(self) -> float:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def source_checkpoint_path(cfg: SourceTrainConfig, opts: RunOptions) -> Path:
-    return opts.source_checkpoint(cfg.dataset, cfg.model_name, cfg.bin)
+    return opts.source_checkpoint(get_dataset(cfg.dataset).name, cfg.model_name, cfg.bin)
 
 
 def is_complete(ckpt: Path) -> bool:
@@ -84,6 +84,6 @@ def train_source(cfg: SourceTrainConfig, opts: RunOptions | None = None,
               "checkpoint": str(ckpt), "config": resolved, "options": asdict(opts), "seed": seed, **metrics,
               "test": test, "environment": environment(str(trainer.strategy.root_device)), **info}
     write_json(ckpt.with_suffix(".json"), report)
-    log.info("Trained %s on %s/%s: val %.3f, test %.3f -> %s", cfg.model_name, cfg.dataset, cfg.bin,
+    log.info("Trained %s on %s/%s: val %.3f, test %.3f -> %s", cfg.model_name, handle.info.name, cfg.bin,
              module.best_val_accuracy, test["accuracy"], ckpt)
     return report

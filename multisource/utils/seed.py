@@ -6,10 +6,11 @@ import hashlib
 import random
 
 import numpy as np
-import torch
 
 
 def seed_everything(seed: int) -> None:
+    import torch  # here, not at the top: the split rule and the dataset registry use this module without torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
