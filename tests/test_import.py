@@ -196,6 +196,7 @@ def nothing_left(tmp_path: Path, out: str = "Out") -> bool:
     (lambda t: t.assign(label=t["label"].where(t.index != 0, ".hidden")), ["'.hidden'", "row 1"]),
     (lambda t: t.rename(columns={"timestamp": "date"}), ["['timestamp']", "--time_column"]),
     (lambda t: pd.concat([t, t.iloc[[3]]]), ["Rows 4 and", "same image"]),
+    (lambda t: t.assign(timestamp=t["timestamp"].str.replace("2021", "2222")), ["'2222-", "plausible range"]),
     (lambda t: t[~((t["label"] == "dog") & (t["timestamp"] > "2021") & (t.index % 12 > 4))],
      ["1 bin x class stratum(s) have fewer than 10 images", "2021/dog (5)", "--drop_small"]),
 ])
@@ -267,6 +268,42 @@ def test_an_existing_dataset_is_replaced_only_with_overwrite_and_survives_a_fail
     assert (out / CARD_NAME).read_bytes() == before and not list(tmp_path.glob(".Out.*"))
     assert run_import(tmp_path, table, "--overwrite")[0] == 0
     assert read_json(out / CARD_NAME)["skipped_count"] == 1
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--bins", "2020", "2021", "2020"], "--bins names a value twice"),
+    (["--classes", "cat", "dog", "cat"], "--classes names a value twice"),
+    (["--bin_by", "quantiles:30"], "quantiles:30 makes only"),
+])
+def test_bad_options_are_one_line_errors(small_table, capsys, extra, words):
+    tmp_path, table = small_table
+    assert run_import(tmp_path, table, *extra)[0] == 2
+    assert words in one_line_error(capsys)
+    assert nothing_left(tmp_path)
+
+
+def test_a_bin_may_not_be_named_like_the_upstream_pool(small_table, capsys):
+    tmp_path, table = small_table
+    table = table.assign(bin=["upstream" if t < "2021" else "later" for t in table["timestamp"]])
+    csv = tmp_path / "b.csv"
+    table.drop(columns="timestamp").to_csv(csv, index=False)
+    assert import_main(["--table", str(csv), "--image_root", str(tmp_path / "img"), "--output_dir",
+                        str(tmp_path / "Out"), "--no_progress"]) == 2
+    assert "'upstream' at row 1 cannot be a folder name (reserved" in one_line_error(capsys)
+
+
+def test_images_the_loaders_cannot_read_are_skipped_and_listed(small_table):
+    tmp_path, table = small_table
+    Image.open(tmp_path / "img" / table["path"][0]).save(tmp_path / "img" / "first.webp")
+    table = pd.concat([table, pd.DataFrame([{"path": "first.webp", "label": "cat", "timestamp": "2020-02-02"}])],
+                      ignore_index=True)
+    code, out = run_import(tmp_path, table)
+    assert code == 0
+    card = read_json(out / CARD_NAME)
+    assert card["skipped"] == [{"row": 49, "path": "first.webp", "bin": "2020", "reason": card["skipped"][0]["reason"]}]
+    assert "extension '.webp'" in card["skipped"][0]["reason"]
+    placed = sum(e["splits"][s]["count"] for e in card["bins"].values() for s in e["splits"])
+    assert placed == 48  # every other image, and the card counts exactly what the loaders see
 
 
 def test_a_built_in_name_is_refused_for_an_import(small_table, capsys):

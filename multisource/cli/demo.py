@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stages["sweep_s"] = time.perf_counter() - t0
     print(f"[4/4] Summary ({len(result.finished)} run, {len(result.skipped)} reused, {len(result.failed)} failed)\n")
     for model in sweep_cfg.models:
-        out = summary_dir(sweep_opts.results_path(), sweep_cfg.dataset, model)
+        out = summary_dir(sweep_opts.results_path(), plan.handle.info.name, model, sweep_cfg.protocol)
         print(comparison_markdown(read_json(out / "comparison.json")))
         print(f"\nSummaries: {out}  (comparison.md/.csv/.json, <method>.json, plots)")
     print("Stage times: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in stages.items()))

@@ -40,6 +40,18 @@ def split_summary(root: Path, bin_name: str, split: str, classes: Iterable[str])
     return {"count": sum(per_class.values()), "per_class": per_class, "checksum": file_list_checksum(rels)}
 
 
+def card_fingerprint(card: dict[str, Any] | None) -> str | None:
+    """A short hash of what a model trained on this build saw: classes, bins and every split's file list
+    (None without a card). A re-import with other data, bins or seed changes it."""
+    if not card or not card.get("bins"):
+        return None
+    h = hashlib.sha256(repr(card.get("classes")).encode())
+    for b, entry in card["bins"].items():
+        for split, summary in sorted((entry.get("splits") or {}).items()):
+            h.update(f"{b}/{split}/{summary.get('checksum')}".encode())
+    return h.hexdigest()[:16]
+
+
 def build_card(root: Path, *, dataset: str, classes: list[str], bins: list[str], seed: int,
                extra: dict[str, Any] | None = None, bin_extra: dict[str, dict] | None = None) -> dict[str, Any]:
     card: dict[str, Any] = {

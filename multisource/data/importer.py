@@ -29,7 +29,7 @@ from .datasets import DATASETS
 from .raw import (Placement, RawDataError, building, default_workers, make_layout, parallel_map,
                   write_manifests)
 from .splits import split_stratum
-from .timebins import BinRule, assign_bins, order_named_bins, parse_bin_rule, parse_timestamps
+from .timebins import BinRule, assign_bins, natural_key, order_named_bins, parse_bin_rule, parse_timestamps
 
 log = logging.getLogger(__name__)
 LINKS = ("copy", "hardlink", "symlink")
@@ -63,11 +63,19 @@ class ImportConfig:
             raise ValueError(f"--link {self.link!r} is not valid; choose one of {', '.join(LINKS)}.")
         if self.image_size < 8:
             raise ValueError(f"--image_size must be at least 8 pixels, got {self.image_size}.")
+        for flag, values in (("--bins", self.bins), ("--classes", self.classes)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{flag} names a value twice: {list(values)}.")
         self.rule: BinRule | None = parse_bin_rule(self.bin_by) if self.bin_by else None
 
 
-def folder_name_problem(name: str) -> str | None:
+RESERVED_BINS = ("upstream",)  # a dataset's pretraining pool lives in <root>/upstream (training/upstream.py)
+
+
+def folder_name_problem(name: str, *, bin_name: bool = False) -> str | None:
     """Why ``name`` cannot be a class or bin folder (None if it can)."""
+    if bin_name and name in RESERVED_BINS:
+        return "reserved for a dataset's upstream pretraining pool"
     if not name or name != name.strip():
         return "empty or with leading/trailing spaces"
     if name in (".", "..") or name.startswith("."):
@@ -81,7 +89,7 @@ def folder_name_problem(name: str) -> str | None:
 
 def _check_names(values: pd.Series, rows: pd.Series, what: str, flag: str) -> None:
     for value, row in zip(values, rows):
-        problem = folder_name_problem(value)
+        problem = folder_name_problem(value, bin_name=what.startswith("Bin"))
         if problem:
             raise ValueError(f"{what} {value!r} at row {row} cannot be a folder name ({problem}); rename it in the "
                              f"table (or pick another column with {flag}).")
@@ -161,13 +169,14 @@ def rows_from_folder(root: Path) -> tuple[pd.DataFrame, int]:
                                 "with --folder.")
     records, ignored = [], 0
     for bin_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        ignored += sum(1 for p in bin_dir.iterdir() if p.is_file())  # files beside the class folders
         for cls_dir in sorted(p for p in bin_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for f in sorted(cls_dir.iterdir()):
                 if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
                     records.append({"source": f"{bin_dir.name}/{cls_dir.name}/{f.name}", "path": f,
                                     "label": cls_dir.name, "bin": bin_dir.name})
-                elif f.is_file():
-                    ignored += 1
+                else:  # other files, and anything in sub-folders of a class folder
+                    ignored += 1 if f.is_file() else sum(1 for q in f.rglob("*") if q.is_file())
     if not records:
         raise ValueError(f"No images found in {root}: expected <bin>/<class>/<image> "
                          f"({', '.join(IMAGE_EXTENSIONS)}).")
@@ -193,13 +202,17 @@ def bin_rows(rows: pd.DataFrame, cfg: ImportConfig) -> list[dict[str, Any]]:
         out.append({"name": name, "count": int((rows["bin"] == name).sum()),
                     "first": times.min().isoformat() if len(times) else None,
                     "last": times.max().isoformat() if len(times) else None})
-    if not cfg.bins and cfg.rule is None and len(rows["time"].dropna()):
-        log.info("Bins ordered by name: %s (pass --bins to give the order)", order)
+    if not cfg.bins:
+        log.info("Bins in natural name order: %s (pass --bins to give another order)", order)
     return out
 
 
 def inspect_image(path: Path) -> tuple[str | None, str | None]:
-    """(problem, sha256 of the bytes): (None, digest) when the file exists and fully decodes."""
+    """(problem, sha256 of the bytes): (None, digest) when the file exists, has an image extension the loaders
+    read and fully decodes."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return (f"extension '{path.suffix}' is not one the loaders read ({', '.join(IMAGE_EXTENSIONS)}); convert "
+                "the image"), None
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -224,9 +237,7 @@ def class_order(labels: Sequence[str], given: Sequence[str] = ()) -> list[str]:
             raise ValueError(f"Labels {unknown} are in the data but not in --classes {list(given)}; list every "
                              "class (or leave --classes out).")
         return list(given)
-    if all(c.lstrip("-").isdigit() for c in present):
-        return sorted(present, key=int)
-    return present
+    return sorted(present, key=natural_key)
 
 
 def plan_strata(rows: pd.DataFrame, bins: list[str], classes: list[str], cfg: ImportConfig

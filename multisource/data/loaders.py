@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .card import read_card
+from .card import card_fingerprint, read_card
 from .datasets import DatasetInfo, get_dataset
 from .folder import BinSplitDataset, DataError
 from .packed import open_packed  # the fast path, used when a valid cache exists
@@ -28,6 +28,11 @@ class DatasetHandle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Identifies this build's data (data/card.py ``card_fingerprint``); recorded with every model and result."""
+        return card_fingerprint(self.card)
 
     @property
     def fix_hint(self) -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Sequence
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -18,6 +20,14 @@ import pandas as pd
 EARLIEST = pd.Timestamp("1826-01-01")
 YEAR_RANGE = (1000, 9999)  # integers in this range are years; other numbers are Unix seconds
 RULES = ("year", "quarter", "month", "years:N", "edges:A,B,...", "quantiles:N")
+# A time zone offset is dropped, not converted: bins follow the local date the stamp was written in (a photo
+# taken on the evening of 31 December belongs to that year, whatever UTC says).
+# Only after a time of day: the "-08" of "2020-01-08" is a day, not an offset.
+_OFFSET = re.compile(r"([T ]\d{2}:\d{2}(?::\d{2}(?:\.\d*)?)?)\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$")
+
+
+def _wall_clock(text: pd.Series) -> pd.Series:
+    return text.str.replace(_OFFSET, r"\1", regex=True)
 
 
 class TimeStampError(ValueError):
@@ -59,7 +69,7 @@ def parse_bin_rule(text: str) -> BinRule:
         parts = [p.strip() for p in arg.split(",") if p.strip()]
         years = all(p.isdigit() and len(p) == 4 for p in parts)
         try:
-            edges = tuple(pd.Timestamp(int(p), 1, 1) if years else pd.Timestamp(p) for p in parts)
+            edges = tuple(pd.Timestamp(int(p), 1, 1) if years else pd.Timestamp(_OFFSET.sub(r"\1", p)) for p in parts)
         except (ValueError, TypeError):
             raise ValueError(f"{fix} (edges are years such as 1990 or ISO dates such as 2020-03-01.)") from None
         if any(b <= a for a, b in zip(edges, edges[1:])):
@@ -78,6 +88,9 @@ def parse_timestamps(values: pd.Series, column: str = "timestamp") -> pd.Series:
     The column's kind is decided once for all rows: all numbers in 1000-9999 are years, other numbers Unix
     seconds, anything else ISO 8601. Rows are numbered from 1 (the first data row) in messages."""
     values = pd.Series(values).reset_index(drop=True)
+    if pd.api.types.is_datetime64_any_dtype(values):  # a typed column (Parquet): local wall-clock, as for text
+        values = values.dt.tz_localize(None) if values.dt.tz is not None else values
+        values = values.map(lambda t: t.isoformat() if pd.notna(t) else None)
     missing = values.isna() | (values.astype(str).str.strip() == "")
     if missing.any():
         i = int(np.flatnonzero(missing.to_numpy())[0])
@@ -93,10 +106,15 @@ def parse_timestamps(values: pd.Series, column: str = "timestamp") -> pd.Series:
             raise TimeStampError(f"Column '{column}' mixes years and Unix seconds: {values[i]!r} at {_row(i)} is a "
                                  "year, other rows are not; write every row the same way.")
         else:
+            ymd = pd.to_datetime(numbers.astype("int64").astype(str), format="%Y%m%d", errors="coerce") \
+                if bool((numbers == numbers.round()).all()) else pd.Series(pd.NaT, index=numbers.index)
+            if ymd.notna().all():  # 20190301 read as Unix seconds would silently be August 1970
+                raise TimeStampError(f"Column '{column}' holds numbers like {values[0]!r} that read as dates "
+                                     "(YYYYMMDD), not Unix seconds; write them as ISO dates (2019-03-01).")
             parsed = pd.to_datetime(numbers, unit="s", errors="coerce")
     else:
-        text = values.astype(str).str.strip()
-        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
+        text = _wall_clock(values.astype(str).str.strip())
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
         bad = parsed.isna()
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -153,7 +171,11 @@ def _periods(times: pd.Series, rule: BinRule) -> tuple[pd.Series, dict[Any, tupl
         return keys, {k: (_edge_name(rule, bounds[k], bounds[k + 1]), bounds[k], bounds[k + 1])
                       for k in keys.unique()}
     # quantiles: equal-count bins of the sorted time stamps; equal time stamps always share a bin
-    codes = pd.qcut(times.astype("int64"), rule.n, labels=False, duplicates="drop")
+    codes = pd.qcut(times.astype("int64"), rule.n, labels=False, duplicates="drop") if times.nunique() > 1 else None
+    if codes is None or codes.isna().any() or codes.nunique() < rule.n:
+        made = 0 if codes is None else int(codes.nunique())
+        raise ValueError(f"--bin_by quantiles:{rule.n} makes only {made} distinct bin(s): too many equal time stamps "
+                         f"({times.nunique()} distinct); use fewer quantiles or another rule.")
     info = {}
     for k in sorted(codes.unique()):
         member = times[codes == k]
@@ -180,9 +202,16 @@ def assign_bins(times: pd.Series, rule: BinRule) -> tuple[pd.Series, list[dict[s
     return names, bins
 
 
+def natural_key(name: str) -> list:
+    """Sort key comparing runs of digits as numbers: era_2 before era_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def order_named_bins(names: Sequence[str], order: Sequence[str] = ()) -> list[str]:
-    """Explicit bin names in the given order (every present bin must be named), else sorted."""
-    present = sorted(set(names))
+    """Explicit bin names in the given order (every present bin must be named), else in natural order."""
+    present = sorted(set(names), key=natural_key)
+    if len(set(order)) != len(order):
+        raise ValueError(f"--bins names a bin twice: {list(order)}.")
     if not order:
         return present
     unknown = [b for b in present if b not in order]

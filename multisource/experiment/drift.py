@@ -116,8 +116,10 @@ def drift_markdown(report: dict) -> str:
 def write_drift_report(handle: DatasetHandle, model: str, opts: RunOptions, bins: Sequence[str] | None = None, *,
                        batch_size: int = 64) -> dict[str, Path]:
     """Evaluate every source model on every bin and write the report files; returns {kind: path}."""
-    bins = list(bins or handle.bins)
-    handle.check_bins(*bins)
+    if bins and len(set(bins)) != len(bins):
+        raise ValueError(f"--bins names a bin twice: {list(bins)}.")
+    handle.check_bins(*(bins or ()))
+    bins = [b for b in handle.bins if not bins or b in bins]  # time order, whatever order they were given in
     matrix, sources = drift_matrix(handle, model, opts, bins, batch_size=batch_size, progress=opts.progress)
     report = {"dataset": handle.info.name, "model": model, "bins": bins, "matrix": matrix,
               "summary": clear_summary(matrix), "time_ranges": bin_time_ranges(handle, bins), "sources": sources,

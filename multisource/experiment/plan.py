@@ -80,6 +80,11 @@ def check_source_checkpoint(path: Path, bin_name: str, handle: DatasetHandle, mo
                               "classes in the same order are needed); re-train it on this dataset.")
     if meta["model_name"] != model:
         raise CheckpointError(f"Checkpoint {path} holds model '{meta['model_name']}', not '{model}'.")
+    trained_on = meta.get("data_fingerprint")
+    if trained_on and handle.fingerprint and trained_on != handle.fingerprint:
+        raise CheckpointError(f"Checkpoint {path} was trained on another build of {handle.info.name} (its data, bins or "
+                              "splits changed since: re-imported?); re-train it: python baseline_training/"
+                              f"train_all_subsets.py --dataset {handle.info.key} --model_name {model}.")
 
 
 def check_checkpoints(plans: list[ExperimentPlan]) -> None:

@@ -202,7 +202,8 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
     transferred = sum(s.get("transferred_elements", 0) for s in result.record.get("steps", []))
     report = {
         "schema_version": SCHEMA_VERSION, "status": "complete",
-        "dataset": handle.info.name, "protocol": cfg.protocol, "model": cfg.model, "method": method,
+        "dataset": handle.info.name, "data_fingerprint": handle.fingerprint, "protocol": cfg.protocol,
+        "model": cfg.model, "method": method,
         "target": cfg.target, "sources": list(plan.sources), "trial": cfg.trial, "seed": plan.seed,
         "config": {**asdict(cfg), "sources": list(plan.sources), "method_config": asdict(plan.method_config),
                    "base_seed": cfg.seed, "image_size": target.image_size, "precision": target.precision,

@@ -347,6 +347,9 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
                                 f"{model_results_dir(results_dir, dataset, model, protocol)}; run a sweep first "
                                 f"(python experiments/run_all.py --dataset {key} --model {model} --protocol "
                                 f"{protocol}).")
+    if not dataset_bins(key):  # a bare imported name: the records know the dataset's folder (its bin order)
+        recorded = [r.get("config", {}).get("dataset") for runs in found.values() for r in runs["finished"]]
+        key = next((k for k in recorded if k and dataset_bins(k)), key)
     out = summary_dir(results_dir, dataset, model, protocol)
     paths: dict[str, Path] = {}
     summaries = {}

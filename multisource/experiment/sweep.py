@@ -179,6 +179,9 @@ def config_mismatch(job: ExperimentPlan) -> str | None:
     wanted = {"method_config": dataclasses.asdict(job.method_config), "base_seed": c.seed,
               "batch_size": c.batch_size, "image_size": job.image_size, "sources": sorted(job.sources)}
     found = {**{k: rec.get(k) for k in wanted}, "sources": sorted(rec.get("sources") or [])}
+    recorded_data = read_json(job.out_dir / METRICS_FILE).get("data_fingerprint")
+    if recorded_data and job.handle.fingerprint and recorded_data != job.handle.fingerprint:
+        wanted["data"], found["data"] = f"build {job.handle.fingerprint}", f"build {recorded_data} (re-imported since)"
     wanted = json.loads(json.dumps(wanted))
     mc_found, mc_wanted = found.pop("method_config") or {}, wanted.pop("method_config")
     found.update({f"method_config.{k}": mc_found.get(k) for k in set(mc_found) | set(mc_wanted)})

@@ -42,7 +42,7 @@ def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
     for b in bins:
         bcfg = replace(cfg, bin=b)
         ckpt = source_checkpoint_path(bcfg, opts)
-        if is_complete(ckpt) and not force:
+        if is_complete(ckpt, handle.fingerprint) and not force:
             results[b] = {"status": "skipped", "detail": f"complete: {ckpt}"}
         else:
             todo.append(bcfg)

@@ -25,13 +25,18 @@ def source_checkpoint_path(cfg: SourceTrainConfig, opts: RunOptions) -> Path:
     return opts.source_checkpoint(get_dataset(cfg.dataset).name, cfg.model_name, cfg.bin)
 
 
-def is_complete(ckpt: Path) -> bool:
-    """A checkpoint counts as complete when it and its metrics JSON both exist and parse."""
+def is_complete(ckpt: Path, fingerprint: str | None = None) -> bool:
+    """A checkpoint counts as complete when it and its metrics JSON both exist and parse, and (given the data's
+    ``fingerprint``) it was trained on this build of the data, not on an earlier import."""
     metrics = ckpt.with_suffix(".json")
     if not (ckpt.is_file() and metrics.is_file()):
         return False
     try:
-        return read_json(metrics).get("status") == "complete" and bool(read_checkpoint_meta(ckpt))
+        trained_on = read_checkpoint_meta(ckpt).get("data_fingerprint")
+        if fingerprint and trained_on and trained_on != fingerprint:
+            log.info("%s was trained on another build of the data; training it again.", ckpt)
+            return False
+        return read_json(metrics).get("status") == "complete"
     except Exception:  # noqa: BLE001  a damaged file of any kind means: not complete, train again
         return False
 
@@ -79,9 +84,9 @@ def train_source(cfg: SourceTrainConfig, opts: RunOptions | None = None,
     metrics = {"val_accuracy": module.best_val_accuracy, "best_epoch": module.best_epoch,
                "test_accuracy": test["accuracy"]}
     save_checkpoint(ckpt, best, model_name=cfg.model_name, classes=handle.classes, dataset=handle.info.name,
-                    bin_name=cfg.bin, config=resolved, metrics=metrics)
+                    bin_name=cfg.bin, config=resolved, metrics=metrics, extra={"data_fingerprint": handle.fingerprint})
     report = {"status": "complete", "dataset": handle.info.name, "bin": cfg.bin, "model": cfg.model_name,
-              "checkpoint": str(ckpt), "config": resolved, "options": asdict(opts), "seed": seed, **metrics,
+              "checkpoint": str(ckpt), "data_fingerprint": handle.fingerprint, "config": resolved, "options": asdict(opts), "seed": seed, **metrics,
               "test": test, "environment": environment(str(trainer.strategy.root_device)), **info}
     write_json(ckpt.with_suffix(".json"), report)
     log.info("Trained %s on %s/%s: val %.3f, test %.3f -> %s", cfg.model_name, handle.info.name, cfg.bin,
