@@ -33,13 +33,19 @@ RUNS = {
     "fusion-logits": ("fusion", {"mode": "logits", "finetune_epochs": 1}),
     "grasp": ("grasp", {"initial_epochs": 1, "finetune_epochs": 1}),
     "pearl": ("pearl", {"adapter_epochs": 1, "composition_epochs": 1}),
+    # the merging baselines: one lambda (the grid repeats the same evaluation), one epoch of fine-tuning
+    "task_arithmetic": ("task_arithmetic", {"lambdas": (0.5,), "finetune_epochs": 1}),
+    "ties": ("ties", {"lambdas": (1.0,), "finetune_epochs": 1}),
+    "dare": ("dare", {"lambdas": (0.5,), "merge": "ties", "finetune_epochs": 1}),
+    "soup": ("soup", {"mode": "greedy", "finetune_epochs": 1}),
 }
 TARGET = "era_5"
 
 
 def make_checkpoints(folder: str, model_name: str, classes: list[str], image_size: int, count: int,
                      noise: float, seed: int = 0) -> dict[str, str]:
-    """``count`` checkpoints: one random initialisation plus independent Gaussian noise per copy."""
+    """``count`` checkpoints: one random initialisation (saved as their shared start, which each names, as
+    source training does) plus independent Gaussian noise per copy."""
     import torch
 
     from multisource.models.checkpoint import save_checkpoint
@@ -48,6 +54,8 @@ def make_checkpoints(folder: str, model_name: str, classes: list[str], image_siz
     torch.manual_seed(seed)
     model = create_model(model_name, len(classes), pretrained=False, image_size=image_size)
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = save_checkpoint(Path(folder) / "start.ckpt", model, model_name=resolve_model(model_name).name,
+                            classes=classes, config={"image_size": image_size})
     paths = {}
     for k in range(count):
         with torch.no_grad():
@@ -57,7 +65,8 @@ def make_checkpoints(folder: str, model_name: str, classes: list[str], image_siz
         name = f"src_{k + 1:02d}"
         path = save_checkpoint(Path(folder) / f"{name}.ckpt", model, model_name=resolve_model(model_name).name,
                                classes=classes, dataset="drift_digits", bin_name=name,
-                               config={"image_size": image_size})
+                               config={"image_size": image_size, "pretrained": True,
+                                       "pretrained_from": str(start)})
         paths[name] = str(path)
     return paths
 

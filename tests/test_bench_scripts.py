@@ -36,12 +36,14 @@ def test_memory_vs_sources(tmp_path, digits_root):
     assert (tmp_path / "memory_vs_sources.png").stat().st_size > 0
     rows = report["rows"]
     assert {(r["method"], r["K"]) for r in rows} == {(m, k) for m in
-                                                    ("ensemble", "fusion", "fusion-logits", "grasp", "pearl")
+                                                    ("ensemble", "fusion", "fusion-logits", "grasp", "pearl",
+                                                     "task_arithmetic", "ties", "dare", "soup")
                                                     for k in (2, 4)}
     for r in rows:
         assert {"method", "K", "peak_rss_bytes", "resident_model_bytes", "max_models_resident"} <= set(r)
         assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 0
-        expected = {"grasp": 2, "fusion": 2, "pearl": 2, "ensemble": r["K"], "fusion-logits": r["K"]}[r["method"]]
+        expected = {"grasp": 2, "fusion": 2, "pearl": 2, "ensemble": r["K"], "fusion-logits": r["K"],
+                    "task_arithmetic": 2, "ties": 2, "dare": 2, "soup": 3}[r["method"]]
         assert r["max_models_resident"] == expected, r
     by = {(r["method"], r["K"]): r for r in rows}
     one_model = by[("grasp", 2)]["resident_model_bytes"] // 2
@@ -50,19 +52,21 @@ def test_memory_vs_sources(tmp_path, digits_root):
     assert set(report["growth_largest_over_smallest_K"]) == {r["method"] for r in rows}
 
 
-def test_memory_above_the_libraries_is_flat_in_k_for_fusion_and_grasp(tmp_path, digits_root):
+def test_memory_above_the_libraries_is_flat_in_k_for_the_o1_methods(tmp_path, digits_root):
     """Fresh process per (method, K): with 43 MiB sources (resnet18), one model kept alive by mistake (as
     FUSION's loop variable once did) would add 43 MiB from K=2 to K=6; each phase's peak above the libraries
-    stays put (checked to fail with the leak put back: merge phase +50 MiB)."""
+    stays put (checked to fail with the leak put back: merge phase +50 MiB; and for the task-vector merges
+    with their mapped checkpoints' pages kept instead of given back)."""
     report = run_bench("memory_vs_sources", tmp_path, "--data_root", str(digits_root), "--model", "resnet18",
-                       "--image_size", "32", "--K", "2", "6", "--methods", "fusion", "grasp",
+                       "--image_size", "32", "--K", "2", "6", "--methods", "fusion", "grasp", "task_arithmetic",
+                       "ties",
                        # Tensors from malloc's mmap go back to the OS when freed, so RSS counts what is held:
                        # with glibc's default heap, freed checkpoint buffers left 15-30 MiB of noise per phase.
                        env={"MALLOC_MMAP_THRESHOLD_": "65536"})
     by = {(r["method"], r["K"]): r for r in report["rows"]}
     one_model = by[("grasp", 2)]["resident_model_bytes"] / 2
     assert one_model > 40 * 2**20
-    for method in ("fusion", "grasp"):
+    for method in ("fusion", "grasp", "task_arithmetic", "ties"):
         # Per phase (the RSS peak is reset at each): the leak showed in FUSION's merge phase (+50 MiB here),
         # hidden in the overall peak by the fine-tuning phase.
         rows = {k: by[(method, k)] for k in (2, 6)}

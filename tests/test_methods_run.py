@@ -20,7 +20,17 @@ FAST = {
     "pearl": {"adapter_epochs": 1, "composition_epochs": 1, "learning_rate": 1e-3, "adapter_dim": 4},
     "source_finetune": {"finetune_epochs": 1, "learning_rate": 1e-3},
     "target_only": {"finetune_epochs": 1},
+    "task_arithmetic": {"finetune_epochs": 1, "learning_rate": 1e-3, "lambdas": (0.3, 0.6)},
+    "ties": {"finetune_epochs": 1, "learning_rate": 1e-3, "lambdas": (0.5, 1.0)},
+    "dare": {"finetune_epochs": 1, "learning_rate": 1e-3, "lambdas": (0.5,), "merge": "ties", "density": 0.5},
+    "soup": {"finetune_epochs": 1, "learning_rate": 1e-3},
 }
+
+
+def test_every_registered_method_has_a_contract_row():
+    from multisource.methods import list_methods
+
+    assert sorted(FAST) == list_methods()  # a new method gets its row here (and in test_runner.FAST_FLAGS)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +54,12 @@ def _run(method, trained_sources, target, bins, **overrides):
 def test_models_resident_per_method(trained_sources, target, k):
     bins = ["era_1", "era_2", "era_3", "era_4"][:k]
     # PEARL: the base (with its K adapters) and one source at a time while the adapters are initialised.
-    expected = {"ensemble": k, "grasp": 2, "pearl": 2, "source_finetune": 1, "target_only": 1}
-    loads = {"ensemble": k, "grasp": k, "pearl": k, "source_finetune": 1, "target_only": 0}
+    # Merges: the merged model + its task vector (sources mapped, one tensor at a time), then + its weights
+    # before fine-tuning; the greedy soup: the soup, its copy before the last addition and one source.
+    expected = {"ensemble": k, "grasp": 2, "pearl": 2, "source_finetune": 1, "target_only": 1, "task_arithmetic": 2,
+                "ties": 2, "dare": 2, "soup": 3}
+    loads = {"ensemble": k, "grasp": k, "pearl": k, "source_finetune": 1, "target_only": 0, "task_arithmetic": k + 1,
+             "ties": k + 1, "dare": k + 1, "soup": 2 * k}
     for method, want in expected.items():
         result, meter, pool = _run(method, trained_sources, target, bins)
         assert meter.models.max_resident == want, method

@@ -13,6 +13,7 @@ from PIL import Image
 from multisource.cli.preprocess_real import clear10_main, clear100_main
 from multisource.data.card import file_list_checksum, read_card
 from multisource.data.clear import build_clear
+from multisource.data.datasets import get_dataset
 from multisource.data.datasets import CLEAR10_CLASSES, CLEAR100_30_CLASSES
 from multisource.data.loaders import open_dataset
 from multisource.data.raw import RawDataError
@@ -271,3 +272,40 @@ def test_paper_commands_run_on_the_fake_build(clear10, tmp_path, monkeypatch, ca
 def test_card_is_read_back(clear10):
     _, out, card = clear10
     assert read_card(out) == json.loads(json.dumps(card))
+
+
+def test_merging_baselines_run_on_the_fake_build_from_a_shared_start(clear10, tmp_path, capsys, monkeypatch):
+    """The merges need sources fine-tuned from one start (here a saved tiny-resnet, as --weights); each runs
+    through its paper-named sweep wrapper on clear10 and records its accuracy before and after fine-tuning."""
+    import runpy
+
+    from multisource.cli.train import train_all_main
+    from multisource.models.checkpoint import save_checkpoint
+    from multisource.models.factory import create_model
+
+    _, out, _ = clear10
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    results = tmp_path / "results"
+    start = save_checkpoint(tmp_path / "start.ckpt", create_model("tiny-resnet", 10, image_size=64),
+                            model_name="tiny-resnet", classes=list(get_dataset("clear10").classes))
+    assert train_all_main(["--dataset", "clear10", "--model_name", "tiny-resnet", "--weights", str(start),
+                           "--max_epochs", "1", "--image_size", "64", "--data_root", str(out), "--results_dir",
+                           str(results), "--device", "cpu"]) == 0
+    for method, flags in (("task_arithmetic", ["--lambdas", "0.25", "0.5"]), ("ties", ["--density", "0.5"]),
+                          ("dare", ["--drop_rate", "0.5"]), ("soup", [])):
+        monkeypatch.chdir(PROJECT_ROOT / "experiments" / method)
+        monkeypatch.setattr(sys, "argv", [f"run_all_{method}_clear10.py", "--num_trials", "1", "--targets",
+                                          "year_5-6", "--model", "tiny-resnet", "--image_size", "64", "--data_root",
+                                          str(out), "--results_dir", str(results), "--finetune_epochs", "1",
+                                          "--learning_rate", "1e-3", "--device", "cpu", *flags])
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(f"run_all_{method}_clear10.py", run_name="__main__")
+        assert done.value.code == 0, capsys.readouterr().err[-2000:]
+        m = json.loads((results / "clear10" / "tiny-resnet" / method / "year_5-6" / "trial_1" /
+                        "metrics.json").read_text())
+        assert m["information_used"]["source_models"] == ["year_1-2", "year_3-4", "year_7-8", "year_9-10"]
+        assert m["budget"]["target_epochs"] == 1 and 0 <= m["before_finetune"]["test_accuracy"] <= 1
+        if method != "soup":
+            assert m["information_used"]["pretrained_start"] == str(start)
+    comparison = (results / "clear10" / "tiny-resnet" / "summaries" / "comparison.md").read_text()
+    assert "| soup |" in comparison and "before fine-tuning" in comparison

@@ -29,6 +29,10 @@ FAST_FLAGS = {
     "pearl": ["--adapter_epochs", "1", "--composition_epochs", "1", "--adapter_dim", "4", "--learning_rate", "1e-3"],
     "target_only": [],  # matched: GRASP's default 3 + 3 x (K - 1) = 6 epochs for K = 2
     "source_finetune": ["--finetune_epochs", "1", "--learning_rate", "1e-3", "--pick", "best-val"],
+    "task_arithmetic": ["--finetune_epochs", "1", "--learning_rate", "1e-3", "--lambdas", "0.5", "1.0"],
+    "ties": ["--finetune_epochs", "0", "--density", "0.5"],
+    "dare": ["--finetune_epochs", "1", "--drop_rate", "0.3", "--merge", "ties"],
+    "soup": ["--finetune_epochs", "1", "--mode", "greedy"],
 }
 REQUIRED = {"dataset", "model", "method", "target", "sources", "trial", "seed", "config", "environment", "val", "test",
             "flops", "memory", "time", "params", "record", "budget", "information_used"}
@@ -81,13 +85,16 @@ def test_method_script_writes_its_files(trained_sources, tmp_path, method, capsy
     assert m["test"]["accuracy"] > 0.2  # well above chance (0.1) even with one epoch
     assert m["flops"]["total"] > 0 and m["flops"]["forward_per_image"] > 0 and "MAC" in m["flops"]["convention"]
     assert m["memory"]["peak_bytes"] > 0 and m["time"]["total_s"] > 0
-    resident = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 2, "target_only": 1, "source_finetune": 1}[method]
+    resident = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 2, "target_only": 1, "source_finetune": 1,
+                "task_arithmetic": 2, "ties": 2, "dare": 2, "soup": 3}[method]
     assert m["memory"]["max_models_resident"] == resident
     used = m["information_used"]
     read = {"target_only": [], "source_finetune": ["era_2", "era_4", m["record"].get("source")]}.get(method, ["era_2", "era_4"])
     assert used["source_models"] == list(dict.fromkeys(read)) and len(used["loaded_checkpoints"]) == len(set(read))
-    assert used["target_data"] == ([] if method == "ensemble" else ["train", "val"]) and used["source_data"] == []
-    budget = {"ensemble": 0, "fusion": 1, "grasp": 2, "pearl": 1, "target_only": 6, "source_finetune": 1}[method]
+    target_read = {"ensemble": [], "ties": ["val"]}.get(method, ["train", "val"])  # ties: merged, not fine-tuned
+    assert used["target_data"] == target_read and used["source_data"] == []
+    budget = {"ensemble": 0, "fusion": 1, "grasp": 2, "pearl": 1, "target_only": 6, "source_finetune": 1,
+              "task_arithmetic": 1, "ties": 0, "dare": 1, "soup": 1}[method]
     assert m["budget"]["target_epochs"] == budget and m["config"]["method_config"].get("finetune_epochs") != "matched"
     assert f"test acc {m['test']['accuracy']:.4f}" in stdout
     if method == "grasp":
@@ -97,7 +104,15 @@ def test_method_script_writes_its_files(trained_sources, tmp_path, method, capsy
         assert set(m["record"]["composition_weights"]) == {"era_2", "era_4"} and m["record"]["base"] == "era_2"
         assert 0 < m["record"]["approximation"]["era_4"]["relative_error"] < 1
         assert (out / "model.pt").is_file()
-    if method in ("fusion", "grasp", "target_only", "source_finetune"):  # loads like a source checkpoint
+    if method in ("task_arithmetic", "ties", "dare", "soup"):  # merged weights scored before fine-tuning too
+        before = m["before_finetune"]
+        assert 0 <= before["test_accuracy"] <= 1 and before["same_as_final"] == (method == "ties")
+        if method == "ties":
+            assert before["test_accuracy"] == m["test"]["accuracy"]
+        assert used["pretrained_start"] or method == "soup"  # task vectors are taken from the shared start
+    else:
+        assert "before_finetune" not in m
+    if method in ("fusion", "grasp", "target_only", "source_finetune", "task_arithmetic", "ties", "dare", "soup"):
         model, meta = load_checkpoint(out / "model.ckpt")
         assert meta["classes"] == [str(d) for d in range(10)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -170,3 +171,24 @@ def test_changed_hyper_parameters_are_not_silently_skipped(trained_sources, tmp_
     with pytest.raises(ConfigError, match="voting"):
         run_sweep(sweep_config(methods=("ensemble",), targets=("era_2",),
                                method_configs={"ensemble": {"voting": "hard"}}), opts)
+
+
+def test_finished_experiments_run_otherwise_are_refused_but_a_field_added_since_is_its_default(trained_sources,
+                                                                                                  tmp_path):
+    opts = options(trained_sources, tmp_path)
+    assert run_sweep(sweep_config(methods=("fusion",)), opts).ok
+    metrics = tmp_path / "drift_digits" / MODEL / "fusion" / "era_2" / "trial_1" / "metrics.json"
+    report = read_json(metrics)
+    del report["config"]["method_config"]["source_weights"]  # as written before FUSION had the option
+    metrics.write_text(json.dumps(report))
+    again = run_sweep(sweep_config(methods=("fusion",)), opts)
+    assert [o.status for o in again.outcomes] == ["skipped"]  # the new field at its default: the same settings
+    from multisource.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method_config.finetune_epochs: found 1, asked for 2.*--overwrite"):
+        run_sweep(sweep_config(methods=("fusion",), method_configs={"fusion": {"finetune_epochs": 2}}), opts)
+    with pytest.raises(ConfigError, match=r"method_config.source_weights: found 'uniform', asked for 'recency:0.5'"):
+        run_sweep(sweep_config(methods=("fusion",), method_configs={"fusion": {"finetune_epochs": 1,
+                                                                                "source_weights": "recency:0.5"}}),
+                  opts)
+

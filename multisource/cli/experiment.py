@@ -26,6 +26,10 @@ def add_method_flags(p: argparse.ArgumentParser, methods: list[str], title: str)
                 if f["type"] == "bool":
                     g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                    help=f"default {f['default']}")
+                elif f["type"].startswith("tuple"):  # e.g. --lambdas 0.25 0.5 1.0
+                    item = f["type"][len("tuple["):].split(",")[0].strip().upper()
+                    g.add_argument(flag, default=None, nargs="+", metavar=item,
+                                   help=f"default {' '.join(map(str, f['default']))}")
                 else:
                     g.add_argument(flag, default=None, metavar=f["type"].upper().replace(" ", ""),
                                    help=f"default {f['default']}")

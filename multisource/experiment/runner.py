@@ -7,6 +7,7 @@ into it at the end, so a crash leaves no half-written result and a failed re-run
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -198,6 +199,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
     test.update(bootstrap_intervals(test_y.numpy(), test_pred.numpy(), seed=derive_seed(plan.seed, "bootstrap")),
                 ci95_method=f"percentile bootstrap over the {len(test_y)} test examples ({RESAMPLES} resamples)",
                 predictions_file=PREDICTIONS_FILE)
+    stages = evaluate_stages(result, target, handle.classes, val, test, meter, macs)
     params = count_parameters(model)
     transferred = sum(s.get("transferred_elements", 0) for s in result.record.get("steps", []))
     report = {
@@ -213,6 +215,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
         "information_used": used,
         "environment": environment(str(device)),
         "val": val, "test": test,
+        **stages,
         **meter.report(),
         "params": {**params, "transferred": transferred},
         "record": result.record,
@@ -225,6 +228,31 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
     del model, result
     log.info("%s/%s trial %d: val %.4f test %.4f", method, cfg.target, cfg.trial, val["accuracy"], test["accuracy"])
     return report
+
+
+def evaluate_stages(result, target, classes: list[str], val: dict, test: dict, meter, macs: int) -> dict[str, dict]:
+    """Val and test accuracy (and macro F1) of the earlier states a method handed back beside its final model
+    (the merges' weights before target fine-tuning), evaluated here, after the method, so that no method ever
+    reads the test split. A state of None is the final model itself (nothing was fine-tuned)."""
+    out = {}
+    for name, state in result.stages.items():
+        if state is None:
+            v, t = val, test
+        else:
+            model = copy.deepcopy(result.model)
+            model.load_state_dict(state)
+            with meter.phase("eval"):
+                (v_logits, v_y), (t_logits, t_y) = (predict(model, loader, target.device, target.precision)
+                                                    for loader in (target.val, target.test))
+            del model
+            meter.flops.add_forward("inference", macs, len(v_y) + len(t_y))
+            if not bool(torch.isfinite(v_logits).all() and torch.isfinite(t_logits).all()):
+                raise NonFiniteResult(f"The model's {name.replace('_', ' ')} state gives non-finite outputs; nothing "
+                                      "is recorded.")
+            v, t = classification_metrics(v_logits, v_y, classes), classification_metrics(t_logits, t_y, classes)
+        out[name] = {"val_accuracy": v["accuracy"], "test_accuracy": t["accuracy"], "val_f1_macro": v["f1_macro"],
+                     "test_f1_macro": t["f1_macro"], "same_as_final": state is None}
+    return out
 
 
 def _write_outputs(staging: Path, report: dict, result, handle: DatasetHandle, opts: RunOptions) -> None:

@@ -32,6 +32,8 @@ SUMMARY_SCHEMA_VERSION = 1
 # summary key -> where it lives in metrics.json. Units are in the names: bytes, seconds, MACs.
 METRICS: dict[str, tuple[str, str]] = {
     "test_accuracy": ("test", "accuracy"),
+    "test_accuracy_before_finetune": ("before_finetune", "test_accuracy"),  # merging methods (null elsewhere)
+    "val_accuracy_before_finetune": ("before_finetune", "val_accuracy"),
     "test_precision_macro": ("test", "precision_macro"),
     "test_recall_macro": ("test", "recall_macro"),
     "test_f1_macro": ("test", "f1_macro"),
@@ -291,6 +293,7 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
             "accuracy_pooled_mean": pooled["test_accuracy"]["mean"],
             "accuracy_pooled_std": pooled["test_accuracy"]["std"],
             "f1_macro_mean": s["overall"]["mean_over_targets"]["test_f1_macro"]["mean"],
+            "accuracy_before_finetune_mean": s["overall"]["mean_over_targets"]["test_accuracy_before_finetune"]["mean"],
             "per_target_accuracy": {t: s["targets"][t]["metrics"]["test_accuracy"]["mean"] if t in s["targets"]
                                     else None for t in targets},
             "per_target_accuracy_std": {t: s["targets"][t]["metrics"]["test_accuracy"]["std"] if t in s["targets"]
@@ -390,6 +393,7 @@ def comparison_frame(comp: dict):
             "method": r["method"], "experiments": r["num_experiments"], "failed": r["num_failed"],
             "accuracy_mean": r["accuracy_mean"], "accuracy_std": r["accuracy_std"],
             "accuracy_pooled_mean": r["accuracy_pooled_mean"], "accuracy_pooled_std": r["accuracy_pooled_std"],
+            "accuracy_before_finetune_mean": r.get("accuracy_before_finetune_mean"),
             **{f"accuracy_{t}": r["per_target_accuracy"].get(t) for t in comp["targets"]},
             "flops_total_macs": r["flops_total_macs"],
             "flops_forward_per_image_macs": r["flops_forward_per_image_macs"],
@@ -428,7 +432,8 @@ def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
 
 def comparison_markdown(comp: dict) -> str:
     """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
-    head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"], "GMACs total", "MMACs/image",
+    head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"], "before fine-tuning", "GMACs total",
+            "MMACs/image",
             "peak memory MiB", "model memory MiB", "time s", "max models", "target epochs", "information used",
             f"Δ acc vs {comp['reference']} (p)"]
     lines = [f"# {comp['dataset']} / {comp['model']}: method comparison (protocol: "
@@ -442,6 +447,7 @@ def comparison_markdown(comp: dict) -> str:
         acc = _fmt(r["accuracy_mean"], ".4f") + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.4f}")
         cells = [r["method"], str(r["num_experiments"]), str(r["num_failed"]), acc,
                  *(_fmt(r["per_target_accuracy"].get(t), ".4f") for t in comp["targets"]),
+                 _fmt(r.get("accuracy_before_finetune_mean"), ".4f"),
                  _fmt(r["flops_total_macs"], ".2f", 1e9), _fmt(r["flops_forward_per_image_macs"], ".2f", 1e6),
                  _fmt(r["peak_memory_bytes"], ".0f", 2**20), _fmt(r["resident_model_bytes"], ".2f", 2**20),
                  _fmt(r["time_s"], ".1f"),
@@ -449,7 +455,9 @@ def comparison_markdown(comp: dict) -> str:
                  diff]
         lines.append("| " + " | ".join(cells) + " |")
     notes = comp["notes"]
-    lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials.",
+    lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials. Before "
+              "fine-tuning: the merging methods' test accuracy of the merged model before target fine-tuning (the "
+              "same as the final one when they fine-tune 0 epochs; '-' for methods that do not merge).",
               f"- cost: {notes['cost']}", f"- budget: {notes['budget']}",
               f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} The table's p is the Holm-corrected "
               f"p-value over targets ('-' below {MIN_TARGETS} targets or when the differences do not vary).",

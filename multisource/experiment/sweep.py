@@ -184,6 +184,9 @@ def config_mismatch(job: ExperimentPlan) -> str | None:
         wanted["data"], found["data"] = f"build {job.handle.fingerprint}", f"build {recorded_data} (re-imported since)"
     wanted = json.loads(json.dumps(wanted))
     mc_found, mc_wanted = found.pop("method_config") or {}, wanted.pop("method_config")
+    # A field added to the method since the experiment ran was, in effect, at its default then.
+    defaults = json.loads(json.dumps(dataclasses.asdict(type(job.method_config)())))
+    mc_found = {**{k: defaults[k] for k in set(mc_wanted) - set(mc_found) if k in defaults}, **mc_found}
     found.update({f"method_config.{k}": mc_found.get(k) for k in set(mc_found) | set(mc_wanted)})
     wanted.update({f"method_config.{k}": mc_wanted.get(k) for k in set(mc_found) | set(mc_wanted)})
     diffs = [f"{k}: found {found[k]!r}, asked for {wanted[k]!r}" for k in sorted(wanted) if found[k] != wanted[k]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -27,11 +27,13 @@ RSS_SAMPLED = "psutil sampling every 5 ms"
 _SAMPLE_S = 0.005
 
 
-def module_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and buffers (shared tensors counted once)."""
+def module_bytes(model: nn.Module | Mapping[str, torch.Tensor]) -> int:
+    """Bytes of parameters and buffers (shared tensors counted once); or of a mapping of tensors, such as a
+    merge's model-sized accumulator."""
     seen: set[int] = set()
     total = 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    tensors = list(model.values()) if isinstance(model, Mapping) else list(model.parameters()) + list(model.buffers())
+    for t in tensors:
         if id(t) not in seen:
             seen.add(id(t))
             total += t.numel() * t.element_size()
@@ -55,8 +57,9 @@ class ModelResidency:
         self._window_resident = 0
         self._window_bytes = 0
 
-    def hold(self, key: str, model: nn.Module) -> int:
-        """Register ``model`` as resident under ``key``; returns its bytes. Keeps no reference to it."""
+    def hold(self, key: str, model: nn.Module | Mapping[str, torch.Tensor]) -> int:
+        """Register ``model`` (or a model-sized mapping of tensors) as resident under ``key``; returns its bytes.
+        Keeps no reference to it."""
         if key in self._held:
             raise ValueError(f"Model '{key}' is already held; release('{key}') it first or use another key.")
         self._held[key] = module_bytes(model)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import ConfigError
 from ..measure.flops import forward_macs
-from ..models.checkpoint import CheckpointError, read_checkpoint_meta
+from ..models.checkpoint import CheckpointError, LazyCheckpoint, read_checkpoint_meta
 from ..models.factory import create_model, load_checkpoint
 from ..registry import Registry
 
@@ -65,7 +65,15 @@ class TargetData:
     # (bin, split, augment) -> the split's dataset (indexable, in its fixed order): GRASP's alignment batches.
     split_dataset: Callable[[str, str, bool], Dataset] | None = None
     reads: set[str] = field(default_factory=set)
+    bins: tuple[str, ...] = ()  # the dataset's bins in time order (distances in time between bins)
     _macs: dict = field(default_factory=dict, repr=False)
+
+    def distance(self, bin_name: str) -> int:
+        """How many bins ``bin_name`` lies from the target in time (recency weighting)."""
+        if bin_name not in self.bins or self.bin not in self.bins:
+            raise ValueError(f"Bin distances need the dataset's bin order; {bin_name!r} or {self.bin!r} is not in "
+                             f"{list(self.bins)} (build TargetData with methods.inputs.target_data).")
+        return abs(self.bins.index(bin_name) - self.bins.index(self.bin))
 
     @property
     def num_classes(self) -> int:
@@ -140,6 +148,30 @@ class SourcePool:
                                   "need the start (target_only, task vectors) require sources trained alike.")
         return distinct.pop()
 
+    def open_lazy(self, name: str) -> LazyCheckpoint:
+        """Source ``name``'s checkpoint, memory-mapped and read tensor by tensor (nothing resident but the tensor
+        being read); counted as a source read like :meth:`load`."""
+        ckpt = LazyCheckpoint(self.checkpoints[name], expected_model=self.model_name)
+        if list(ckpt.meta["classes"]) != self.classes:
+            raise CheckpointError(f"Checkpoint {ckpt.path} was trained for classes {ckpt.meta['classes'][:5]}..., "
+                                  f"not the target's {self.classes[:5]}...; re-train it on this dataset.")
+        self.loads += 1
+        self.loaded.append(name)
+        return ckpt
+
+    def start_tensors(self, key: str = "start") -> "LazyCheckpoint | ModuleTensors":
+        """The shared pretrained start, tensor by tensor: the tiny models' upstream checkpoint memory-mapped, or
+        the paper models' ImageNet weights as a held module (its head is not shared: a new one, unused by
+        task-vector merges). Sources trained from random weights have no shared start: an error."""
+        pretrained, weights = self.shared_start()
+        if not pretrained:
+            raise CheckpointError("The sources were trained from random weights (--no-pretrained), so they share no "
+                                  "pretrained start and have no task vectors; train them from pretrained weights.")
+        if weights:
+            self.start_loaded = weights
+            return LazyCheckpoint(weights, expected_model=self.model_name)
+        return ModuleTensors(self.load_start(key))
+
     def load_start(self, key: str = "start") -> nn.Module:
         """The shared pretrained start with a new classifier head for the target's classes (drawn from the
         global RNG, which the runner seeds per trial); registered as resident like a source."""
@@ -179,6 +211,26 @@ class SourcePool:
         return _Borrow(self, name)
 
 
+class ModuleTensors:
+    """A held module's state dict with :class:`LazyCheckpoint`'s reading interface (``keys``, ``shape``,
+    ``read``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._state = model.state_dict()
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._state
+
+    def shape(self, name: str) -> torch.Size:
+        return self._state[name].shape
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._state[name].detach()
+
+
 class _Borrow:
     """``with pool.borrow(name) as model:`` loads a source and releases it on exit."""
 
@@ -201,6 +253,9 @@ class MethodResult:
     history: list[dict] = field(default_factory=list)  # val accuracy per epoch, for training curves
     produces_model: bool = True  # False when the result is only a wrapper over unchanged sources
     standalone: bool = True  # the model is one plain architecture (saved as a loadable checkpoint)
+    # Earlier states of ``model`` the runner also evaluates on val and test, by name (the merges' weights before
+    # target fine-tuning: "before_finetune"); None means "the same as the final model".
+    stages: dict[str, dict | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

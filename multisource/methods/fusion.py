@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import check_choice
+from ..config import ConfigError, check_choice
 from .base import MethodResult, SourcePool, TargetData, register_method
-from .merge import recalibrate_batchnorm, running_mean_
+from .merge import recalibrate_batchnorm, running_mean_, weighted_running_mean_
 from .target_finetune import TargetFinetuneConfig, finetune_on_target, match_finetune_epochs
 
 
@@ -21,10 +21,31 @@ from .target_finetune import TargetFinetuneConfig, finetune_on_target, match_fin
 class FusionConfig(TargetFinetuneConfig):
     mode: str = "params"
     recalibrate_bn: bool = False
+    source_weights: str = "uniform"  # uniform | recency:GAMMA (a source k bins from the target weighs GAMMA^k)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(self, "mode", ("params", "logits"))
+        self.gamma  # noqa: B018  (validates source_weights now, with the field named)
+        if self.mode == "logits" and self.source_weights != "uniform":
+            raise ConfigError("FusionConfig.source_weights applies to mode 'params' (a parameter average); the "
+                              "'logits' mode trains every source jointly. Use source_weights: uniform.")
+
+    @property
+    def gamma(self) -> float | None:
+        """The recency factor, or None for uniform weights."""
+        if self.source_weights == "uniform":
+            return None
+        kind, _, value = self.source_weights.partition(":")
+        try:
+            gamma = float(value)
+        except ValueError:
+            gamma = -1.0
+        if kind != "recency" or not gamma > 0:
+            raise ConfigError(f"FusionConfig.source_weights={self.source_weights!r} is not valid; use 'uniform' or "
+                              "'recency:GAMMA' with GAMMA > 0 (e.g. recency:0.5: each bin further from the target "
+                              "halves a source's weight).")
+        return gamma
 
 
 class LogitMean(nn.Module):
@@ -36,15 +57,24 @@ class LogitMean(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
-def _average_streaming(pool: SourcePool) -> tuple[nn.Module, int]:
-    """Running mean over the sources, one loaded at a time, accumulated in the first source's module."""
+def source_weights(pool: SourcePool, target: TargetData, gamma: float | None) -> list[float]:
+    """Each source's averaging weight in pool order: 1 each, or GAMMA^(bins between it and the target)."""
+    return [1.0] * len(pool) if gamma is None else [gamma ** target.distance(n) for n in pool.names]
+
+
+def _average_streaming(pool: SourcePool, weights: list[float] | None = None) -> tuple[nn.Module, int]:
+    """(Weighted) running mean over the sources, one loaded at a time, accumulated in the first source's module."""
     names = pool.names
     merged = pool.load(names[0], key="fused")
     acc = merged.state_dict()  # shares storage with ``merged``
-    elements = 0
+    elements, total = 0, weights[0] if weights else 1.0
     for k, name in enumerate(names[1:], start=2):
         with pool.borrow(name) as source:
-            elements += running_mean_(acc, source.state_dict(), k)
+            if weights is None:
+                elements += running_mean_(acc, source.state_dict(), k)
+            else:
+                total += weights[k - 1]
+                elements += weighted_running_mean_(acc, source.state_dict(), weights[k - 1], total)
             del source  # otherwise the loop variable keeps this source alive while the next one loads (3 resident)
     return merged, 3 * elements  # per element: subtract, scale, add
 
@@ -57,9 +87,13 @@ def run(cfg: FusionConfig, pool: SourcePool, target: TargetData, meter) -> Metho
         with meter.phase("load"):
             model = LogitMean([pool.load(n) for n in pool.names])
     else:
+        weights = None if cfg.gamma is None else source_weights(pool, target, cfg.gamma)
         with meter.phase("merge"):
-            model, merge_macs = _average_streaming(pool)
+            model, merge_macs = _average_streaming(pool, weights)
         meter.flops.add("merge", merge_macs)
+        if weights is not None:
+            record.update(source_weights=cfg.source_weights, weights={n: w / sum(weights) for n, w in
+                                                                      zip(pool.names, weights)})
         if cfg.recalibrate_bn:
             with meter.phase("merge"):
                 used = recalibrate_batchnorm(model, target.train, target.device)

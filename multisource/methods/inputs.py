@@ -50,7 +50,8 @@ def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_r
 
     return TargetData(bin=target, classes=handle.classes, train=loader(target, "train"), val=loader(target, "val"),
                       test=loader(target, "test"), device=torch.device(device), precision=precision,
-                      image_size=image_size, seed=seed, bin_loader=loader, split_dataset=split_dataset, reads=reads)
+                      image_size=image_size, seed=seed, bin_loader=loader, split_dataset=split_dataset, reads=reads,
+                      bins=tuple(handle.bins))
 
 
 def source_pool(checkpoints: Mapping[str, str | Path], target: TargetData, *, model: str,

@@ -5,9 +5,10 @@ Kept free of models and loaders so that tests can check them against oracles dir
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
+from peft.utils import merge_utils
 from torch import nn
 
 
@@ -37,6 +38,15 @@ def running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
     ``count`` states including ``state``. ``acc`` may be a live model's state dict (tensors share storage),
     so only one source needs to be resident besides it, whatever the number of sources. Returns the
     elements updated."""
+    return weighted_running_mean_(acc, state, 1.0, float(count))
+
+
+@torch.no_grad()
+def weighted_running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], weight: float,
+                           total_weight: float) -> int:
+    """Streaming weighted mean, in place: if ``acc`` is the weighted mean of earlier states whose weights sum to
+    ``total_weight - weight``, it becomes the weighted mean including ``state`` (weight ``weight``). With unit
+    weights this is :func:`running_mean_` exactly (``x * 1.0 / n == x / n``). Returns the elements updated."""
     if set(acc) != set(state):
         diff = sorted(set(acc) ^ set(state))[:3]
         raise ValueError(f"state dicts have different keys (e.g. {diff}); sources must share one architecture")
@@ -45,7 +55,7 @@ def running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
         if is_averageable(v):
             if acc[k].shape != v.shape:
                 raise ValueError(f"tensor {k} has shape {tuple(v.shape)} vs {tuple(acc[k].shape)}")
-            acc[k].add_((v.detach().to(acc[k].device, acc[k].dtype) - acc[k]) / count)
+            acc[k].add_((v.detach().to(acc[k].device, acc[k].dtype) - acc[k]) * weight / total_weight)
             elements += v.numel()
     return elements
 
@@ -115,3 +125,64 @@ def recalibrate_batchnorm(model: nn.Module, loader, device: torch.device, max_ba
         m.momentum = momentum
     model.train(was_training)
     return seen
+
+
+# ---- task vectors (source minus the shared start), one tensor at a time --------------------------------------
+
+def trim_by_magnitude(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES's trim, per tensor: keep the ``density`` share of entries largest in magnitude (PEFT's
+    ``magnitude_based_pruning``), the rest set to 0; ``density >= 1`` keeps everything."""
+    if density >= 1:
+        return tau
+    return merge_utils.prune(tau, density, method="magnitude")
+
+
+def dare_drop(tau: torch.Tensor, density: float, seed: int) -> torch.Tensor:
+    """DARE: drop each entry with probability ``1 - density`` and rescale the kept ones by ``1 / density``
+    (PEFT's ``random_pruning``), drawn from ``seed`` alone, so the same (seed, tensor) always drops the same
+    entries and the global random state is left as it was. ``density >= 1`` drops nothing."""
+    if density >= 1:
+        return tau
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return merge_utils.random_pruning(tau, density, rescale=True)
+
+
+def elected_sign(sign_sum: torch.Tensor) -> torch.Tensor:
+    """TIES's sign election by total mass, as PEFT's ``calculate_majority_sign_mask(method="total")``: +1 where
+    the sum of the (trimmed) task vectors is >= 0, else -1."""
+    return torch.where(sign_sum >= 0, 1, -1).to(torch.int8)
+
+
+@torch.no_grad()
+def disjoint_mean(task_vector: Callable[[int], torch.Tensor], count: int) -> torch.Tensor:
+    """TIES's merge of ``count`` (trimmed) task vectors of one tensor, holding one of them at a time:
+    ``task_vector(k)`` gives the k-th (it is asked twice, and must give the same tensor). First pass: elect the
+    sign of each entry by total mass; second pass: the mean over the vectors that agree with it (entries no
+    vector agrees with stay 0). Equals PEFT's ``ties`` with unit weights on the stacked vectors."""
+    sign_sum = task_vector(0).clone()
+    for k in range(1, count):
+        sign_sum += task_vector(k)
+    elected = elected_sign(sign_sum)
+    total, agreeing = torch.zeros_like(sign_sum), torch.zeros_like(sign_sum)
+    for k in range(count):
+        tau = task_vector(k)
+        agree = tau.sign() == elected
+        total += torch.where(agree, tau, 0)
+        agreeing += agree
+    return total / agreeing.clamp(min=1.0)
+
+
+@torch.no_grad()
+def task_vector_sum(task_vector: Callable[[int], torch.Tensor], count: int) -> torch.Tensor:
+    """Task arithmetic's sum of ``count`` task vectors of one tensor, holding one at a time (PEFT's
+    ``task_arithmetic`` with unit weights); the scaling lambda is applied afterwards."""
+    total = task_vector(0).clone()
+    for k in range(1, count):
+        total += task_vector(k)
+    return total
+
+
+def apply_task_vector(start: torch.Tensor, tau: torch.Tensor, scale: float) -> torch.Tensor:
+    """``start + scale * tau`` (the merged tensor for one lambda)."""
+    return start + scale * tau

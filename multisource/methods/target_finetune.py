@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import ConfigError, check_range
 from ..training.loop import FinetuneConfig, FitResult, finetune
-from .base import TargetData
+from .base import MethodResult, SourcePool, TargetData
 
 MATCHED = "matched"  # finetune_epochs: the reference method's target epochs for the same number of sources
 
@@ -64,3 +64,18 @@ def finetune_on_target(model: nn.Module, target: TargetData, cfg: FinetuneConfig
     meter.flops.add_forward(f"{phase}_validation", macs, result.val_images)
     meter.budget.add(sum(1 for h in result.history if h["epoch"] > 0), result.train_images)
     return result
+
+
+def finetune_after_merge(model: nn.Module, record: dict, cfg: TargetFinetuneConfig, pool: SourcePool,
+                         target: TargetData, meter, desc: str) -> MethodResult:
+    """Optional target fine-tuning; the merged weights before it are handed to the runner, which reports
+    their val and test accuracy beside the final ones (``before_finetune``)."""
+    if cfg.epochs == 0:
+        return MethodResult(model=model, record={**record, "finetuned": False}, stages={"before_finetune": None})
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if pool.residency is not None:
+        pool.residency.hold("before_finetune", before)
+    fit = finetune_on_target(model, target, cfg.finetune_config(), meter, desc=desc, macs_key="merged")
+    record.update(finetuned=True, best_epoch=fit.best_epoch, best_val_accuracy=fit.best_val_accuracy)
+    return MethodResult(model=model, record=record, history=[{"step": "finetune", **h} for h in fit.history],
+                        stages={"before_finetune": before})

@@ -5,6 +5,9 @@ Loading is strict: the wrong architecture or class count is a clear error, never
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,6 +79,57 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """Everything but the weights, which are memory-mapped and never read (plans check every source's
     metadata before each experiment; the shared start is found the same way)."""
     return {k: v for k, v in read_checkpoint(path, mmap=True).items() if k != "state_dict"}
+
+
+_MADV_DONTNEED = 4
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+if _LIBC is not None:
+    _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def give_back_pages(tensor: torch.Tensor) -> None:
+    """Drop a memory-mapped tensor's pages from this process's resident set (Linux ``madvise(DONTNEED)``; the
+    page cache keeps them, and the mapping is read-only here, so a later read simply maps them again). Without
+    it, reading K mapped checkpoints tensor by tensor would end with K models' pages resident. A no-op elsewhere."""
+    if _LIBC is None:
+        return
+    storage = tensor.untyped_storage()
+    start, size = storage.data_ptr(), storage.nbytes()
+    aligned = start - start % mmap.PAGESIZE
+    _LIBC.madvise(aligned, start + size - aligned, _MADV_DONTNEED)
+
+
+class LazyCheckpoint:
+    """A checkpoint's tensors read one at a time: the file is memory-mapped, :meth:`read` copies one tensor and
+    gives its pages back, so K open checkpoints hold K copies of one tensor at most, never K models."""
+
+    def __init__(self, path: str | Path, *, expected_model: str | None = None) -> None:
+        self.path = Path(path)
+        payload = read_checkpoint(self.path, mmap=True)
+        if expected_model is not None and payload["model_name"] != expected_model:
+            raise CheckpointError(f"Checkpoint {self.path} holds model '{payload['model_name']}', but "
+                                  f"'{expected_model}' was asked for.")
+        self.meta = {k: v for k, v in payload.items() if k != "state_dict"}
+        self._state: dict[str, torch.Tensor] = payload["state_dict"]
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._state
+
+    def shape(self, name: str) -> torch.Size:
+        return self._state[name].shape
+
+    def read(self, name: str) -> torch.Tensor:
+        """A copy of tensor ``name`` (finite, or a clear error), its mapped pages given back."""
+        mapped = self._state[name]
+        out = mapped.clone()
+        give_back_pages(mapped)
+        if torch.is_floating_point(out) and not bool(torch.isfinite(out).all()):
+            raise CheckpointError(f"{self.path} holds non-finite weights (NaN or inf) in '{name}'; it comes from a "
+                                  "diverged run: re-train it (with a lower --learning_rate).")
+        return out
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:

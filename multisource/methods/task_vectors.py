@@ -1,0 +1,194 @@
+"""Merging baselines over task vectors (source minus the sources' shared pretrained start): TASK_ARITHMETIC,
+TIES and DARE. Each merges tensor by tensor, reading the checkpoints memory-mapped (models/checkpoint.py
+``LazyCheckpoint``), so it holds the merged model, one model-sized merged task vector and K copies of one
+tensor at a time, whatever K is; chooses the scaling lambda on the target's val split; and optionally
+fine-tunes the result on the target like FUSION (``finetune_epochs``: a number, 0, or ``matched``).
+
+What is merged how (say it, as papers differ):
+* parameters with a shared start: task vectors, combined by the method, then ``start + lambda * merged``;
+* the classifier head (each source trained its own: no shared start) and float buffers (BatchNorm running
+  statistics): the sources' uniform mean, as FUSION; ``recalibrate_bn`` re-estimates BatchNorm statistics on
+  the target's train split for every lambda before it is scored;
+* integer buffers (BatchNorm's ``num_batches_tracked``): the first source's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, check_choice, check_range
+from ..models.checkpoint import head_prefixes
+from ..training.loop import accuracy
+from ..utils.seed import derive_seed
+from .base import MethodResult, SourcePool, TargetData, register_method
+from .merge import apply_task_vector, dare_drop, disjoint_mean, recalibrate_batchnorm, task_vector_sum, \
+    trim_by_magnitude
+from .target_finetune import TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
+
+DEFAULT_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# TIES's disjoint mean is on the scale of one task vector (task arithmetic's sum on that of K): a wider grid.
+TIES_LAMBDAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+# A task vector's entries are combined with about this many multiply-adds per source in each method's merge.
+MACS_PER_ENTRY = {"sum": 2, "ties": 6}
+
+
+@dataclass
+class TaskVectorConfig(TargetFinetuneConfig):
+    """``lambdas``: the scaling grid searched on the target's val split (the best, earliest on a tie, is kept)."""
+
+    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+    recalibrate_bn: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.lambdas = tuple(float(v) for v in self.lambdas)
+        if not self.lambdas:
+            raise ConfigError(f"{type(self).__name__}.lambdas is empty; give at least one scaling value.")
+
+
+@dataclass
+class TiesConfig(TaskVectorConfig):
+    lambdas: tuple[float, ...] = TIES_LAMBDAS
+    density: float = 0.2  # share of each task vector's entries kept by magnitude, per tensor (TIES paper: 0.2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "density", 0.0, 1.0)
+
+
+@dataclass
+class DareConfig(TaskVectorConfig):
+    drop_rate: float = 0.5  # each entry of each task vector is dropped with this probability, the rest rescaled
+    merge: str = "task_arithmetic"  # what the dropped vectors are merged with: task_arithmetic | ties
+    density: float = 1.0  # TIES trim after the drop (merge: ties); 1 keeps every surviving entry
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "drop_rate", 0.0, 0.99)
+        check_range(self, "density", 0.0, 1.0)
+        check_choice(self, "merge", ("task_arithmetic", "ties"))
+
+
+def _uniform_mean(read: Callable[[int], torch.Tensor], count: int) -> torch.Tensor:
+    acc = read(0).clone()
+    for k in range(1, count):
+        acc += (read(k) - acc) / (k + 1)
+    return acc
+
+
+@torch.no_grad()
+def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torch.Tensor], int], torch.Tensor],
+                       prepare: Callable[[torch.Tensor, int, str], torch.Tensor], macs_per_entry: int,
+                       meter) -> tuple[nn.Module, Any, dict[str, torch.Tensor], dict[str, Any]]:
+    """(merged model with averaged heads/buffers, the start, {tensor: merged task vector}, record); the
+    caller sets ``start + lambda * tau``. ``prepare(tau, k, name)`` is applied to source k's task vector
+    (DARE's drop, TIES's trim) and must be deterministic."""
+    start = pool.start_tensors()
+    model = pool.load(pool.names[0], key="merged")  # the architecture with the target's head; every tensor is set
+    sources = [pool.open_lazy(n) for n in pool.names]
+    state, params, heads = model.state_dict(), {n for n, _ in model.named_parameters()}, head_prefixes(model)
+    taus: dict[str, torch.Tensor] = {}
+    averaged, taken, elements = [], [], 0
+    for name, own in state.items():
+        if not torch.is_floating_point(own):
+            own.copy_(sources[0].read(name))
+            taken.append(name)
+        elif name in params and not name.startswith(heads) and name in start and start.shape(name) == own.shape:
+            base = start.read(name)
+            taus[name] = combine(lambda k: prepare(sources[k].read(name) - base, k, name), len(sources))
+            elements += own.numel()
+        else:
+            own.copy_(_uniform_mean(lambda k: sources[k].read(name), len(sources)))
+            averaged.append(name)
+    if not taus:
+        raise ConfigError("No parameter of the sources matches the shared start, so there are no task vectors; the "
+                          "sources were not fine-tuned from that start.")
+    if pool.residency is not None:
+        pool.residency.hold("task_vector", taus)
+    meter.flops.add("merge", macs_per_entry * elements * len(sources))
+    record = {"task_vector_tensors": len(taus), "averaged_tensors": averaged, "first_source_tensors": taken,
+              "start": pool.start_loaded}
+    return model, start, taus, record
+
+
+@torch.no_grad()
+def set_scale(model: nn.Module, start, taus: dict[str, torch.Tensor], scale: float) -> None:
+    state = model.state_dict()
+    for name, tau in taus.items():
+        state[name].copy_(apply_task_vector(start.read(name), tau, scale))
+
+
+def choose_lambda(model: nn.Module, start, taus: dict[str, torch.Tensor], cfg: TaskVectorConfig,
+                  target: TargetData, meter) -> tuple[float, dict[str, float]]:
+    """Score every lambda on the target's val split (after BatchNorm recalibration if asked); keep the best."""
+    scores: dict[str, float] = {}
+    macs = target.forward_macs(model, "merged")
+    for lam in cfg.lambdas:
+        set_scale(model, start, taus, lam)
+        if cfg.recalibrate_bn:
+            used = recalibrate_batchnorm(model, target.train, target.device)
+            meter.flops.add_forward("bn_recalibration", macs, used)
+        scores[f"{lam:g}"] = accuracy(model, target.val, target.device, target.precision)
+        meter.flops.add("merge", 2 * sum(t.numel() for t in taus.values()))
+    meter.flops.add_forward("selection", macs, len(target.val.dataset) * len(cfg.lambdas))
+    best = max(cfg.lambdas, key=lambda lam: (scores[f"{lam:g}"], -cfg.lambdas.index(lam)))
+    set_scale(model, start, taus, best)
+    if cfg.recalibrate_bn:
+        recalibrate_batchnorm(model, target.train, target.device)
+        meter.flops.add_forward("bn_recalibration", macs, len(target.train.dataset))
+    return best, scores
+
+
+def _run(name: str, cfg: TaskVectorConfig, pool: SourcePool, target: TargetData, meter,
+         combine, prepare, macs: int, extra: dict) -> MethodResult:
+    with meter.phase("merge"):
+        model, start, taus, record = merge_task_vectors(pool, combine, prepare, macs, meter)
+    with meter.phase("select"):
+        lam, scores = choose_lambda(model, start, taus, cfg, target, meter)
+    taus.clear()
+    if pool.residency is not None:
+        pool.residency.release("task_vector")
+    pool.release("start")  # the paper models' ImageNet start is a held module; the tiny models' is mapped
+    record.update(extra, members=pool.names, **{"lambda": lam}, lambda_val_accuracy=scores,
+                  val_accuracy_before_finetune=scores[f"{lam:g}"])
+    return finetune_after_merge(model, record, cfg, pool, target, meter, desc=name)
+
+
+def _same(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
+    return tau
+
+
+@register_method("task_arithmetic", TaskVectorConfig, "Merge: start + lambda x sum of task vectors (lambda on "
+                 "target val), optionally fine-tuned.", match_budget=match_finetune_epochs)
+def run_task_arithmetic(cfg: TaskVectorConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
+    return _run("task_arithmetic", cfg, pool, target, meter, task_vector_sum, _same, MACS_PER_ENTRY["sum"], {})
+
+
+@register_method("ties", TiesConfig, "Merge: TIES (trim per tensor, elect signs, disjoint mean) of task vectors, "
+                 "lambda on target val, optionally fine-tuned.", match_budget=match_finetune_epochs)
+def run_ties(cfg: TiesConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
+    def trim(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
+        return trim_by_magnitude(tau, cfg.density)
+
+    return _run("ties", cfg, pool, target, meter, disjoint_mean, trim, MACS_PER_ENTRY["ties"],
+                {"density": cfg.density, "trim": "per tensor", "sign_election": "total mass"})
+
+
+@register_method("dare", DareConfig, "Merge: DARE (random drop, rescale) then task arithmetic or TIES, lambda on "
+                 "target val, optionally fine-tuned.", match_budget=match_finetune_epochs)
+def run_dare(cfg: DareConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
+    names = pool.names
+
+    def drop(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
+        tau = dare_drop(tau, 1.0 - cfg.drop_rate, derive_seed(target.seed, "dare", names[k], name))
+        return trim_by_magnitude(tau, cfg.density) if cfg.merge == "ties" else tau
+
+    combine = disjoint_mean if cfg.merge == "ties" else task_vector_sum
+    macs = MACS_PER_ENTRY["ties" if cfg.merge == "ties" else "sum"]
+    return _run("dare", cfg, pool, target, meter, combine, drop, macs,
+                {"drop_rate": cfg.drop_rate, "merge": cfg.merge, "density": cfg.density,
+                 "drop_seed": "derive_seed(trial seed, 'dare', source, tensor)"})
