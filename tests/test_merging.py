@@ -272,3 +272,37 @@ def test_lazy_checkpoint_reads_exact_tensors_and_gives_their_pages_back(tmp_path
     grown_mib = (_rss_file_kb() - before) / 1024
     assert grown_mib < 16, grown_mib  # without giving pages back: about 96 MiB stay mapped and resident
 
+
+@pytest.mark.parametrize("name", ["tiny-resnet", "tiny-vit", "tiny-efficientnet"])
+def test_models_hold_no_reference_cycle_so_release_needs_no_garbage_collection(name):
+    """SourcePool.release frees a model by dropping references (no gc.collect, ~0.8 s each); that is only right
+    while the architectures, with gradients, hold no reference cycle."""
+    import gc
+    import weakref
+
+    model = create_model(name, 10, image_size=32)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_pool_release_frees_the_model_without_a_collection(shared_start_pool):
+    import gc
+    import weakref
+
+    target = target_data("drift_digits", "era_5", model=MODEL, data_root=shared_start_pool["data_root"])
+    pool = source_pool(shared_start_pool["paths"], target, model=MODEL)
+    model = pool.load("era_1")
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        pool.release("source:era_1")
+        assert ref() is None
+    finally:
+        gc.enable()
