@@ -32,6 +32,10 @@ METHOD_FLAGS = {
                "adapter_data": "source"}),
     "target_only": (["--head_lr_multiplier", "5"], {"head_lr_multiplier": 5.0}),
     "source_finetune": (["--pick", "best-val"], {"pick": "best-val"}),
+    "task_arithmetic": (["--lambdas", "0.5", "1.0"], {"lambdas": (0.5, 1.0)}),
+    "ties": (["--density", "0.5"], {"density": 0.5}),
+    "dare": (["--drop_rate", "0.3", "--merge", "ties"], {"drop_rate": 0.3, "merge": "ties"}),
+    "soup": (["--recalibrate_bn"], {"recalibrate_bn": True}),
 }
 
 
@@ -77,8 +81,23 @@ def test_wrapper_accepts_the_paper_flags(method, dataset):
     assert opts.executor == "local"
 
 
+def test_every_method_has_a_paper_flag_row():
+    assert sorted(METHOD_FLAGS) == sorted(METHODS)
+
+
+def test_run_all_takes_the_merging_baselines_flags_when_it_runs_them():
+    merges = ["task_arithmetic", "ties", "dare", "soup"]
+    flags = [f for m in merges for f in METHOD_FLAGS[m][0]]
+    cfg, _ = parse(["--dataset", "clear10", "--methods", *merges, *COMMON, *flags])
+    assert cfg.methods == tuple(merges)
+    assert {m: cfg.method_configs[m].lambdas for m in ("task_arithmetic", "ties", "dare")} == dict.fromkeys(
+        ("task_arithmetic", "ties", "dare"), (0.5, 1.0))  # a shared flag applies to each method that has it
+    assert (cfg.method_configs["ties"].density, cfg.method_configs["dare"].density) == (0.5, 0.5)
+    assert cfg.method_configs["soup"].recalibrate_bn and cfg.method_configs["dare"].merge == "ties"
+
+
 def test_run_all_accepts_every_method_flag_and_applies_shared_ones_to_each():
-    all_flags = [f for m in METHODS for f in METHOD_FLAGS[m][0]]
+    all_flags = [f for m in DEFAULT_METHODS for f in METHOD_FLAGS[m][0]]
     cfg, sweep = parse(["--dataset", "clear10"] + COMMON + all_flags + ["--executor", "ray", "--ray_address",
                                                                             "auto", "--train_missing"])
     assert cfg.methods == DEFAULT_METHODS

@@ -185,7 +185,7 @@ def test_finished_experiments_run_otherwise_are_refused_but_a_field_added_since_
     assert [o.status for o in again.outcomes] == ["skipped"]  # the new field at its default: the same settings
     from multisource.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"method_config.finetune_epochs: found 1, asked for 2.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"(?s)method_config.finetune_epochs: found 1, asked for 2.*--overwrite"):
         run_sweep(sweep_config(methods=("fusion",), method_configs={"fusion": {"finetune_epochs": 2}}), opts)
     with pytest.raises(ConfigError, match=r"method_config.source_weights: found 'uniform', asked for 'recency:0.5'"):
         run_sweep(sweep_config(methods=("fusion",), method_configs={"fusion": {"finetune_epochs": 1,

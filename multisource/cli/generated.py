@@ -76,7 +76,7 @@ def method_flag_table() -> dict:
         types = field_types(spec.config_cls)
         fields = []
         for f in dataclasses.fields(spec.config_cls):
-            default = None if f.default is dataclasses.MISSING else f.default
+            default = None if f.default is dataclasses.MISSING else json.loads(json.dumps(f.default))  # tuples: lists
             fields.append({"name": f.name, "type": _type_text(types[f.name]), "default": default})
         table[name] = {"description": spec.description, "reference": spec.reference, "fields": fields}
     return table
