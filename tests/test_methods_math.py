@@ -8,8 +8,9 @@ from torch import nn
 
 from multisource.methods.base import order_sources
 from multisource.methods.ensemble import EnsembleConfig, EnsembleModule
-from multisource.methods.merge import (average_state_dicts, batchnorm_buffers_for, gradient_alignment,
-                                       running_mean_, select_tensors, transfer_tensors)
+from multisource.methods.grasp import alignment_scores
+from multisource.methods.merge import (average_state_dicts, batchnorm_buffers_for, running_mean_, select_tensors,
+                                       transfer_tensors)
 from multisource.config import ConfigError
 
 
@@ -62,15 +63,35 @@ def test_running_mean_rejects_other_architectures():
         running_mean_(a, b, 2)
 
 
-def test_gradient_alignment_is_per_tensor_cosine():
-    g_cur = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([1.0, 2.0, 3.0]), "z": torch.zeros(3)}
-    g_src = {"a": torch.tensor([0.0, 2.0]), "b": torch.tensor([-2.0, -4.0, -6.0]), "z": torch.ones(3)}
-    scores = gradient_alignment(g_src, g_cur)
-    assert scores["a"] == pytest.approx(0.0)
-    assert scores["b"] == pytest.approx(-1.0)
-    assert scores["z"] == 0.0  # undefined cosine (zero gradient) counts as unaligned
-    g_src["a"] = torch.tensor([3.0, 4.0])
-    assert gradient_alignment(g_src, g_cur)["a"] == pytest.approx(0.6)
+@pytest.mark.parametrize("num_batches", [1, 2])
+def test_alignment_scores_are_per_tensor_cosines_of_summed_gradients(num_batches):
+    """Against plain autograd: per parameter, cosine(sum of the source's batch gradients, the current model's);
+    both models end without gradients and with their BatchNorm statistics unchanged."""
+    torch.manual_seed(5)
+    batches = [(torch.randn(6, 3, 6, 6), torch.randint(0, 5, (6,))) for _ in range(num_batches)]
+    current, source = _materialised(0), _materialised(1)
+    with torch.no_grad():
+        source[4].weight.copy_(-current[4].weight)  # a tensor whose gradient is unlikely to align
+    buffers = [{k: v.clone() for k, v in m.named_buffers()} for m in (current, source)]
+
+    def summed(model):
+        model.train()
+        loss = sum(nn.functional.cross_entropy(model(x), y) for x, y in batches)
+        return dict(zip([n for n, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters()))))
+
+    g_cur, g_src = summed(current), summed(source)
+    for m, saved in zip((current, source), buffers):  # the oracle's train-mode forwards moved the statistics
+        with torch.no_grad():
+            for k, v in m.named_buffers():
+                v.copy_(saved[k])
+    scores = alignment_scores(current, source, batches, torch.device("cpu"), "32", eval_mode=False)
+    for name in g_cur:
+        expected = float(torch.nn.functional.cosine_similarity(g_src[name].flatten().double(),
+                                                               g_cur[name].flatten().double(), dim=0))
+        assert scores[name] == pytest.approx(expected, abs=1e-9)
+    for m, saved in zip((current, source), buffers):
+        assert all(p.grad is None for p in m.parameters())
+        assert all(torch.equal(v, saved[k]) for k, v in m.named_buffers())
 
 
 def test_select_tensors_threshold_is_strict():

@@ -18,8 +18,7 @@ from ..config import check_choice, check_range
 from ..utils.seed import derive_seed
 from ..training.loop import FinetuneConfig, autocast, accuracy
 from .base import SOURCE_ORDERS, MethodResult, SourcePool, TargetData, register_method
-from .merge import (batchnorm_buffers_for, gradient_alignment, parameter_gradients, recalibrate_batchnorm,
-                    select_tensors, transfer_tensors)
+from .merge import batchnorm_buffers_for, recalibrate_batchnorm, select_tensors, transfer_tensors
 from .target_finetune import finetune_on_target
 
 log = logging.getLogger(__name__)
@@ -55,28 +54,61 @@ class GraspConfig:
         return FinetuneConfig(epochs=epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay)
 
 
-def alignment_gradients(model: nn.Module, batches: list, device: torch.device, precision: str,
-                        eval_mode: bool) -> dict[str, torch.Tensor]:
-    """Summed cross-entropy gradient of every parameter over ``batches`` (flattened copies).
-
-    A measurement only: BatchNorm running statistics updated by train-mode forwards are restored, so
-    neither model changes. ``eval_mode`` decides which statistics the forward itself normalises with.
-    """
-    saved_buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-    was_training = model.training
-    model.train(not eval_mode)
-    model.zero_grad(set_to_none=True)
+def _summed_backward(model: nn.Module, batches: list, device: torch.device, precision: str) -> None:
     for x, y in batches:
         with autocast(device, precision):
             loss = nn.functional.cross_entropy(model(x.to(device)).float(), y.to(device))
         loss.backward()
-    grads = parameter_gradients(model)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    with torch.no_grad():
-        for k, v in model.named_buffers():
-            v.copy_(saved_buffers[k])
-    return grads
+
+
+def alignment_scores(current: nn.Module, source: nn.Module, batches: list, device: torch.device, precision: str,
+                     eval_mode: bool) -> dict[str, float]:
+    """Per parameter tensor, the cosine between ``source``'s and ``current``'s summed cross-entropy gradients
+    over ``batches`` (0.0 where either is all zero or absent), in float64.
+
+    Lean: no flattened copies. ``current``'s gradients stay in its ``.grad``; ``source``'s last backward
+    consumes each gradient as soon as it is accumulated (a post-accumulate hook takes its dot product with
+    ``current``'s and its norm, then frees it), so with one alignment batch the source's full gradient never
+    exists: two models and one model's gradients are resident, about 3 model sizes. A measurement only:
+    BatchNorm running statistics changed by train-mode forwards are restored and both models end without
+    gradients. ``eval_mode`` decides which statistics the forwards normalise with."""
+    saved = {m: ({k: v.detach().clone() for k, v in m.named_buffers()}, m.training) for m in (current, source)}
+    for model in (current, source):
+        model.train(not eval_mode)
+        model.zero_grad(set_to_none=True)
+    _summed_backward(current, batches, device, precision)
+    cur = {n: p.grad for n, p in current.named_parameters()}
+    dots: dict[str, float] = {}
+    norms: dict[str, float] = {}
+
+    def consume(name: str):
+        def hook(param: torch.Tensor) -> None:
+            g, c = param.grad, cur[name]
+            if g is not None and c is not None:
+                dots[name] = float(torch.dot(g.reshape(-1).double(), c.reshape(-1).double()))
+                norms[name] = float(torch.linalg.vector_norm(g, dtype=torch.float64))
+            param.grad = None
+        return hook
+
+    _summed_backward(source, batches[:-1], device, precision)  # earlier batches accumulate as usual
+    hooks = [p.register_post_accumulate_grad_hook(consume(n)) for n, p in source.named_parameters()]
+    try:
+        _summed_backward(source, batches[-1:], device, precision)
+    finally:
+        for h in hooks:
+            h.remove()
+    scores = {}
+    for name, c in cur.items():
+        cur_norm = 0.0 if c is None else float(torch.linalg.vector_norm(c, dtype=torch.float64))
+        denom = cur_norm * norms.get(name, 0.0)
+        scores[name] = dots[name] / denom if denom > 0 else 0.0
+    for model, (buffers, was_training) in saved.items():
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    return scores
 
 
 def alignment_indices(size: int, batch_size: int, num_batches: int, seed: int) -> list[list[int]]:
@@ -92,10 +124,7 @@ def alignment_indices(size: int, batch_size: int, num_batches: int, seed: int) -
 def transfer_step(current: nn.Module, source: nn.Module, batches: list, cfg: GraspConfig, device: torch.device,
                   precision: str = "32") -> dict:
     """Align ``source`` with ``current`` on ``batches`` and copy the aligned tensors into ``current``."""
-    g_cur = alignment_gradients(current, batches, device, precision, cfg.eval_mode_alignment)
-    g_src = alignment_gradients(source, batches, device, precision, cfg.eval_mode_alignment)
-    scores = gradient_alignment(g_src, g_cur)
-    del g_cur, g_src
+    scores = alignment_scores(current, source, batches, device, precision, cfg.eval_mode_alignment)
     chosen = select_tensors(scores, cfg.alignment_threshold)
     names = chosen + (batchnorm_buffers_for(current, chosen) if cfg.transfer_bn_buffers else [])
     elements = transfer_tensors(current, source.state_dict(), names)

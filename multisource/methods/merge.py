@@ -1,4 +1,4 @@
-"""Pure functions over state dicts and gradients: averaging, alignment scores, tensor transfer.
+"""Pure functions over state dicts and tensors: averaging, task-vector merges, tensor transfer.
 
 Kept free of models and loaders so that tests can check them against oracles directly.
 """
@@ -58,23 +58,6 @@ def weighted_running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, 
             acc[k].add_((v.detach().to(acc[k].device, acc[k].dtype) - acc[k]) * weight / total_weight)
             elements += v.numel()
     return elements
-
-
-def parameter_gradients(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Flattened copies of every parameter's gradient (zeros where a parameter got none)."""
-    return {n: (p.grad.detach().flatten().clone() if p.grad is not None else torch.zeros(p.numel(), device=p.device))
-            for n, p in model.named_parameters()}
-
-
-def gradient_alignment(grads_source: Mapping[str, torch.Tensor],
-                       grads_current: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Per tensor, cosine(flatten(g_source), flatten(g_current)); 0.0 where either gradient is all zero."""
-    scores: dict[str, float] = {}
-    for name, g_cur in grads_current.items():
-        g_src = grads_source[name]
-        denom = g_src.norm() * g_cur.norm()
-        scores[name] = float((g_src.double() @ g_cur.double()) / denom.double()) if denom > 0 else 0.0
-    return scores
 
 
 def select_tensors(scores: Mapping[str, float], threshold: float) -> list[str]:
