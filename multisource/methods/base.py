@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..config import ConfigError
 from ..measure.flops import forward_macs
 from ..models.checkpoint import CheckpointError, LazyCheckpoint, read_checkpoint_meta
-from ..models.factory import create_model, load_checkpoint
+from ..models.factory import create_model, load_checkpoint, resolve_model
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,17 @@ class SourcePool:
                                   "need the start (target_only, task vectors) require sources trained alike.")
         return distinct.pop()
 
+    def _lazy(self, path: str | Path) -> LazyCheckpoint:
+        ckpt = LazyCheckpoint(path)
+        if resolve_model(ckpt.meta["model_name"]).name != resolve_model(self.model_name).name:
+            raise CheckpointError(f"Checkpoint {path} holds model '{ckpt.meta['model_name']}', not "
+                                  f"'{self.model_name}'; use the checkpoints of one model (--model / --checkpoint_dir).")
+        return ckpt
+
     def open_lazy(self, name: str) -> LazyCheckpoint:
         """Source ``name``'s checkpoint, memory-mapped and read tensor by tensor (nothing resident but the tensor
         being read); counted as a source read like :meth:`load`."""
-        ckpt = LazyCheckpoint(self.checkpoints[name], expected_model=self.model_name)
+        ckpt = self._lazy(self.checkpoints[name])
         if list(ckpt.meta["classes"]) != self.classes:
             raise CheckpointError(f"Checkpoint {ckpt.path} was trained for classes {ckpt.meta['classes'][:5]}..., "
                                   f"not the target's {self.classes[:5]}...; re-train it on this dataset.")
@@ -170,7 +177,7 @@ class SourcePool:
                                   "pretrained start and have no task vectors; train them from pretrained weights.")
         if weights:
             self.start_loaded = weights
-            return LazyCheckpoint(weights, expected_model=self.model_name)
+            return self._lazy(weights)
         return ModuleTensors(self.load_start(key))
 
     def load_start(self, key: str = "start") -> nn.Module:

@@ -103,12 +103,9 @@ class LazyCheckpoint:
     """A checkpoint's tensors read one at a time: the file is memory-mapped, :meth:`read` copies one tensor and
     gives its pages back, so K open checkpoints hold K copies of one tensor at most, never K models."""
 
-    def __init__(self, path: str | Path, *, expected_model: str | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         payload = read_checkpoint(self.path, mmap=True)
-        if expected_model is not None and payload["model_name"] != expected_model:
-            raise CheckpointError(f"Checkpoint {self.path} holds model '{payload['model_name']}', but "
-                                  f"'{expected_model}' was asked for.")
         self.meta = {k: v for k, v in payload.items() if k != "state_dict"}
         self._state: dict[str, torch.Tensor] = payload["state_dict"]
 

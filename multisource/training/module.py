@@ -64,7 +64,7 @@ class ClassifierModule(L.LightningModule):
         counts = torch.tensor([self._val_correct, self._val_total], dtype=torch.float64, device=self.device)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         acc = float(counts[0] / counts[1].clamp_min(1))
-        self.log("val_acc", acc, prog_bar=True)
+        self.log("val_acc", acc, prog_bar=True, sync_dist=True)  # already reduced: every rank logs the same value
         # Keep the best-validation weights (CPU copy); sanity-check batches do not count.
         if not self.trainer.sanity_checking and acc > self.best_val_accuracy:
             self.best_val_accuracy, self.best_epoch = acc, int(self.current_epoch) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import socket
 import subprocess
 import sys
 from functools import lru_cache
@@ -41,6 +42,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on when it is a Ray task (None otherwise; Ray is never imported here)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
 def environment(device: str | None = None) -> dict:
 
     env = {
@@ -50,6 +59,8 @@ def environment(device: str | None = None) -> dict:
         "git_commit": git_commit(),
         "packages": package_versions(),
         "device": device,
+        "hostname": socket.gethostname(),
+        "ray_node_id": ray_node_id(),  # which node of a Ray cluster ran it (None outside Ray)
     }
     env["torch"] = env["packages"].get("torch")
     return env
