@@ -45,8 +45,9 @@ def running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
 def weighted_running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], weight: float,
                            total_weight: float) -> int:
     """Streaming weighted mean, in place: if ``acc`` is the weighted mean of earlier states whose weights sum to
-    ``total_weight - weight``, it becomes the weighted mean including ``state`` (weight ``weight``). With unit
-    weights this is :func:`running_mean_` exactly (``x * 1.0 / n == x / n``). Returns the elements updated."""
+    ``total_weight - weight``, it becomes the weighted mean including ``state`` (weight ``weight``):
+    ``acc + (weight / total_weight) * (state - acc)``, one fused ``lerp_`` per tensor (no temporaries). Returns
+    the elements updated."""
     if set(acc) != set(state):
         diff = sorted(set(acc) ^ set(state))[:3]
         raise ValueError(f"state dicts have different keys (e.g. {diff}); sources must share one architecture")
@@ -55,7 +56,7 @@ def weighted_running_mean_(acc: Mapping[str, torch.Tensor], state: Mapping[str, 
         if is_averageable(v):
             if acc[k].shape != v.shape:
                 raise ValueError(f"tensor {k} has shape {tuple(v.shape)} vs {tuple(acc[k].shape)}")
-            acc[k].add_((v.detach().to(acc[k].device, acc[k].dtype) - acc[k]) * weight / total_weight)
+            acc[k].lerp_(v.detach().to(acc[k].device, acc[k].dtype), weight / total_weight)  # one fused pass
             elements += v.numel()
     return elements
 
