@@ -123,3 +123,20 @@ def test_import_table(tmp_path):
     assert list(report["bins"]) == ["2019", "2020", "2021", "2022", "2023"]
     for link in ("copy", "symlink"):
         assert report["imports"][link]["images_per_s"] == pytest.approx(1000 / report["imports"][link]["median_s"])
+
+
+def test_gpu_check_runs_its_steps_on_cpu_and_skips_cleanly_without_a_gpu(tmp_path):
+    report = run_bench("gpu_check", tmp_path, "--device", "cpu")
+    assert report["skipped"] is False and report["ok"] and report["gpu"] is None
+    steps = report["steps"]
+    assert list(steps) == ["memory_vs_k", "throughput_32", "loader", "grasp_data", "grasp_sources",
+                           "grasp_experiment"]
+    assert {r["method"] for r in steps["memory_vs_k"]["report"]["rows"]} == {"fusion", "grasp", "task_arithmetic"}
+    grasp = steps["grasp_experiment"]["report"]
+    assert grasp["method"] == "grasp" and grasp["sources"] == ["era_1", "era_2"] and len(grasp["record"]["steps"]) == 1
+    if not __import__("torch").cuda.is_available():
+        skipped = tmp_path / "skip"
+        proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "gpu_check.py"), "--output_dir",
+                               str(skipped)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "GPU check skipped: no CUDA device" in proc.stdout
+        assert json.loads((skipped / "gpu_check.json").read_text())["skipped"] is True
