@@ -29,6 +29,7 @@ from PIL import Image
 from multisource.data.clear import build_clear
 from multisource.data.datasets import get_dataset
 from multisource.data.folder import BinSplitDataset
+from multisource.data.batch_augment import BatchAugment, DeviceBatches, UInt8Crops
 from multisource.data.loaders import make_loader, open_dataset
 from multisource.data.packed import PackedDataset, open_packed, packed_paths
 from multisource.data.transforms import DataConfig, make_transform
@@ -75,10 +76,12 @@ def make_fake_clear10(raw: Path, per_class: int, seed: int = 0) -> int:
     return n
 
 
-def throughput(dataset, *, workers: int, batch_size: int, max_images: int) -> dict:
-    """Images/s over whole batches after one warm-up batch (worker start-up excluded)."""
+def throughput(dataset, *, workers: int, batch_size: int, max_images: int, wrap=None) -> dict:
+    """Images/s over whole batches after one warm-up batch (worker start-up excluded); ``wrap`` turns the loader
+    into the one measured (the batched path: colour jitter and normalisation on the device, per batch)."""
     torch.manual_seed(0)
     loader = make_loader(dataset, batch_size=batch_size, train=True, num_workers=workers, seed=0)
+    loader = wrap(loader) if wrap else loader
     it = iter(loader)
     next(it)
     n, t0 = 0, time.perf_counter()
@@ -135,22 +138,40 @@ def run(args: argparse.Namespace, data_root: Path, synthetic: dict | None) -> di
     load_before = round(os.getloadavg()[0], 2)  # other processes on the machine slow both paths alike
     # As in DataLoader workers: one intra-op thread, so per-image tensor ops do not fight over the cores.
     torch.set_num_threads(1)
+    # The batched path: uint8 crops from the packed cache, colour jitter + normalisation per batch on the device.
+    cfg = DataConfig(image_size=224)
+    crops = UInt8Crops(packed_ds, cfg, train=True)
+    device = torch.device(args.device)
+
+    def on_device(loader):
+        return DeviceBatches(loader, BatchAugment(cfg, train=True), device)
+
     rows = []
     for w in args.workers:
-        runs: dict[str, list[dict]] = {"folder": [], "packed": []}
-        for _ in range(args.repeats):  # alternate the two paths so a change in machine load hits both alike
+        runs: dict[str, list[dict]] = {"folder": [], "packed": [], "packed_batch": []}
+        for _ in range(args.repeats):  # alternate the paths so a change in machine load hits all alike
             runs["folder"].append(throughput(folder_ds, workers=w, batch_size=args.batch_size, max_images=max_images))
             runs["packed"].append(throughput(packed_ds, workers=w, batch_size=args.batch_size, max_images=max_images))
-        f, p = (_median(runs[k]) for k in ("folder", "packed"))
+            runs["packed_batch"].append(throughput(crops, workers=w, batch_size=args.batch_size, max_images=max_images,
+                                                   wrap=on_device))
+        f, p, b = (_median(runs[k]) for k in ("folder", "packed", "packed_batch"))
         ratio = round(p["images_per_s"] / f["images_per_s"], 2) if f["images_per_s"] and p["images_per_s"] else None
-        rows.append({"workers": w, "folder": f, "packed": p, "ratio_packed_over_folder": ratio})
-        print(f"  workers={w}: folder {f['images_per_s']:>7} img/s, packed {p['images_per_s']:>7} img/s, "
-              f"ratio {ratio}x", flush=True)
+        batch_ratio = round(b["images_per_s"] / f["images_per_s"], 2) if f["images_per_s"] and b["images_per_s"] \
+            else None
+        rows.append({"workers": w, "folder": f, "packed": p, "packed_batch": b, "ratio_packed_over_folder": ratio,
+                     "ratio_packed_batch_over_folder": batch_ratio})
+        print(f"  workers={w}: folder {f['images_per_s']:>7} img/s, packed {p['images_per_s']:>7} img/s "
+              f"({ratio}x), packed + batched jitter on {device.type} {b['images_per_s']:>7} img/s ({batch_ratio}x)",
+              flush=True)
     return {
         "benchmark": "data_loading", "quick": args.quick,
         "data": synthetic or {"kind": "existing dataset", "root": str(data_root)},
         "split": f"{bin_name}/{split}", "split_images": len(folder_ds), "batch_size": args.batch_size,
-        "repeats": args.repeats, "statistic": "median over repeats, folder and packed runs alternated",
+        "repeats": args.repeats, "statistic": "median over repeats, the three paths alternated",
+        "device": args.device,
+        "paths": {"folder": "decode JPEG + PIL transforms per image", "packed": "packed cache + PIL transforms per "
+                  "image", "packed_batch": "packed cache, uint8 crop/flip per image, colour jitter and normalisation "
+                  "per batch as tensor ops on the device (multisource.data.batch_augment)"},
         "transform": "train: Resize(256), RandomCrop(224), RandomHorizontalFlip, ColorJitter(0.2,0.2,0.2,0.1), "
                      "ToTensor, Normalize (ImageNet)",
         "image_size": 224, "cache_size": read_json(packed_paths(data_root, bin_name, split)[1])["size"],
@@ -174,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="measurements per path and worker count; the median "
                                                                "is reported (default 3; 1 quick)")
     p.add_argument("--data_root", default=None, help="measure this built clear10-layout dataset instead")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the batched path applies its colour jitter (default cpu; cuda on a GPU machine)")
     p.add_argument("--output", default=str(RESULTS), help=f"JSON report (default {RESULTS})")
     args = p.parse_args(argv)
     args.per_class = args.per_class or (6 if args.quick else 40)

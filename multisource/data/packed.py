@@ -153,12 +153,16 @@ class PackedDataset(BinSplitDataset):
         state["_pixels"] = None  # never pickle the mapped pixels into spawned workers
         return state
 
-    def load_image(self, index: int) -> Image.Image:
+    def load_array(self, index: int) -> np.ndarray:
+        """The image's stored pixels, ``H x W x 3`` uint8 (a copy out of the mapped file)."""
         if self._pixels is None:
             self._pixels = np.load(self.npy, mmap_mode="r")
         h, w = self._shapes[index]
         start = self._offsets[index]
-        return Image.fromarray(np.array(self._pixels[start:start + h * w * 3]).reshape(h, w, 3))
+        return np.array(self._pixels[start:start + h * w * 3]).reshape(h, w, 3)
+
+    def load_image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.load_array(index))
 
 
 def _resize_size(transform: Any) -> int | None:

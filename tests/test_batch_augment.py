@@ -1,0 +1,93 @@
+"""The batched augmentation (multisource.data.batch_augment) against the per-image PIL transforms: the same
+pixels without jitter, the same distribution with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from multisource.data.batch_augment import BatchAugment, DeviceBatches, UInt8Crops
+from multisource.data.loaders import make_loader
+from multisource.data.transforms import DataConfig, make_transform
+
+CFG = DataConfig(image_size=32, resize_ratio=40 / 32)  # resize 40 (the stored size here), crop 32
+
+
+class Images:
+    """A stand-in split: smooth, saturated 40 x 48 images (short side 40, so the resize is the identity)."""
+
+    def __init__(self, n: int = 12, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:40, 0:48] / 48.0
+        self.arrays = []
+        for _ in range(n):
+            base = rng.uniform(0.2, 0.8, 3)
+            tilt = rng.uniform(-0.4, 0.4, (2, 3))
+            img = base + yy[..., None] * tilt[0] + xx[..., None] * tilt[1]
+            self.arrays.append((np.clip(img, 0, 1) * 255).astype(np.uint8))
+        self.targets = list(range(n))
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def load_image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.arrays[i])
+
+    def load_array(self, i: int) -> np.ndarray:
+        return self.arrays[i].copy()
+
+
+def test_without_jitter_the_batched_path_gives_the_pil_pixels():
+    images = Images()
+    pil = torch.stack([make_transform(CFG, train=False)(images.load_image(i)) for i in range(len(images))])
+    crops = torch.stack([UInt8Crops(images, CFG, train=False)[i][0] for i in range(len(images))])
+    torch.testing.assert_close(BatchAugment(CFG, train=False)(crops), pil, rtol=0, atol=1e-6)
+
+
+def summaries(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: channel means (N, 3) and the pixel standard deviation (N,)."""
+    return x.mean(dim=(2, 3)).numpy(), x.flatten(1).std(dim=1).numpy()
+
+
+def pil_draws(images: Images, draws: int) -> torch.Tensor:
+    t = make_transform(CFG, train=True)
+    return torch.stack([t(images.load_image(i)) for _ in range(draws) for i in range(len(images))])
+
+
+def batch_draws(images: Images, draws: int, cfg: DataConfig = CFG) -> torch.Tensor:
+    crops = UInt8Crops(images, cfg, train=True)
+    aug = BatchAugment(cfg, train=True)
+    return torch.cat([aug(torch.stack([crops[i][0] for i in range(len(images))])) for _ in range(draws)])
+
+
+def within_image_spread(x: torch.Tensor, n: int) -> np.ndarray:
+    """How much the augmentation moves each image's channel means: the std over draws, averaged over images."""
+    means, _ = summaries(x)
+    return means.reshape(-1, n, 3).std(axis=0).mean(axis=0)
+
+
+def test_with_jitter_the_batched_path_has_the_pil_paths_statistics():
+    torch.manual_seed(0)
+    images, draws = Images(), 150
+    pil, ours = pil_draws(images, draws), batch_draws(images, draws)
+    (pil_means, pil_std), (our_means, our_std) = summaries(pil), summaries(ours)
+    # the average colour and contrast, and how much jitter moves each image: the same within sampling noise
+    np.testing.assert_allclose(our_means.mean(0), pil_means.mean(0), atol=0.03)
+    np.testing.assert_allclose(within_image_spread(ours, len(images)), within_image_spread(pil, len(images)),
+                               rtol=0.12)
+    assert our_std.mean() == pytest.approx(pil_std.mean(), rel=0.05)
+    assert our_std.std() == pytest.approx(pil_std.std(), rel=0.15)
+    # the comparison has teeth: without colour jitter (crop and flip only) each image barely moves
+    flat = batch_draws(images, 30, DataConfig(image_size=32, resize_ratio=40 / 32, color_jitter=(0, 0, 0, 0)))
+    assert (within_image_spread(flat, len(images)) < 0.5 * within_image_spread(pil, len(images))).all()
+
+
+def test_device_batches_look_like_a_loader():
+    images = Images()
+    loader = make_loader(UInt8Crops(images, CFG, train=True), batch_size=5, train=True, seed=0)
+    batches = DeviceBatches(loader, BatchAugment(CFG, train=True), torch.device("cpu"))
+    assert len(batches) == 3 and batches.batch_size == 5 and len(batches.dataset) == 12
+    x, y = next(iter(batches))
+    assert x.shape == (5, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (5,)
