@@ -146,22 +146,31 @@ def run(args: argparse.Namespace, data_root: Path, synthetic: dict | None) -> di
     def on_device(loader):
         return DeviceBatches(loader, BatchAugment(cfg, train=True), device)
 
+    def crops_only(loader):  # what the loader feeds when a GPU does the jitter: uint8 crops, normalised only
+        return DeviceBatches(loader, BatchAugment(cfg, train=False), device)
+
     rows = []
     for w in args.workers:
-        runs: dict[str, list[dict]] = {"folder": [], "packed": [], "packed_batch": []}
+        runs: dict[str, list[dict]] = {"folder": [], "packed": [], "packed_batch": [], "packed_crops": []}
         for _ in range(args.repeats):  # alternate the paths so a change in machine load hits all alike
             runs["folder"].append(throughput(folder_ds, workers=w, batch_size=args.batch_size, max_images=max_images))
             runs["packed"].append(throughput(packed_ds, workers=w, batch_size=args.batch_size, max_images=max_images))
             runs["packed_batch"].append(throughput(crops, workers=w, batch_size=args.batch_size, max_images=max_images,
                                                    wrap=on_device))
-        f, p, b = (_median(runs[k]) for k in ("folder", "packed", "packed_batch"))
+            runs["packed_crops"].append(throughput(crops, workers=w, batch_size=args.batch_size, max_images=max_images,
+                                                   wrap=crops_only))
+        f, p, b, c = (_median(runs[k]) for k in ("folder", "packed", "packed_batch", "packed_crops"))
         ratio = round(p["images_per_s"] / f["images_per_s"], 2) if f["images_per_s"] and p["images_per_s"] else None
         batch_ratio = round(b["images_per_s"] / f["images_per_s"], 2) if f["images_per_s"] and b["images_per_s"] \
             else None
-        rows.append({"workers": w, "folder": f, "packed": p, "packed_batch": b, "ratio_packed_over_folder": ratio,
-                     "ratio_packed_batch_over_folder": batch_ratio})
+        crops_ratio = round(c["images_per_s"] / f["images_per_s"], 2) if f["images_per_s"] and c["images_per_s"] \
+            else None
+        rows.append({"workers": w, "folder": f, "packed": p, "packed_batch": b, "packed_crops": c,
+                     "ratio_packed_over_folder": ratio, "ratio_packed_batch_over_folder": batch_ratio,
+                     "ratio_packed_crops_over_folder": crops_ratio})
         print(f"  workers={w}: folder {f['images_per_s']:>7} img/s, packed {p['images_per_s']:>7} img/s "
-              f"({ratio}x), packed + batched jitter on {device.type} {b['images_per_s']:>7} img/s ({batch_ratio}x)",
+              f"({ratio}x), packed + batched jitter on {device.type} {b['images_per_s']:>7} img/s ({batch_ratio}x), "
+              f"packed crops only {c['images_per_s']:>7} img/s ({crops_ratio}x)",
               flush=True)
     return {
         "benchmark": "data_loading", "quick": args.quick,
@@ -171,7 +180,9 @@ def run(args: argparse.Namespace, data_root: Path, synthetic: dict | None) -> di
         "device": args.device,
         "paths": {"folder": "decode JPEG + PIL transforms per image", "packed": "packed cache + PIL transforms per "
                   "image", "packed_batch": "packed cache, uint8 crop/flip per image, colour jitter and normalisation "
-                  "per batch as tensor ops on the device (multisource.data.batch_augment)"},
+                  "per batch as tensor ops on the device (multisource.data.batch_augment)",
+                  "packed_crops": "the batched path without the colour jitter: what the loader feeds when the jitter "
+                                  "runs on a GPU (the loader's ceiling there)"},
         "transform": "train: Resize(256), RandomCrop(224), RandomHorizontalFlip, ColorJitter(0.2,0.2,0.2,0.1), "
                      "ToTensor, Normalize (ImageNet)",
         "image_size": 224, "cache_size": read_json(packed_paths(data_root, bin_name, split)[1])["size"],

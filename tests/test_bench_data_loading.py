@@ -10,7 +10,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_benchmark_reports_both_paths(tmp_path):
+def test_quick_benchmark_reports_every_path(tmp_path):
     out = tmp_path / "data_loading.json"
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "data_loading.py"), "--quick",
                            "--output", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -24,3 +24,8 @@ def test_quick_benchmark_reports_both_paths(tmp_path):
         assert row["folder"]["images_per_s"] > 0 and row["packed"]["images_per_s"] > 0
         assert row["ratio_packed_over_folder"] == round(row["packed"]["images_per_s"] /
                                                         row["folder"]["images_per_s"], 2)
+        assert row["packed_batch"]["images_per_s"] > 0 and row["packed_batch"]["images"] >= row["folder"]["images"]
+        assert row["ratio_packed_batch_over_folder"] == round(row["packed_batch"]["images_per_s"] /
+                                                              row["folder"]["images_per_s"], 2)
+        assert row["packed_crops"]["images_per_s"] > 0
+    assert report["device"] == "cpu" and set(report["paths"]) == {"folder", "packed", "packed_batch", "packed_crops"}

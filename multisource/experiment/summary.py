@@ -432,8 +432,9 @@ def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
 
 def comparison_markdown(comp: dict) -> str:
     """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
-    head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"], "before fine-tuning", "GMACs total",
-            "MMACs/image",
+    merged = any(r.get("accuracy_before_finetune_mean") is not None for r in comp["methods"])  # merges ran
+    head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"],
+            *(["before fine-tuning"] if merged else []), "GMACs total", "MMACs/image",
             "peak memory MiB", "model memory MiB", "time s", "max models", "target epochs", "information used",
             f"Δ acc vs {comp['reference']} (p)"]
     lines = [f"# {comp['dataset']} / {comp['model']}: method comparison (protocol: "
@@ -447,7 +448,7 @@ def comparison_markdown(comp: dict) -> str:
         acc = _fmt(r["accuracy_mean"], ".4f") + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.4f}")
         cells = [r["method"], str(r["num_experiments"]), str(r["num_failed"]), acc,
                  *(_fmt(r["per_target_accuracy"].get(t), ".4f") for t in comp["targets"]),
-                 _fmt(r.get("accuracy_before_finetune_mean"), ".4f"),
+                 *([_fmt(r.get("accuracy_before_finetune_mean"), ".4f")] if merged else []),
                  _fmt(r["flops_total_macs"], ".2f", 1e9), _fmt(r["flops_forward_per_image_macs"], ".2f", 1e6),
                  _fmt(r["peak_memory_bytes"], ".0f", 2**20), _fmt(r["resident_model_bytes"], ".2f", 2**20),
                  _fmt(r["time_s"], ".1f"),
@@ -455,9 +456,10 @@ def comparison_markdown(comp: dict) -> str:
                  diff]
         lines.append("| " + " | ".join(cells) + " |")
     notes = comp["notes"]
-    lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials. Before "
-              "fine-tuning: the merging methods' test accuracy of the merged model before target fine-tuning (the "
-              "same as the final one when they fine-tune 0 epochs; '-' for methods that do not merge).",
+    before = (" Before fine-tuning: the merging methods' test accuracy of the merged model before target "
+              "fine-tuning (the same as the final one when they fine-tune 0 epochs; '-' for methods that do not "
+              "merge).") if merged else ""
+    lines += ["", f"- accuracy: {notes['accuracy_mean']} Per-target columns: mean test accuracy over trials.{before}",
               f"- cost: {notes['cost']}", f"- budget: {notes['budget']}",
               f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} The table's p is the Holm-corrected "
               f"p-value over targets ('-' below {MIN_TARGETS} targets or when the differences do not vary).",
