@@ -306,3 +306,16 @@ def test_pool_release_frees_the_model_without_a_collection(shared_start_pool):
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_a_held_models_tensors_read_like_a_mapped_checkpoints(tmp_path):
+    """The paper models' ImageNet start is a held module: the merges read it through StateTensors, with the
+    interface and values of a LazyCheckpoint of the same weights."""
+    from multisource.models.checkpoint import StateTensors
+
+    model = create_model(MODEL, 10, image_size=32)
+    held, mapped = StateTensors(model.state_dict()), LazyCheckpoint(save_checkpoint(tmp_path / "m.ckpt", model,
+                                                                                    model_name=MODEL, classes=["a"]))
+    assert held.keys() == mapped.keys() and "fc.weight" in held
+    for name in held.keys():
+        assert held.shape(name) == mapped.shape(name) and torch.equal(held.read(name), mapped.read(name))

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import ConfigError
 from ..measure.flops import forward_macs
-from ..models.checkpoint import CheckpointError, LazyCheckpoint, read_checkpoint_meta
+from ..models.checkpoint import CheckpointError, LazyCheckpoint, StateTensors, read_checkpoint_meta
 from ..models.factory import create_model, load_checkpoint, resolve_model
 from ..registry import Registry
 
@@ -167,7 +167,7 @@ class SourcePool:
         self.loaded.append(name)
         return ckpt
 
-    def start_tensors(self, key: str = "start") -> "LazyCheckpoint | ModuleTensors":
+    def start_tensors(self, key: str = "start") -> StateTensors:
         """The shared pretrained start, tensor by tensor: the tiny models' upstream checkpoint memory-mapped, or
         the paper models' ImageNet weights as a held module (its head is not shared: a new one, unused by
         task-vector merges). Sources trained from random weights have no shared start: an error."""
@@ -178,7 +178,7 @@ class SourcePool:
         if weights:
             self.start_loaded = weights
             return self._lazy(weights)
-        return ModuleTensors(self.load_start(key))
+        return StateTensors(self.load_start(key).state_dict())
 
     def load_start(self, key: str = "start") -> nn.Module:
         """The shared pretrained start with a new classifier head for the target's classes (drawn from the
@@ -222,26 +222,6 @@ class SourcePool:
 
     def borrow(self, name: str) -> "_Borrow":
         return _Borrow(self, name)
-
-
-class ModuleTensors:
-    """A held module's state dict with :class:`LazyCheckpoint`'s reading interface (``keys``, ``shape``,
-    ``read``)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self._state = model.state_dict()
-
-    def keys(self) -> list[str]:
-        return list(self._state)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._state
-
-    def shape(self, name: str) -> torch.Size:
-        return self._state[name].shape
-
-    def read(self, name: str) -> torch.Tensor:
-        return self._state[name].detach()
 
 
 class _Borrow:

@@ -99,15 +99,12 @@ def give_back_pages(tensor: torch.Tensor) -> None:
     _LIBC.madvise(aligned, start + size - aligned, _MADV_DONTNEED)
 
 
-class LazyCheckpoint:
-    """A checkpoint's tensors read one at a time: the file is memory-mapped, :meth:`read` copies one tensor and
-    gives its pages back, so K open checkpoints hold K copies of one tensor at most, never K models."""
+class StateTensors:
+    """A state dict read tensor by tensor (``keys``, ``shape``, ``read``): what the task-vector merges read the
+    sources and the shared start through, whether a held model's or a mapped checkpoint's."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        payload = read_checkpoint(self.path, mmap=True)
-        self.meta = {k: v for k, v in payload.items() if k != "state_dict"}
-        self._state: dict[str, torch.Tensor] = payload["state_dict"]
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self._state = state
 
     def keys(self) -> list[str]:
         return list(self._state)
@@ -117,6 +114,20 @@ class LazyCheckpoint:
 
     def shape(self, name: str) -> torch.Size:
         return self._state[name].shape
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._state[name].detach()
+
+
+class LazyCheckpoint(StateTensors):
+    """A checkpoint's tensors read one at a time: the file is memory-mapped, :meth:`read` copies one tensor and
+    gives its pages back, so K open checkpoints hold K copies of one tensor at most, never K models."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        payload = read_checkpoint(self.path, mmap=True)
+        self.meta = {k: v for k, v in payload.items() if k != "state_dict"}
+        super().__init__(payload["state_dict"])
 
     def read(self, name: str) -> torch.Tensor:
         """A copy of tensor ``name`` (finite, or a clear error), its mapped pages given back."""
