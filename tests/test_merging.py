@@ -319,3 +319,23 @@ def test_a_held_models_tensors_read_like_a_mapped_checkpoints(tmp_path):
     assert held.keys() == mapped.keys() and "fc.weight" in held
     for name in held.keys():
         assert held.shape(name) == mapped.shape(name) and torch.equal(held.read(name), mapped.read(name))
+
+
+def test_recorded_val_accuracy_before_finetuning_is_that_of_the_weights_handed_on(shared_start_pool):
+    """With BatchNorm recalibration per lambda, the kept weights carry the statistics they were scored with."""
+    from multisource.training.loop import accuracy
+
+    result, _, _, target = run_merge(shared_start_pool, "task_arithmetic", lambdas=(0.25, 0.5), recalibrate_bn=True,
+                                     finetune_epochs=1, learning_rate=1e-3)
+    before = create_model(MODEL, 10, image_size=32)
+    before.load_state_dict(result.stages["before_finetune"])
+    assert all(v.device.type == "cpu" for v in result.stages["before_finetune"].values())
+    assert accuracy(before, target.val, torch.device("cpu")) == result.record["val_accuracy_before_finetune"]
+
+
+def test_pages_are_given_back_only_for_tensors_inside_the_mapping():
+    from multisource.models.checkpoint import _give_back_pages
+
+    ordinary = torch.ones(1_000_000)
+    _give_back_pages(ordinary, (0, 0))  # not inside the (empty) mapped range: left alone, never zeroed
+    assert float(ordinary.sum()) == 1_000_000

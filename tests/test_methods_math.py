@@ -176,3 +176,15 @@ def test_hard_vote_tie_is_broken_by_soft_score():
 def test_ensemble_config_validates_voting():
     with pytest.raises(ConfigError, match="voting"):
         EnsembleConfig(voting="median")
+
+
+def test_alignment_scores_skip_frozen_parameters():
+    torch.manual_seed(2)
+    current, source = _materialised(0), _materialised(1)
+    for m in (current, source):
+        m[1].weight.requires_grad_(False)  # a frozen BatchNorm weight: no gradient, no hook, score 0
+    batches = [(torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))) for _ in range(2)]
+    scores = alignment_scores(current, source, batches, torch.device("cpu"), "32", eval_mode=False)
+    assert scores["1.weight"] == 0.0 and set(scores) == {n for n, _ in current.named_parameters()}
+    assert all(p.grad is None for m in (current, source) for p in m.parameters())
+

@@ -28,7 +28,9 @@ _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 class UInt8Crops(Dataset):
     """A split's images as uint8 ``(3, S, S)`` tensors after the geometric part of the transform (resize to
-    ``resize_size``, random or centre crop, random flip); the labels as they are."""
+    ``resize_size``, random or centre crop, random flip); the labels as they are. From the packed cache (images
+    stored at ``resize_size``) the pixels equal the PIL path's; from image folders the tensor resize differs
+    from PIL's by interpolation rounding."""
 
     def __init__(self, base: BinSplitDataset, cfg: DataConfig, train: bool) -> None:
         self.base, self.cfg, self.train = base, cfg, train
@@ -83,8 +85,8 @@ class BatchAugment(nn.Module):
         b = x.shape[0]
         bright, contrast, sat, hue = self.jitter
         uniform = lambda lo, hi: torch.empty(b, 1, 1, 1).uniform_(lo, hi)  # noqa: E731  (drawn on the CPU RNG)
-        factors = [uniform(1 - bright, 1 + bright), uniform(1 - contrast, 1 + contrast), uniform(1 - sat, 1 + sat),
-                   uniform(-hue, hue)]
+        factors = [uniform(max(0.0, 1 - bright), 1 + bright), uniform(max(0.0, 1 - contrast), 1 + contrast),
+                   uniform(max(0.0, 1 - sat), 1 + sat), uniform(-hue, hue)]  # lower ends clipped at 0, as torchvision
         order = torch.argsort(torch.rand(b, 4), dim=1)  # a random permutation of the 4 ops per image
         ops = (self._brightness, self._contrast, self._saturation, self._hue)
         enabled = (bright, contrast, sat, hue)

@@ -7,7 +7,6 @@ into it at the end, so a crash leaves no half-written result and a failed re-run
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import shutil
@@ -238,13 +237,15 @@ def evaluate_stages(result, target, classes: list[str], val: dict, test: dict, m
     for name, state in result.stages.items():
         if state is None:
             v, t = val, test
-        else:
-            model = copy.deepcopy(result.model)
+        else:  # the final weights wait on the host while the model holds the stage's (no third model on the device)
+            model = result.model
+            final = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             model.load_state_dict(state)
             with meter.phase("eval"):
                 (v_logits, v_y), (t_logits, t_y) = (predict(model, loader, target.device, target.precision)
                                                     for loader in (target.val, target.test))
-            del model
+            model.load_state_dict(final)
+            del final
             meter.flops.add_forward("inference", macs, len(v_y) + len(t_y))
             if not bool(torch.isfinite(v_logits).all() and torch.isfinite(t_logits).all()):
                 raise NonFiniteResult(f"The model's {name.replace('_', ' ')} state gives non-finite outputs; nothing "

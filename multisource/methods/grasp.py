@@ -81,22 +81,24 @@ def alignment_scores(current: nn.Module, source: nn.Module, batches: list, devic
     dots: dict[str, float] = {}
     norms: dict[str, float] = {}
 
-    def consume(name: str):
-        def hook(param: torch.Tensor) -> None:
-            g, c = param.grad, cur[name]
-            if g is not None and c is not None:
-                dots[name] = float(torch.dot(g.reshape(-1).double(), c.reshape(-1).double()))
-                norms[name] = float(torch.linalg.vector_norm(g, dtype=torch.float64))
-            param.grad = None
-        return hook
+    def take(name: str, param: torch.Tensor) -> None:
+        g, c = param.grad, cur.get(name)
+        if g is not None and c is not None:
+            dots[name] = float(torch.dot(g.reshape(-1).double(), c.reshape(-1).double()))
+            norms[name] = float(torch.linalg.vector_norm(g, dtype=torch.float64))
+        param.grad = None
 
     _summed_backward(source, batches[:-1], device, precision)  # earlier batches accumulate as usual
-    hooks = [p.register_post_accumulate_grad_hook(consume(n)) for n, p in source.named_parameters()]
+    hooks = [p.register_post_accumulate_grad_hook(lambda param, name=n: take(name, param))
+             for n, p in source.named_parameters() if p.requires_grad]
     try:
         _summed_backward(source, batches[-1:], device, precision)
     finally:
         for h in hooks:
             h.remove()
+    for name, param in source.named_parameters():  # a gradient from earlier batches only: no hook fired for it
+        if param.grad is not None:
+            take(name, param)
     scores = {}
     for name, c in cur.items():
         cur_norm = 0.0 if c is None else float(torch.linalg.vector_norm(c, dtype=torch.float64))

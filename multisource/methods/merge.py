@@ -122,14 +122,15 @@ def trim_by_magnitude(tau: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def dare_drop(tau: torch.Tensor, density: float, seed: int) -> torch.Tensor:
-    """DARE: drop each entry with probability ``1 - density`` and rescale the kept ones by ``1 / density``
-    (PEFT's ``random_pruning``), drawn from ``seed`` alone, so the same (seed, tensor) always drops the same
-    entries and the global random state is left as it was. ``density >= 1`` drops nothing."""
+    """DARE: drop each entry with probability ``1 - density`` and rescale the kept ones by ``1 / density``, the
+    mask drawn from ``seed`` alone on a private generator, so the same (seed, tensor) always drops the same
+    entries and no global random state (CPU or CUDA) changes. PEFT's ``random_pruning`` draws from the global
+    generator (and some releases dropped the rescale), hence written here. ``density >= 1`` drops nothing."""
     if density >= 1:
         return tau
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return merge_utils.random_pruning(tau, density, rescale=True)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    keep = torch.bernoulli(torch.full(tau.shape, float(density)), generator=generator).to(tau.device, tau.dtype)
+    return tau * keep / density
 
 
 def elected_sign(sign_sum: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ def greedy_soup(pool: SourcePool, target: TargetData, meter) -> tuple[torch.nn.M
             pool.residency.release("soup_backup")
         del backup
     return soup, {"source_val_accuracy": scores, "order": order, "kept": kept, "steps": steps,
-                  "val_accuracy_before_finetune": best}
+                  "soup_val_accuracy": best}  # before any BatchNorm recalibration; the runner scores the weights
 
 
 @register_method("soup", SoupConfig, "Merge: uniform or greedy soup of the sources (greedy: best on target val first, "

@@ -72,7 +72,7 @@ def finetune_after_merge(model: nn.Module, record: dict, cfg: TargetFinetuneConf
     their val and test accuracy beside the final ones (``before_finetune``)."""
     if cfg.epochs == 0:
         return MethodResult(model=model, record={**record, "finetuned": False}, stages={"before_finetune": None})
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    before = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}  # host memory, not the GPU's
     if pool.residency is not None:
         pool.residency.hold("before_finetune", before)
     fit = finetune_on_target(model, target, cfg.finetune_config(), meter, desc=desc, macs_key="merged")

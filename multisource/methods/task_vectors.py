@@ -98,7 +98,7 @@ def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torc
             own.copy_(sources[0].read(name))
             taken.append(name)
         elif name in params and not name.startswith(heads) and name in start and start.shape(name) == own.shape:
-            base = start.read(name)
+            base = start.read(name).cpu()  # sources are read on the CPU; a held ImageNet start may sit on the GPU
             taus[name] = combine(lambda k: prepare(sources[k].read(name) - base, k, name), len(sources))
             elements += own.numel()
         else:
@@ -119,14 +119,16 @@ def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torc
 def set_scale(model: nn.Module, start, taus: dict[str, torch.Tensor], scale: float) -> None:
     state = model.state_dict()
     for name, tau in taus.items():
-        state[name].copy_(apply_task_vector(start.read(name), tau, scale))
+        state[name].copy_(apply_task_vector(start.read(name).cpu(), tau, scale))
 
 
 def choose_lambda(model: nn.Module, start, taus: dict[str, torch.Tensor], cfg: TaskVectorConfig,
                   target: TargetData, meter) -> tuple[float, dict[str, float]]:
-    """Score every lambda on the target's val split (after BatchNorm recalibration if asked); keep the best."""
+    """Score every lambda on the target's val split (after BatchNorm recalibration if asked); keep the best (the
+    earliest on a tie) with the very BatchNorm statistics it was scored with."""
     scores: dict[str, float] = {}
     macs = target.forward_macs(model, "merged")
+    best, best_buffers = None, None
     for lam in cfg.lambdas:
         set_scale(model, start, taus, lam)
         if cfg.recalibrate_bn:
@@ -134,12 +136,16 @@ def choose_lambda(model: nn.Module, start, taus: dict[str, torch.Tensor], cfg: T
             meter.flops.add_forward("bn_recalibration", macs, used)
         scores[f"{lam:g}"] = accuracy(model, target.val, target.device, target.precision)
         meter.flops.add("merge", 2 * sum(t.numel() for t in taus.values()))
+        if best is None or scores[f"{lam:g}"] > scores[f"{best:g}"]:
+            best = lam
+            if cfg.recalibrate_bn:  # the recalibration draws shuffled batches: keep the statistics it scored with
+                best_buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     meter.flops.add_forward("selection", macs, len(target.val.dataset) * len(cfg.lambdas))
-    best = max(cfg.lambdas, key=lambda lam: (scores[f"{lam:g}"], -cfg.lambdas.index(lam)))
     set_scale(model, start, taus, best)
-    if cfg.recalibrate_bn:
-        recalibrate_batchnorm(model, target.train, target.device)
-        meter.flops.add_forward("bn_recalibration", macs, len(target.train.dataset))
+    if best_buffers is not None:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(best_buffers[k])
     return best, scores
 
 
@@ -150,6 +156,7 @@ def _run(name: str, cfg: TaskVectorConfig, pool: SourcePool, target: TargetData,
     with meter.phase("select"):
         lam, scores = choose_lambda(model, start, taus, cfg, target, meter)
     taus.clear()
+    del start  # the last reference to a held ImageNet start's tensors, before the pool forgets it
     if pool.residency is not None:
         pool.residency.release("task_vector")
     pool.release("start")  # the paper models' ImageNet start is a held module; the tiny models' is mapped

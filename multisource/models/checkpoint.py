@@ -87,15 +87,19 @@ if _LIBC is not None:
     _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
-def give_back_pages(tensor: torch.Tensor) -> None:
+def _give_back_pages(tensor: torch.Tensor, mapped: tuple[int, int]) -> None:
     """Drop a memory-mapped tensor's pages from this process's resident set (Linux ``madvise(DONTNEED)``; the
-    page cache keeps them, and the mapping is read-only here, so a later read simply maps them again). Without
-    it, reading K mapped checkpoints tensor by tensor would end with K models' pages resident. A no-op elsewhere."""
+    page cache keeps them, and nothing here writes to the private mapping, so a later read maps them again).
+    Only for a tensor inside ``mapped`` (the checkpoint's mapped storage range): on ordinary memory DONTNEED
+    would zero it. Without it, reading K mapped checkpoints tensor by tensor would end with K models' pages
+    resident. A no-op off Linux."""
     if _LIBC is None:
         return
     storage = tensor.untyped_storage()
     start, size = storage.data_ptr(), storage.nbytes()
-    aligned = start - start % mmap.PAGESIZE
+    if size == 0 or start < mapped[0] or start + size > mapped[1]:
+        return
+    aligned = start - start % mmap.PAGESIZE  # whole pages: the file mapping is page-aligned and covers them
     _LIBC.madvise(aligned, start + size - aligned, _MADV_DONTNEED)
 
 
@@ -116,7 +120,8 @@ class StateTensors:
         return self._state[name].shape
 
     def read(self, name: str) -> torch.Tensor:
-        return self._state[name].detach()
+        """A copy of tensor ``name``: callers may change it without touching the model it was read from."""
+        return self._state[name].detach().clone()
 
 
 class LazyCheckpoint(StateTensors):
@@ -128,12 +133,15 @@ class LazyCheckpoint(StateTensors):
         payload = read_checkpoint(self.path, mmap=True)
         self.meta = {k: v for k, v in payload.items() if k != "state_dict"}
         super().__init__(payload["state_dict"])
+        storages = [t.untyped_storage() for t in self._state.values()]
+        self._mapped = (min((st.data_ptr() for st in storages), default=0),
+                        max((st.data_ptr() + st.nbytes() for st in storages), default=0))
 
     def read(self, name: str) -> torch.Tensor:
         """A copy of tensor ``name`` (finite, or a clear error), its mapped pages given back."""
         mapped = self._state[name]
         out = mapped.clone()
-        give_back_pages(mapped)
+        _give_back_pages(mapped, self._mapped)
         if torch.is_floating_point(out) and not bool(torch.isfinite(out).all()):
             raise CheckpointError(f"{self.path} holds non-finite weights (NaN or inf) in '{name}'; it comes from a "
                                   "diverged run: re-train it (with a lower --learning_rate).")
