@@ -43,6 +43,7 @@ class RunOptions:
     progress: bool = True
     train_missing: bool = False  # sweeps: train missing source checkpoints first
     summarize: bool = True  # sweeps: write the summaries at the end
+    batch_augment: bool = False  # experiments: the target's train augmentation per batch on the device
 
     def __post_init__(self) -> None:
         self.device = {"gpu": "cuda"}.get(self.device, self.device)

@@ -339,3 +339,32 @@ def test_pages_are_given_back_only_for_tensors_inside_the_mapping():
     ordinary = torch.ones(1_000_000)
     _give_back_pages(ordinary, (0, 0))  # not inside the (empty) mapped range: left alone, never zeroed
     assert float(ordinary.sum()) == 1_000_000
+
+
+def test_target_training_can_take_its_augmentation_per_batch_on_the_device(shared_start_pool):
+    """--batch_augment: the target's train batches come as uint8 crops and are jittered and normalised per batch;
+    a method trains on them like on any loader (the same images per epoch, the read noted), through the runner."""
+    from multisource.data.batch_augment import DeviceBatches
+    from multisource.options import RunOptions
+
+    target = target_data("drift_digits", "era_5", model=MODEL, data_root=shared_start_pool["data_root"],
+                         batch_size=64, seed=1, batch_augment=True)
+    assert isinstance(target.train.loader, DeviceBatches)
+    x, _ = next(iter(target.train))
+    assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and -3 < float(x.mean()) < 3
+    meter = Meter("cpu")
+    pool = source_pool(shared_start_pool["paths"], target, model=MODEL, residency=meter.models)
+    result = run_method("fusion", pool, target, {"finetune_epochs": 1, "learning_rate": 1e-3}, meter)
+    assert meter.report()["budget"]["target_train_images"] == target.train_size()
+    assert "target:train" in target.reads and torch.isfinite(result.model(x)).all()
+
+    from multisource.experiment.config import ExperimentConfig
+    from multisource.experiment.runner import run_experiment
+
+    folder = shared_start_pool["paths"]["era_1"].parent
+    report = run_experiment(ExperimentConfig(method="fusion", target="era_5", sources=BINS,
+                                             method_config={"finetune_epochs": 1, "learning_rate": 1e-3}),
+                            RunOptions(batch_augment=True, checkpoint_dir=str(folder), save_model=False, device="cpu",
+                                       data_root=str(shared_start_pool["data_root"]),
+                                       results_dir=str(folder / "results")))
+    assert report["options"]["batch_augment"] is True and report["budget"]["target_epochs"] == 1

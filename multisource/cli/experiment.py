@@ -48,6 +48,9 @@ def add_shared_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="re-run finished experiments")
     p.add_argument("--no-save-model", "--no_save_model", dest="save_model", action="store_false", default=None,
                    help="do not write the final model")
+    p.add_argument("--batch_augment", action="store_true", default=None,
+                   help="colour jitter and normalisation of the target's train batches as tensor ops on the device, "
+                        "per batch (for a GPU; the same augmentation distribution)")
     add_run_options(p)
 
 

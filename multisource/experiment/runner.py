@@ -174,7 +174,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
     meter = Meter(device)
     target = target_data(handle, cfg.target, model=cfg.model, batch_size=cfg.batch_size,
                          num_workers=opts.num_workers, device=device, precision=opts.precision_on(device.type),
-                         seed=plan.seed, image_size=plan.image_size)
+                         seed=plan.seed, image_size=plan.image_size, batch_augment=opts.batch_augment)
     pool = source_pool(plan.checkpoints, target, model=cfg.model, residency=meter.models)
     log.info("%s on %s/%s: target %s, sources %s, trial %d (seed %d), device %s", method, handle.info.name,
              cfg.model, cfg.target, list(plan.sources), cfg.trial, plan.seed, device)

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 import torch
 
 from ..config import build
-from ..data.loaders import DatasetHandle, open_dataset, split_loader
+from ..data.batch_augment import BatchAugment, DeviceBatches, UInt8Crops
+from ..data.loaders import DatasetHandle, make_loader, open_dataset, split_loader
 from ..data.transforms import make_transform
 from ..measure.meter import Meter
 from ..models.factory import data_config_for
@@ -30,11 +31,14 @@ def make_config(method: str, values: Mapping[str, Any] | Any | None = None) -> A
 
 def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_root: str | Path | None = None,
                 batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu",
-                precision: str = "32", seed: int = 0, image_size: int | None = None) -> TargetData:
+                precision: str = "32", seed: int = 0, image_size: int | None = None,
+                batch_augment: bool = False) -> TargetData:
     """The target bin's loaders (train with train transforms and seeded shuffling; val/test for evaluation).
 
     Every loader notes in ``TargetData.reads`` when it is iterated: "target:<split>" for the target's splits,
-    "source:<bin>:<split>" for another bin's data, so a result records the information its method used."""
+    "source:<bin>:<split>" for another bin's data, so a result records the information its method used.
+    ``batch_augment``: the target's train batches arrive as uint8 crops and get their colour jitter and
+    normalisation on ``device``, per batch (data/batch_augment.py; the same distribution, for feeding a GPU)."""
     handle = dataset if isinstance(dataset, DatasetHandle) else open_dataset(dataset, data_root)
     image_size = image_size or handle.info.image_size
     dcfg = data_config_for(model, image_size, hflip=handle.info.hflip)
@@ -42,6 +46,11 @@ def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_r
 
     def loader(bin_name: str, split: str) -> ReadLoader:
         name = f"target:{split}" if bin_name == target else f"source:{bin_name}:{split}"
+        if batch_augment and bin_name == target and split == "train":
+            crops = UInt8Crops(handle.split(bin_name, split), dcfg, train=True)
+            plain = make_loader(crops, batch_size=batch_size, train=True, num_workers=num_workers, seed=seed,
+                                drop_last=len(crops) % batch_size == 1)
+            return ReadLoader(DeviceBatches(plain, BatchAugment(dcfg, train=True), torch.device(device)), reads, name)
         return ReadLoader(split_loader(handle, bin_name, split, dcfg, batch_size=batch_size,
                                        num_workers=num_workers, seed=seed), reads, name)
 
