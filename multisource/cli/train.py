@@ -33,6 +33,8 @@ def add_train_arguments(p: argparse.ArgumentParser, dataset: str | None) -> None
     g.add_argument("--devices", default=None, help="auto, N, or a list such as 0,1")
     g.add_argument("--num_nodes", default=None)
     g.add_argument("--strategy", default=None, help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
+    g.add_argument("--batch_augment", action="store_true", default=None,
+                   help="colour jitter and normalisation of train batches as tensor ops on the device (for a GPU)")
     add_run_options(p)
 
 

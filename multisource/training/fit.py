@@ -13,7 +13,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..config import ConfigError, check_range
 from ..data.datasets import get_dataset
-from ..data.loaders import DatasetHandle, split_loader
+from ..data.batch_augment import BatchAugment, UInt8Crops
+from ..data.loaders import DatasetHandle, make_loader, split_loader
 from ..measure.metrics import classification_metrics
 from ..models.factory import data_config, resolve_model
 from ..options import RunOptions
@@ -68,11 +69,17 @@ def fit_classifier(handle: DatasetHandle, bin_name: str, model: torch.nn.Module,
                    opts: RunOptions, log_dir: Path, name: str) -> tuple[ClassifierModule, L.Trainer, dict]:
     """Train ``model`` on ``bin_name``'s train split, selecting on its val split (best-val weights kept)."""
     dcfg = data_config(model, cfg.image_size or handle.info.image_size, hflip=handle.info.hflip)
-    train = split_loader(handle, bin_name, "train", dcfg, batch_size=cfg.batch_size, num_workers=opts.num_workers,
-                         seed=cfg.seed)
+    if opts.batch_augment:  # uint8 crops; colour jitter + normalisation per batch on the device (the module's hook)
+        crops = UInt8Crops(handle.split(bin_name, "train"), dcfg, train=True)
+        train = make_loader(crops, batch_size=cfg.batch_size, train=True, num_workers=opts.num_workers, seed=cfg.seed,
+                            drop_last=len(crops) % cfg.batch_size == 1)
+    else:
+        train = split_loader(handle, bin_name, "train", dcfg, batch_size=cfg.batch_size,
+                             num_workers=opts.num_workers, seed=cfg.seed)
     val = split_loader(handle, bin_name, "val", dcfg, batch_size=cfg.batch_size, num_workers=opts.num_workers)
     module = ClassifierModule(model, learning_rate=cfg.resolved_learning_rate, weight_decay=cfg.weight_decay,
-                              head_lr_multiplier=cfg.head_lr_multiplier, warmup_epochs=cfg.warmup_epochs)
+                              head_lr_multiplier=cfg.head_lr_multiplier, warmup_epochs=cfg.warmup_epochs,
+                              train_batch_transform=BatchAugment(dcfg, train=True) if opts.batch_augment else None)
     device_type = "cuda" if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()) else "cpu"
     precision = opts.precision_on(device_type)
     trainer = L.Trainer(

@@ -14,9 +14,12 @@ from .optim import param_groups, warmup_cosine
 
 class ClassifierModule(L.LightningModule):
     def __init__(self, model: nn.Module, *, learning_rate: float, weight_decay: float = 0.01,
-                 head_lr_multiplier: float = 10.0, warmup_epochs: float = 2.0, label_smoothing: float = 0.0) -> None:
+                 head_lr_multiplier: float = 10.0, warmup_epochs: float = 2.0, label_smoothing: float = 0.0,
+                 train_batch_transform: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        # uint8 train batches are augmented here, on the device, after Lightning moved them (--batch_augment)
+        self.train_batch_transform = train_batch_transform
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.head_lr_multiplier = head_lr_multiplier
@@ -31,6 +34,12 @@ class ClassifierModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.train_batch_transform is not None and self.trainer.training:
+            x, y = batch
+            return self.train_batch_transform(x), y
+        return batch
 
     def training_step(self, batch, batch_idx):
         x, y = batch
