@@ -109,3 +109,15 @@ def test_source_training_can_augment_per_batch_on_the_device(digits_root, tmp_pa
     assert report["options"]["batch_augment"] is True and report["train_images"] > 0
     assert report["val_accuracy"] > 0.6  # it learned (chance 0.1; the PIL path: 0.93, this one 0.97 when written)
     load_checkpoint(ckpt, expected_model="tiny-resnet")  # the augmentation left nothing in the weights
+
+
+@pytest.mark.parametrize("shift", [-0.1, -0.03, 0.0, 0.05, 0.1, 0.5])
+def test_hue_shift_equals_torchvisions(shift):
+    from torchvision.transforms.v2 import functional as F
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 9, 9)
+    x[0, :, :3] = x[0, :1, :3]  # grey pixels (no chroma) and ties between channels
+    x[1, 1] = x[1, 0]
+    ours = BatchAugment._hue(x, torch.full((4, 1, 1, 1), shift))
+    torch.testing.assert_close(ours, F.adjust_hue(x, shift), rtol=0, atol=2e-6)

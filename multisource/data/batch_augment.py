@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from .folder import BinSplitDataset
 from .transforms import DataConfig
@@ -114,9 +113,18 @@ class BatchAugment(nn.Module):
 
     @staticmethod
     def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        hsv = _rgb_to_hsv(x)
-        h = (hsv[:, :1] + f) % 1.0
-        return _hsv_to_rgb(torch.cat([h, hsv[:, 1:]], dim=1))
+        """Shift each image's hue by its ``f`` (a fraction of a turn), as torchvision's ``adjust_hue`` does through
+        HSV, but straight from the chroma: value and chroma stay, only the hue sector moves (fewer passes)."""
+        r, g, b = x.unbind(1)
+        value, low = x.amax(dim=1), x.amin(dim=1)
+        chroma = value - low
+        safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+        hue = torch.where(value == r, ((g - b) / safe) % 6,
+                          torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))  # in sectors, [0, 6)
+        hue = ((hue / 6 + f.view(-1, 1, 1)) % 1.0) * 6
+        channels = [value - chroma * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+                    for k in ((n + hue) % 6 for n in (5.0, 3.0, 1.0))]  # the standard HSV -> RGB, per channel
+        return torch.stack(channels, dim=1)
 
 
 class DeviceBatches:
