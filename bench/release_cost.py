@@ -42,7 +42,7 @@ def main() -> int:
     import torch
 
     import multisource.methods  # noqa: F401
-    from multisource.methods.fusion import _average_streaming
+    from multisource.methods.fusion import average_streaming
     from multisource.methods.base import SourcePool
     from multisource.models.checkpoint import save_checkpoint
     from multisource.models.factory import create_model, load_checkpoint, resolve_model
@@ -68,7 +68,7 @@ def main() -> int:
 
         def merge(collect: bool) -> float:
             t0 = time.perf_counter()
-            merged, _ = _average_streaming(pool(collect))
+            merged, _ = average_streaming(pool(collect))
             elapsed = time.perf_counter() - t0
             del merged
             return elapsed

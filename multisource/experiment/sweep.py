@@ -172,14 +172,15 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
 def config_mismatch(job: ExperimentPlan) -> str | None:
     """Why a finished experiment's recorded config differs from the one asked for (None when it matches)."""
     try:
-        rec = read_json(job.out_dir / METRICS_FILE)["config"]
+        report = read_json(job.out_dir / METRICS_FILE)
+        rec = report["config"]
     except (OSError, ValueError, KeyError):
         return None
     c = job.config
     wanted = {"method_config": dataclasses.asdict(job.method_config), "base_seed": c.seed,
               "batch_size": c.batch_size, "image_size": job.image_size, "sources": sorted(job.sources)}
     found = {**{k: rec.get(k) for k in wanted}, "sources": sorted(rec.get("sources") or [])}
-    recorded_data = read_json(job.out_dir / METRICS_FILE).get("data_fingerprint")
+    recorded_data = report.get("data_fingerprint")
     if recorded_data and job.handle.fingerprint and recorded_data != job.handle.fingerprint:
         wanted["data"], found["data"] = f"build {job.handle.fingerprint}", f"build {recorded_data} (re-imported since)"
     wanted = json.loads(json.dumps(wanted))

@@ -62,7 +62,7 @@ def source_weights(pool: SourcePool, target: TargetData, gamma: float | None) ->
     return [1.0] * len(pool) if gamma is None else [gamma ** target.distance(n) for n in pool.names]
 
 
-def _average_streaming(pool: SourcePool, weights: list[float] | None = None) -> tuple[nn.Module, int]:
+def average_streaming(pool: SourcePool, weights: list[float] | None = None) -> tuple[nn.Module, int]:
     """(Weighted) running mean over the sources, one loaded at a time, accumulated in the first source's module."""
     names = pool.names
     merged = pool.load(names[0], key="fused")
@@ -89,7 +89,7 @@ def run(cfg: FusionConfig, pool: SourcePool, target: TargetData, meter) -> Metho
     else:
         weights = None if cfg.gamma is None else source_weights(pool, target, cfg.gamma)
         with meter.phase("merge"):
-            model, merge_macs = _average_streaming(pool, weights)
+            model, merge_macs = average_streaming(pool, weights)
         meter.flops.add("merge", merge_macs)
         if weights is not None:
             record.update(source_weights=cfg.source_weights, weights={n: w / sum(weights) for n, w in

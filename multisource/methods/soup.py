@@ -15,9 +15,9 @@ import torch
 from ..config import check_choice
 from ..training.loop import accuracy
 from .base import MethodResult, SourcePool, TargetData, register_method
-from .fusion import _average_streaming
+from .fusion import average_streaming
 from .merge import recalibrate_batchnorm, running_mean_
-from .source_finetune import _best_on_val
+from .source_finetune import score_on_val
 from .target_finetune import TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
 
 
@@ -34,7 +34,7 @@ class SoupConfig(TargetFinetuneConfig):
 @torch.no_grad()
 def greedy_soup(pool: SourcePool, target: TargetData, meter) -> tuple[torch.nn.Module, dict]:
     """The greedy soup; its record lists the sources' val accuracies, the order tried and what was kept."""
-    _, scores = _best_on_val(pool, target, meter)
+    _, scores = score_on_val(pool, target, meter)
     order = sorted(pool.names, key=lambda n: (-scores[n], pool.names.index(n)))
     with meter.phase("merge"):
         soup = pool.load(order[0], key="soup")
@@ -74,7 +74,7 @@ def run(cfg: SoupConfig, pool: SourcePool, target: TargetData, meter) -> MethodR
         model, record = greedy_soup(pool, target, meter)
     else:
         with meter.phase("merge"):
-            model, merge_macs = _average_streaming(pool)
+            model, merge_macs = average_streaming(pool)
         meter.flops.add("merge", merge_macs)
         record = {}
     if cfg.recalibrate_bn:

@@ -34,7 +34,7 @@ def _source_order(cfg: SourceFinetuneConfig) -> str:
     return "nearest-first" if cfg.pick == "nearest" else "chronological"
 
 
-def _best_on_val(pool: SourcePool, target: TargetData, meter) -> tuple[str, dict[str, float]]:
+def score_on_val(pool: SourcePool, target: TargetData, meter) -> tuple[str, dict[str, float]]:
     """Every source's target-val accuracy, loading one at a time; the best (first on a tie)."""
     scores: dict[str, float] = {}
     for name in pool.names:
@@ -51,7 +51,7 @@ def _best_on_val(pool: SourcePool, target: TargetData, meter) -> tuple[str, dict
 def run(cfg: SourceFinetuneConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     record: dict = {"pick": cfg.pick}
     if cfg.pick == "best-val":
-        chosen, record["source_val_accuracy"] = _best_on_val(pool, target, meter)
+        chosen, record["source_val_accuracy"] = score_on_val(pool, target, meter)
     else:
         chosen = pool.names[0]
     with meter.phase("load"):
