@@ -93,8 +93,12 @@ def fit_classifier(handle: DatasetHandle, bin_name: str, model: torch.nn.Module,
     )
     t0 = time.perf_counter()
     trainer.fit(module, train, val)
+    cluster = getattr(trainer.strategy, "cluster_environment", None)  # None on one device
     info = {"train_time_s": time.perf_counter() - t0, "data_config": asdict(dcfg), "precision": precision,
-            "train_images": len(train.dataset), "val_images": len(val.dataset)}
+            "train_images": len(train.dataset), "val_images": len(val.dataset),
+            # how many processes trained it, and who started them (Lightning, torchrun, SLURM, ...)
+            "world_size": trainer.world_size,
+            "cluster_environment": type(cluster).__name__ if cluster is not None else None}
     return module, trainer, info
 
 
