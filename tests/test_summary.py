@@ -228,3 +228,21 @@ def test_two_targets_print_no_p_value(tmp_path):
     row = [line for line in paths["comparison_md"].read_text().splitlines() if line.startswith("| ensemble |")][0]
     assert row.rstrip(" |").endswith("(-)")  # the difference is shown, no p-value
     assert "no p-value (2 target(s)" in paths["comparison_md"].read_text()
+
+
+def test_information_labels_merge_varying_counts_into_ranges_and_keep_kinds_apart():
+    from multisource.experiment.summary import information_labels
+
+    def report(models: int, bins: int = 0, start: str | None = None, target=("train", "val")) -> dict:
+        return {"information_used": {"num_source_models": models, "pretrained_start": start,
+                                     "source_data": [f"b{i}" for i in range(bins)], "target_data": list(target)}}
+
+    # a past-only protocol: the second bin reads one source, the last four
+    assert information_labels([report(k) for k in (3, 1, 4, 2)]) == ["1-4 source models + target train/val"]
+    assert information_labels([report(1)]) == ["1 source model + target train/val"]
+    assert information_labels([report(2, bins=1), report(4, bins=3)]) == [
+        "2-4 source models + source data (1-3 bins) + target train/val"]
+    # different kinds of reading stay separate labels; experiments without a record are said to be so
+    assert information_labels([report(4, target=()), report(4), {"config": {}}, report(0, start="w.ckpt")]) == [
+        "4 source models", "4 source models + target train/val", "not recorded",
+        "pretrained start + target train/val"]

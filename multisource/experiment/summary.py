@@ -172,7 +172,7 @@ def method_summary(dataset: str, model: str, method: str, finished: list[dict], 
         "targets": per_target,
         "overall": _overall(per_target, finished),
         "flops_convention": next((r["flops"].get("convention") for r in finished if r.get("flops")), None),
-        "information_used": sorted({information_label(r) for r in finished}),
+        "information_used": information_labels(finished),
         "configs": _distinct([_config_of(r) for r in finished]),
         "versions": _distinct([_versions_of(r) for r in finished]),
         "failed": [{k: f.get(k) for k in ("target", "error_type", "message", "traceback_file", "record_file")}
@@ -191,20 +191,41 @@ def _overall(per_target: dict, finished: list[dict]) -> dict:
     return {"mean_over_targets": over_targets, "pooled": pooled}
 
 
-def information_label(report: dict) -> str:
-    """What an experiment's method read, in words: "4 source models + target train/val"."""
-    used = report.get("information_used")
-    if used is None:
-        return "not recorded"
+def information_labels(reports: list[dict]) -> list[str]:
+    """What the experiments' method read, in words, one label per kind of reading: "4 source models + target
+    train/val". Counts that vary across experiments (a past-only protocol reads 1 source for the second bin,
+    K for the last) become ranges ("1-4 source models") instead of one label per count."""
+    kinds: dict[tuple, tuple[list[int], list[int]]] = {}
+    unrecorded = False
+    for report in reports:
+        used = report.get("information_used")
+        if used is None:
+            unrecorded = True
+            continue
+        models, bins = used.get("num_source_models") or 0, len(used.get("source_data") or [])
+        kind = (models > 0, bool(used.get("pretrained_start")), bins > 0, tuple(used.get("target_data") or ()))
+        counts = kinds.setdefault(kind, ([], []))
+        counts[0].append(models)
+        counts[1].append(bins)
+    labels = [_information_label(kind, *counts) for kind, counts in kinds.items()]
+    return sorted(labels + (["not recorded"] if unrecorded else []))
+
+
+def _information_label(kind: tuple, models: list[int], bins: list[int]) -> str:
+    def count(values: list[int]) -> str:
+        low, high = min(values), max(values)
+        return str(low) if low == high else f"{low}-{high}"
+
+    has_models, pretrained, has_bins, target = kind
     parts = []
-    if used.get("num_source_models"):
-        parts.append(f"{used['num_source_models']} source model{'s' if used['num_source_models'] > 1 else ''}")
-    if used.get("pretrained_start"):
+    if has_models:
+        parts.append(f"{count(models)} source model{'s' if max(models) > 1 else ''}")
+    if pretrained:
         parts.append("pretrained start")
-    if used.get("source_data"):
-        parts.append(f"source data ({len(used['source_data'])} bins)")
-    if used.get("target_data"):
-        parts.append("target " + "/".join(used["target_data"]))
+    if has_bins:
+        parts.append(f"source data ({count(bins)} bin{'s' if max(bins) > 1 else ''})")
+    if target:
+        parts.append("target " + "/".join(target))
     return " + ".join(parts) or "nothing"
 
 
