@@ -18,8 +18,8 @@ from multisource.config import ConfigError
 from multisource.measure.meter import Meter
 from multisource.methods import get_method, run_method, source_pool, target_data
 from multisource.methods.fusion import FusionConfig
-from multisource.methods.merge import (dare_drop, disjoint_mean, running_mean_, task_vector_sum, trim_by_magnitude,
-                                       weighted_running_mean_)
+from multisource.methods.merge import (dare_drop, disjoint_mean, running_mean_, task_vector_sum, tensor_mean,
+                                       trim_by_magnitude, weighted_running_mean_)
 from multisource.models.checkpoint import LazyCheckpoint, save_checkpoint
 from multisource.models.factory import create_model
 
@@ -47,6 +47,15 @@ def test_streaming_ties_equals_peft_ties(seed, k, density):
 def test_streaming_sum_equals_peft_task_arithmetic(seed, k):
     taus = tensors(seed, k)
     torch.testing.assert_close(task_vector_sum(lambda i: taus[i], k), merge_utils.task_arithmetic(taus, torch.ones(k)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 6))
+def test_streaming_tensor_mean_equals_numpy_mean(seed, k):
+    taus = tensors(seed, k)
+    mean = np.mean(np.stack([t.double().numpy() for t in taus]), axis=0)
+    np.testing.assert_allclose(tensor_mean(lambda i: taus[i], k).numpy(), mean, rtol=1e-5, atol=1e-6)
+    assert tensor_mean(lambda i: taus[i], k).data_ptr() != taus[0].data_ptr()  # a new tensor, the first untouched
 
 
 def test_ties_with_density_one_and_no_sign_conflict_is_the_mean():

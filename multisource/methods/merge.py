@@ -159,6 +159,16 @@ def disjoint_mean(task_vector: Callable[[int], torch.Tensor], count: int) -> tor
 
 
 @torch.no_grad()
+def tensor_mean(read: Callable[[int], torch.Tensor], count: int) -> torch.Tensor:
+    """The mean of ``count`` float tensors of one name, holding one at a time besides the result (``read(k)``
+    gives the k-th): the per-tensor form of ``running_mean_``, with the same fused ``lerp_`` update."""
+    acc = read(0).clone()
+    for k in range(1, count):
+        acc.lerp_(read(k).to(acc.dtype), 1.0 / (k + 1))
+    return acc
+
+
+@torch.no_grad()
 def task_vector_sum(task_vector: Callable[[int], torch.Tensor], count: int) -> torch.Tensor:
     """Task arithmetic's sum of ``count`` task vectors of one tensor, holding one at a time (PEFT's
     ``task_arithmetic`` with unit weights); the scaling lambda is applied afterwards."""

@@ -26,7 +26,7 @@ from ..training.loop import accuracy
 from ..utils.seed import derive_seed
 from .base import MethodResult, SourcePool, TargetData, register_method
 from .merge import apply_task_vector, dare_drop, disjoint_mean, recalibrate_batchnorm, task_vector_sum, \
-    trim_by_magnitude
+    tensor_mean, trim_by_magnitude
 from .target_finetune import TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
 
 DEFAULT_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -73,13 +73,6 @@ class DareConfig(TaskVectorConfig):
         check_choice(self, "merge", ("task_arithmetic", "ties"))
 
 
-def _uniform_mean(read: Callable[[int], torch.Tensor], count: int) -> torch.Tensor:
-    acc = read(0).clone()
-    for k in range(1, count):
-        acc += (read(k) - acc) / (k + 1)
-    return acc
-
-
 @torch.no_grad()
 def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torch.Tensor], int], torch.Tensor],
                        prepare: Callable[[torch.Tensor, int, str], torch.Tensor], macs_per_entry: int,
@@ -102,7 +95,7 @@ def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torc
             taus[name] = combine(lambda k: prepare(sources[k].read(name) - base, k, name), len(sources))
             elements += own.numel()
         else:
-            own.copy_(_uniform_mean(lambda k: sources[k].read(name), len(sources)))
+            own.copy_(tensor_mean(lambda k: sources[k].read(name), len(sources)))
             averaged.append(name)
     if not taus:
         raise ConfigError("No parameter of the sources matches the shared start, so there are no task vectors; the "
