@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -342,6 +343,34 @@ def test_claims_are_exclusive_and_a_dead_owners_claim_is_taken_over(tmp_path):
     assert claim_path(out).read_text() == runner.process_tag()
     claim_path(out).write_text(f"{runner.HOST}-1")  # pid 1 lives: another sweep's claim
     assert claimed_elsewhere(out) and not try_claim(out)
+    release_claim(out)  # not ours: left in place
+    assert claim_path(out).read_text() == f"{runner.HOST}-1"
+
+
+def test_a_claim_from_another_host_counts_until_its_heartbeat_stops(tmp_path, monkeypatch):
+    import threading
+
+    from multisource.experiment import jobs
+    from multisource.experiment.jobs import STALE_AFTER_S, claim_path, claimed_elsewhere, try_claim
+
+    out = tmp_path / "trial_1"
+    for owner in ("other_host-123", ""):  # a lost node's claim; an empty one (never written by this version)
+        claim_path(out).write_text(owner)
+        assert claimed_elsewhere(out) and not try_claim(out)  # touched recently: running elsewhere
+        old = time.time() - STALE_AFTER_S - 5
+        os.utime(claim_path(out), (old, old))
+        assert not claimed_elsewhere(out) and try_claim(out)  # no heartbeat for STALE_AFTER_S: taken over
+        assert claim_path(out).read_text() == runner.process_tag()
+        claim_path(out).unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left aside
+    # the owner's heartbeat keeps its claim fresh while it runs
+    monkeypatch.setattr(jobs, "HEARTBEAT_S", 0.05)
+    assert try_claim(out)
+    os.utime(claim_path(out), (1.0, 1.0))
+    with jobs._Heartbeat(claim_path(out)):
+        time.sleep(0.3)
+    assert time.time() - claim_path(out).stat().st_mtime < 5
+    assert not any(t.name.startswith("claim-heartbeat") for t in threading.enumerate())  # stopped with the run
 
 
 @pytest.mark.timeout(400)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -52,45 +53,95 @@ class Outcome:
                             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
+# A claim's owner touches it every HEARTBEAT_S while it runs the experiment; a claim untouched for STALE_AFTER_S
+# belongs to a process that is gone, wherever it ran (a lost Ray node, a restarted container), so it is taken
+# over. Generous against clock skew between hosts sharing the results folder.
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0
+
+
 def claim_path(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.claim")
 
 
+def _claim_is_stale(path: Path, owner: str) -> bool:
+    """Nobody runs this claim any more: its process on this machine has ended, or (any host) it has not been
+    touched for STALE_AFTER_S."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    return runner.owner_is_gone(owner) or age > STALE_AFTER_S
+
+
+def _read_owner(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
 def try_claim(out_dir: Path) -> bool:
-    """Claim an experiment for this process (an exclusive file beside its folder), so two sweeps started at
-    once on one results folder never run it twice; a claim left by a dead process on this machine is taken over."""
+    """Claim an experiment for this process, so two sweeps started at once on one results folder never run it
+    twice. The claim file appears with its owner already written (written aside, then hard-linked into place,
+    which fails if the claim exists), so a claim is never seen half-written; a stale one is taken over."""
     path = claim_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    tag = runner.process_tag()
+    aside = path.with_name(f"{path.name}.{tag}")
+    aside.write_text(tag, encoding="utf-8")
+    try:
+        for _ in range(2):
             try:
-                owner = path.read_text(encoding="utf-8").strip()
-            except OSError:
-                owner = ""
-            if owner and not runner.owner_is_gone(owner):
-                return False
-            path.unlink(missing_ok=True)  # stale (its process died) or half-written: take it over
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(runner.process_tag())
-        return True
-    return False
+                os.link(aside, path)
+                return True
+            except FileExistsError:
+                owner = _read_owner(path)
+                if owner == tag or not _claim_is_stale(path, owner):
+                    return False
+                log.warning("Taking over the stale claim %s of %s.", path, owner or "an unknown process")
+                path.unlink(missing_ok=True)
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def release_claim(out_dir: Path) -> None:
-    claim_path(out_dir).unlink(missing_ok=True)
+    path = claim_path(out_dir)
+    if _read_owner(path) == runner.process_tag():  # never remove a claim another process took over
+        path.unlink(missing_ok=True)
 
 
 def claimed_elsewhere(out_dir: Path) -> bool:
-    """Another live process holds the experiment's claim."""
+    """Another process holds the experiment's claim and is still running it."""
     path = claim_path(out_dir)
-    try:
-        owner = path.read_text(encoding="utf-8").strip()
-    except OSError:
+    if not path.exists():
         return False
-    return bool(owner) and owner != runner.process_tag() and not runner.owner_is_gone(owner)
+    owner = _read_owner(path)
+    return owner != runner.process_tag() and not _claim_is_stale(path, owner)
+
+
+class _Heartbeat:
+    """Touches a claim every ``HEARTBEAT_S`` from a daemon thread while the experiment runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.stop = path, threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"claim-heartbeat {path.name}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:  # released meanwhile
+                return
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def execute(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
@@ -100,7 +151,8 @@ def execute(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
     if not try_claim(plan.out_dir):
         return Outcome.for_plan(plan, "claimed")
     try:
-        return _execute_claimed(plan, opts)
+        with _Heartbeat(claim_path(plan.out_dir)):
+            return _execute_claimed(plan, opts)
     finally:
         release_claim(plan.out_dir)
 

@@ -32,7 +32,7 @@ from ..training.all_bins import train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
 from .config import ExperimentConfig
-from .jobs import Outcome, claimed_elsewhere, execute, failure_paths
+from .jobs import STALE_AFTER_S, Outcome, claim_path, claimed_elsewhere, execute, failure_paths
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol, protocol_sources
 from .runner import METRICS_FILE, is_finished
@@ -316,6 +316,10 @@ def wait_for_other_run(job: ExperimentPlan, opts: RunOptions, since: datetime, p
     """Another sweep claimed ``job``: wait until it lets go, then report what it left (finished, or failed
     after ``since``), or run the experiment here if that process died without a result."""
     while True:
+        if claimed_elsewhere(job.out_dir):
+            log.info("%s is being run by another process (claim %s); waiting for it. A claim untouched for "
+                     "%.0f min is taken over; delete it if you know its process is gone.", job.label,
+                     claim_path(job.out_dir), STALE_AFTER_S / 60)
         while claimed_elsewhere(job.out_dir):
             time.sleep(poll_s)
         if is_finished(job.out_dir):
