@@ -33,7 +33,7 @@ def build_parser(method: str | None = None, dataset: str | None = None) -> tuple
                    help="model name(s) or aliases (default tiny-resnet)")
     if method is None:
         p.add_argument("--methods", nargs="+", default=None, choices=sorted(table),
-                       help="default: ensemble fusion grasp pearl")
+                       help="default: ensemble fusion grasp pearl target_only source_finetune")
     p.add_argument("--targets", nargs="+", default=None, help="target bins (default: every bin)")
     p.add_argument("--num_trials", default=None, help="trials per target (default 3)")
     add_shared_experiment_flags(p)
