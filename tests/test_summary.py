@@ -150,6 +150,27 @@ def test_comparison_paired_test_and_tables(results):
         assert paths[name].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_method_missing_a_target_is_marked_not_ranked_by_its_mean(tmp_path):
+    # fusion failed on the hard target: its mean over the two easy ones is higher than grasp's over all three
+    accs = {"grasp": {"era_2": 0.6, "era_3": 0.9, "era_4": 0.9}, "fusion": {"era_3": 0.85, "era_4": 0.85}}
+    for method, per_target in accs.items():
+        for target, acc in per_target.items():
+            write_json(tmp_path / DATASET / MODEL / method / target / "trial_1" / "metrics.json",
+                       fake_report(method, target, 1, acc))
+    write_json(tmp_path / DATASET / MODEL / "fusion" / "era_2" / "trial_1.failed.json",
+               {"status": "failed", "error_type": "RuntimeError", "message": "boom", "failed_at": "2026-01-01T00:00:00"})
+    paths = write_summaries(tmp_path, DATASET, MODEL, plots=False)
+    rows = {r["method"]: r for r in read_json(paths["comparison_json"])["methods"]}
+    assert rows["fusion"]["missing_targets"] == ["era_2"] and rows["grasp"]["missing_targets"] == []
+    assert rows["fusion"]["accuracy_mean"] == pytest.approx(0.85)  # the number itself stays what it is
+    md = paths["comparison_md"].read_text()
+    fusion_row = next(line for line in md.splitlines() if line.startswith("| fusion |"))
+    assert "| 0.8500 ± 0.0000 (2/3 targets) |" in fusion_row and "fusion has no result on era_2" in md
+    assert "| 0.8000 ± " in md and "(3/3" not in md
+    with open(paths["comparison_csv"], newline="") as f:
+        assert {r["method"]: r["missing_targets"] for r in csv.DictReader(f)} == {"fusion": "era_2", "grasp": ""}
+
+
 def test_too_few_pairs_give_a_reason_not_a_p_value(tmp_path):
     for method, acc in (("grasp", 0.8), ("ensemble", 0.7)):
         write_json(tmp_path / DATASET / MODEL / method / "era_2" / "trial_1" / "metrics.json",

@@ -310,6 +310,8 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
         rows.append({
             "method": method, "num_experiments": s["num_experiments"], "num_failed": s["num_failed"],
             "num_targets": s["num_targets"],
+            # targets others finished and this method did not: its mean is over fewer (maybe easier) targets
+            "missing_targets": [t for t in targets if not (s["targets"].get(t) or {}).get("num_trials")],
             "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
             "accuracy_pooled_mean": pooled["test_accuracy"]["mean"],
             "accuracy_pooled_std": pooled["test_accuracy"]["std"],
@@ -423,6 +425,7 @@ def comparison_frame(comp: dict):
             "max_models_resident": r["max_models_resident"],
             "target_epochs": r["target_epochs"], "target_train_images": r["target_train_images"],
             "information_used": r["information_used"],
+            "missing_targets": " ".join(r.get("missing_targets") or []),
             "diff_vs_reference": paired.get("mean_difference"), "p_value_vs_reference": paired.get("p_value"),
             "p_value_holm_vs_reference": paired.get("p_value_holm"), "targets_vs_reference": paired.get("n_targets"),
         })
@@ -467,6 +470,8 @@ def comparison_markdown(comp: dict) -> str:
             "-" if p.get("mean_difference") is None else
             f"{p['mean_difference']:+.4f} ({_fmt(p.get('p_value_holm'), '.3g')})")
         acc = _fmt(r["accuracy_mean"], ".4f") + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.4f}")
+        if r.get("missing_targets") and r["accuracy_mean"] is not None:
+            acc += f" ({len(comp['targets']) - len(r['missing_targets'])}/{len(comp['targets'])} targets)"
         cells = [r["method"], str(r["num_experiments"]), str(r["num_failed"]), acc,
                  *(_fmt(r["per_target_accuracy"].get(t), ".4f") for t in comp["targets"]),
                  *([_fmt(r.get("accuracy_before_finetune_mean"), ".4f")] if merged else []),
@@ -485,6 +490,12 @@ def comparison_markdown(comp: dict) -> str:
               f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} The table's p is the Holm-corrected "
               f"p-value over targets ('-' below {MIN_TARGETS} targets or when the differences do not vary).",
               *distinguishability_lines(comp)]
+    partial = [r for r in comp["methods"] if r.get("missing_targets") and r["accuracy_mean"] is not None]
+    if partial:
+        lines.append("- not comparable by their means: " + "; ".join(
+            f"{r['method']} has no result on {', '.join(r['missing_targets'])}" for r in partial) +
+            ". A mean over fewer targets is not a mean over the same targets; compare on the per-target columns "
+            "and the Δ column (paired over the targets both have).")
     failed = [r for r in comp["methods"] if r["num_failed"]]
     if failed:
         lines.append("- failed experiments (not scored): " + ", ".join(f"{r['method']} {r['num_failed']}"
