@@ -39,3 +39,24 @@ def test_source_model_is_bitwise_identical_with_or_without_the_upstream_checkpoi
     first, second = states.values()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_upstream_checkpoint_is_reused_on_the_same_build_and_pretrained_again_on_another(digits_root, tmp_path,
+                                                                                         monkeypatch):
+    """A rebuilt dataset may put upstream images into the bins' test splits: its upstream start is made again."""
+    from multisource.data.loaders import DatasetHandle, open_dataset
+    from multisource.models.checkpoint import read_checkpoint_meta
+    from multisource.options import RunOptions
+    from multisource.training.fit import SourceTrainConfig
+    from multisource.training.upstream import ensure_upstream
+
+    opts = RunOptions(data_root=str(digits_root), results_dir=str(tmp_path), progress=False)
+    handle = open_dataset("drift_digits", digits_root)
+    cfg = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL, batch_size=SOURCE_BATCH, seed=0)
+    path = ensure_upstream(handle, cfg, opts, epochs=1)
+    assert read_checkpoint_meta(path)["data_fingerprint"] == handle.fingerprint is not None
+    made = path.stat().st_mtime_ns
+    assert ensure_upstream(handle, cfg, opts, epochs=1) == path and path.stat().st_mtime_ns == made  # reused
+    monkeypatch.setattr(DatasetHandle, "fingerprint", property(lambda self: "another-build"))
+    ensure_upstream(handle, cfg, opts, epochs=1)
+    assert read_checkpoint_meta(path)["data_fingerprint"] == "another-build" and path.stat().st_mtime_ns != made

@@ -35,10 +35,16 @@ def ensure_upstream(handle: DatasetHandle, cfg: SourceTrainConfig, opts: RunOpti
     path = upstream_checkpoint(handle, cfg.model_name, opts)
     if path.is_file() and not force:
         try:
-            read_checkpoint_meta(path)
-            return path
+            trained_on = read_checkpoint_meta(path).get("data_fingerprint")
         except Exception:  # noqa: BLE001  any unreadable file is re-made, whatever the reason
             log.warning("Upstream checkpoint %s is unreadable; pretraining again.", path)
+        else:
+            # A rebuilt dataset (another seed or split) may put upstream images into bins' val and test splits:
+            # a start pretrained on the old build would have seen the new build's test images.
+            if not (handle.fingerprint and trained_on and trained_on != handle.fingerprint):
+                return path
+            log.warning("Upstream checkpoint %s was pretrained on another build of %s; pretraining again.", path,
+                        handle.info.name)
     if not (handle.root / UPSTREAM / "train").is_dir():
         raise DataError(f"{cfg.model_name} starts from weights pretrained on an upstream pool, "
                         f"and dataset {handle.info.name} has none at {handle.root / UPSTREAM}. Pass --weights PATH "
@@ -56,6 +62,8 @@ def ensure_upstream(handle: DatasetHandle, cfg: SourceTrainConfig, opts: RunOpti
         metrics = {"val_accuracy": module.best_val_accuracy, "best_epoch": module.best_epoch}
         config = {**asdict(up_cfg), "image_size": image_size}
         save_checkpoint(path, module.best_model(), model_name=cfg.model_name, classes=handle.classes,
-                        dataset=handle.info.name, bin_name=UPSTREAM, config=config, metrics=metrics)
-        write_json(path.with_suffix(".json"), {"status": "complete", **metrics, "config": config, **info})
+                        dataset=handle.info.name, bin_name=UPSTREAM, config=config, metrics=metrics,
+                        extra={"data_fingerprint": handle.fingerprint})
+        write_json(path.with_suffix(".json"), {"status": "complete", **metrics, "config": config,
+                                               "data_fingerprint": handle.fingerprint, **info})
     return path
