@@ -167,3 +167,20 @@ def test_train_loader_is_seeded_and_never_yields_a_batch_of_one(tiny_root):
     assert eval_sizes == [4, 4, 1]
     ds = handle.split("era_1", "train")
     assert len(make_loader(ds, batch_size=16, train=True, drop_last=True)) == 1  # smaller than a batch: kept
+
+
+def test_example_groups_name_the_digit_each_rendering_shows(tmp_path):
+    from PIL import Image
+
+    from multisource.data.datasets import get_dataset
+    from multisource.data.folder import BinSplitDataset, example_groups
+
+    for cls, stems in (("3", ["d0007_r0", "d0007_r1", "d0012_r0"]), ("5", ["d0007_r2", "other"])):
+        (tmp_path / "era_1" / "test" / cls).mkdir(parents=True)
+        for stem in stems:
+            Image.new("RGB", (4, 4)).save(tmp_path / "era_1" / "test" / cls / f"{stem}.png")
+    data = BinSplitDataset(tmp_path, "era_1", "test", [str(d) for d in range(10)])
+    groups = example_groups(data, get_dataset("drift_digits").example_group)
+    # renderings of one digit share a group; labels keep equal stems of other classes apart; no match: its own
+    assert groups == ["3/d0007", "3/d0007", "3/d0012", "5/d0007", "5/other"]
+    assert example_groups(data, get_dataset("clear10").example_group) is None

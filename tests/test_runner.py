@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -83,6 +84,9 @@ def test_method_script_writes_its_files(trained_sources, tmp_path, method, capsy
         assert {"precision_macro", "recall_macro", "f1_macro", "f1_weighted", "auroc", "per_class_accuracy"} <= \
             set(m[split])
     assert m["test"]["accuracy"] > 0.2  # well above chance (0.1) even with one epoch
+    predictions = pd.read_csv(out / "test_predictions.csv")
+    assert len(predictions) == m["test"]["num_samples"] and predictions["group"].str.match(r"^\d/d\d{4}$").all()
+    assert "underlying test examples" in m["test"]["ci95_method"]
     assert m["flops"]["total"] > 0 and m["flops"]["forward_per_image"] > 0 and "MAC" in m["flops"]["convention"]
     assert m["memory"]["peak_bytes"] > 0 and m["time"]["total_s"] > 0
     resident = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 2, "target_only": 1, "source_finetune": 1,

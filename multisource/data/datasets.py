@@ -30,6 +30,10 @@ class DatasetInfo:
     description: str = ""
     extra: dict = field(default_factory=dict)
     root: Path | None = None  # set for a dataset opened from its card (--dataset PATH)
+    # A regular expression on an image's file stem whose first group names the underlying example it renders
+    # (several renderings of one test digit are not independent: the bootstrap resamples them together);
+    # empty: every image is its own example.
+    example_group: str = ""
 
     @property
     def scripts_dir(self) -> str:
@@ -63,7 +67,7 @@ CLEAR_BINS = ("year_1-2", "year_3-4", "year_5-6", "year_7-8", "year_9-10")
 DATASETS.register("drift_digits", DatasetInfo(
     name="drift_digits", dir_name="DriftDigits", bins=("era_1", "era_2", "era_3", "era_4", "era_5"),
     classes=tuple(str(d) for d in range(10)), image_size=32, bin_flag="era_name",
-    preprocess_script="drift_digits_preprocessing.py", hflip=False,
+    preprocess_script="drift_digits_preprocessing.py", hflip=False, example_group=r"^(d\d+)_r\d+$",
     description="Embedded offline benchmark: scikit-learn digits rendered with an era-dependent style.",
 ), aliases=("driftdigits", "digits"))
 DATASETS.register("clear10", DatasetInfo(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -73,3 +74,16 @@ class BinSplitDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, self.samples[index][1]
+
+
+def example_groups(dataset: BinSplitDataset, pattern: str) -> list[str] | None:
+    """The underlying example of each image of ``dataset`` (in its order), from ``pattern`` on the file stems;
+    None without a pattern. An image the pattern does not match is its own example."""
+    if not pattern:
+        return None
+    rule = re.compile(pattern)
+    groups = []
+    for path, label in dataset.samples:
+        match = rule.match(Path(path).stem)
+        groups.append(f"{label}/{match.group(1) if match else Path(path).stem}")
+    return groups

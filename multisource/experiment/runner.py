@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ..data.folder import example_groups
 from ..data.loaders import DatasetHandle
 from ..measure.meter import Meter
 from ..measure.metrics import classification_metrics
@@ -69,9 +70,13 @@ def information_used(pool, target) -> dict[str, Any]:
             "target_data": [r.split(":")[1] for r in reads if r.startswith("target:")]}
 
 
-def write_predictions(path: Path, labels: torch.Tensor, predictions: torch.Tensor) -> Path:
+def write_predictions(path: Path, labels: torch.Tensor, predictions: torch.Tensor,
+                      groups: list[str] | None = None) -> Path:
     frame = pd.DataFrame({"index": range(len(labels)), "label": labels.numpy(), "prediction": predictions.numpy()})
+    if groups is not None:  # the underlying example each test image renders (resampled together)
+        frame["group"] = groups
     return atomic_write(path, lambda p: frame.to_csv(p, index=False))
+
 
 
 def read_predictions(out: Path) -> pd.DataFrame | None:
@@ -195,8 +200,12 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
     val = classification_metrics(val_logits, val_y, handle.classes)
     test = classification_metrics(test_logits, test_y, handle.classes)
     test_pred = test_logits.argmax(1)
-    test.update(bootstrap_intervals(test_y.numpy(), test_pred.numpy(), seed=derive_seed(plan.seed, "bootstrap")),
-                ci95_method=f"percentile bootstrap over the {len(test_y)} test examples ({RESAMPLES} resamples)",
+    groups = example_groups(target.test.dataset, handle.info.example_group)
+    units = (f"the {len(test_y)} test examples" if groups is None else
+             f"the {len(set(groups))} underlying test examples ({len(test_y)} images, renderings resampled together)")
+    test.update(bootstrap_intervals(test_y.numpy(), test_pred.numpy(), seed=derive_seed(plan.seed, "bootstrap"),
+                                    labels=range(len(handle.classes)), groups=groups),
+                ci95_method=f"percentile bootstrap over {units} ({RESAMPLES} resamples)",
                 predictions_file=PREDICTIONS_FILE)
     stages = evaluate_stages(result, target, handle.classes, val, test, meter, macs)
     params = count_parameters(model)
@@ -221,7 +230,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
         "history": result.history,
         "wall_time_s": time.perf_counter() - t0,
     }
-    write_predictions(staging / PREDICTIONS_FILE, test_y, test_pred)
+    write_predictions(staging / PREDICTIONS_FILE, test_y, test_pred, groups)
     _write_outputs(staging, report, result, handle, opts)
     pool.release_all()
     del model, result

@@ -251,9 +251,10 @@ def _distinct(items: list[dict]) -> list[dict]:
     return out
 
 
-def correctness(found: list[dict]) -> dict[str, np.ndarray]:
-    """target -> (trials x test examples) 0/1 correctness from the saved predictions, trials in order; a target
-    is left out when a trial has no predictions file or the trials disagree on the examples."""
+def correctness(found: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """target -> ((trials x test examples) 0/1 correctness from the saved predictions, trials in order; each
+    example's group of renderings or None); a target is left out when a trial has no predictions file or the
+    trials disagree on the examples."""
     by_target: dict[str, list] = {}
     for r in sorted(found, key=lambda r: (r["target"], r["trial"])):
         by_target.setdefault(r["target"], []).append(read_predictions(Path(r["_dir"])) if "_dir" in r else None)
@@ -261,7 +262,8 @@ def correctness(found: list[dict]) -> dict[str, np.ndarray]:
     for t, frames in by_target.items():
         if any(f is None for f in frames) or any(not f["label"].equals(frames[0]["label"]) for f in frames):
             continue
-        out[t] = np.stack([(f["label"] == f["prediction"]).to_numpy(float) for f in frames])
+        groups = next((f["group"].astype(str).to_numpy() for f in frames if "group" in f), None)
+        out[t] = (np.stack([(f["label"] == f["prediction"]).to_numpy(float) for f in frames]), groups)
     return out
 
 
@@ -278,10 +280,13 @@ def paired_vs_reference(method: str, summary: dict, reference: dict, correct: di
             continue
         entry = {"mean_difference": mine - theirs, "trials": rec["num_trials"], "reference_trials": ref["num_trials"],
                  "ci95": None, "distinguishable": None}
-        a, b = correct.get(t), ref_correct.get(t)
+        (a, groups), (b, ref_groups) = correct.get(t, (None, None)), ref_correct.get(t, (None, None))
         if a is not None and b is not None and a.shape[1] == b.shape[1]:
-            boot = paired_bootstrap_difference(a, b, seed=derive_seed(0, "paired", method, t))
+            boot = paired_bootstrap_difference(a, b, seed=derive_seed(0, "paired", method, t),
+                                               groups=groups if groups is not None else ref_groups)
             entry.update(ci95=boot["ci95"], distinguishable=boot["distinguishable"], n_examples=boot["n_examples"])
+            if "n_groups" in boot:
+                entry["n_groups"] = boot["n_groups"]
         else:
             entry["reason"] = "no per-example predictions for both methods on the same test examples"
         per_target[t] = entry
@@ -353,7 +358,8 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
                                 "training); information_used: what the method read, as observed by the runner.",
                       "paired_vs_reference": f"per target: method - {reference} test accuracy, each averaged "
                                              "over its trials, with a paired bootstrap 95% interval over the same "
-                                             "test examples (distinguishable when it excludes 0); over targets: "
+                                             "test examples, renderings of one example resampled together "
+                                             "(distinguishable when it excludes 0); over targets: "
                                              "the mean of those differences and a paired t-test over targets, "
                                              "Holm-corrected across methods (p_value_holm); trials are seeds of "
                                              f"one target, never independent samples; no p-value below "

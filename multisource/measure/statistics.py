@@ -38,38 +38,92 @@ def _interval(result) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
-def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], seed: int,
-                        resamples: int = RESAMPLES) -> dict[str, list[float] | None]:
-    """Percentile bootstrap 95% intervals of accuracy and macro F1 over the test examples."""
+def _group_index(groups: Sequence | None, n: int) -> tuple[np.ndarray, int] | None:
+    """Each example's group number and the number of groups; None when every example is its own group."""
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} examples")
+    _, inverse = np.unique(groups, return_inverse=True)
+    count = int(inverse.max()) + 1 if n else 0
+    return None if count == n else (inverse, count)
+
+
+def _per_group(values: np.ndarray, index: np.ndarray, count: int) -> np.ndarray:
+    """Sums of ``values`` (examples along axis 0) per group: shape (groups, ...)."""
+    out = np.zeros((count, *values.shape[1:]))
+    np.add.at(out, index, values)
+    return out
+
+
+def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], seed: int, resamples: int = RESAMPLES,
+                        labels: Sequence[int] | None = None,
+                        groups: Sequence | None = None) -> dict[str, list[float] | None]:
+    """Percentile bootstrap 95% intervals of accuracy and macro F1 over the test examples.
+
+    ``labels``: the dataset's class indices, so a class absent from a split counts in the macro F1 as it does
+    in the point estimate (default: the classes present). ``groups``: which examples are renderings of one
+    underlying example (the built-in benchmark renders each test digit several times); whole groups are
+    resampled together, since they are not independent (default: every example its own group)."""
     t, p = np.asarray(y_true), np.asarray(y_pred)
-    if len(t) < 2:
+    grouped = _group_index(groups, len(t))
+    if len(t) < 2 or (grouped is not None and grouped[1] < 2):
         return {"accuracy_ci95": None, "f1_macro_ci95": None}
-    labels = np.unique(np.concatenate([t, p]))
+    labels = np.unique(np.concatenate([t, p])) if labels is None else np.asarray(labels)
     rng = np.random.default_rng(seed)
+    kw = dict(confidence_level=CONFIDENCE, n_resamples=resamples, method="percentile", random_state=rng,
+              vectorized=True)
     correct = (t == p).astype(float)
-    acc = stats.bootstrap((correct,), np.mean, confidence_level=CONFIDENCE, n_resamples=resamples,
-                          method="percentile", random_state=rng, vectorized=True)
-    f1 = stats.bootstrap((t, p), lambda a, b, axis=-1: _macro_f1(a, b, labels, axis), paired=True,
-                         confidence_level=CONFIDENCE, n_resamples=resamples, method="percentile",
-                         random_state=rng, vectorized=True)
-    return {"accuracy_ci95": _interval(acc), "f1_macro_ci95": _interval(f1)}
+    if grouped is None:
+        acc = stats.bootstrap((correct,), np.mean, **kw)
+        f1 = stats.bootstrap((t, p), lambda a, b, axis=-1: _macro_f1(a, b, labels, axis), paired=True, **kw)
+        return {"accuracy_ci95": _interval(acc), "f1_macro_ci95": _interval(f1)}
+    index, count = grouped
+    right, size = _per_group(correct, index, count), _per_group(np.ones_like(correct), index, count)
+    onehot = lambda y: (y[:, None] == labels[None, :]).astype(float)  # noqa: E731  (examples x classes)
+    tp = _per_group(onehot(t) * onehot(p), index, count)
+    support = _per_group(onehot(t), index, count) + _per_group(onehot(p), index, count)
+
+    def accuracy(g: np.ndarray, axis: int = -1) -> np.ndarray:
+        return right[g].sum(axis) / size[g].sum(axis)
+
+    def macro_f1(g: np.ndarray, axis: int = -1) -> np.ndarray:
+        both, denom = tp[g].sum(axis - 1), support[g].sum(axis - 1)  # summed over groups: (..., classes)
+        return np.where(denom > 0, 2 * both / np.maximum(denom, 1), 0.0).mean(-1)
+
+    groups_drawn = (np.arange(count),)
+    return {"accuracy_ci95": _interval(stats.bootstrap(groups_drawn, accuracy, **kw)),
+            "f1_macro_ci95": _interval(stats.bootstrap(groups_drawn, macro_f1, **kw))}
 
 
 def paired_bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, seed: int,
-                                resamples: int = RESAMPLES) -> dict:
+                                resamples: int = RESAMPLES, groups: Sequence | None = None) -> dict:
     """Accuracy of A minus B on the same test examples (rows: trials, averaged; columns: examples), with a
-    paired bootstrap 95% interval that resamples examples jointly for both methods."""
+    paired bootstrap 95% interval that resamples examples (or whole ``groups`` of them, see
+    :func:`bootstrap_intervals`) jointly for both methods."""
     a = np.atleast_2d(np.asarray(correct_a, dtype=float)).mean(0)
     b = np.atleast_2d(np.asarray(correct_b, dtype=float)).mean(0)
     if a.shape != b.shape:
         raise ValueError(f"paired comparison needs the same test examples, got {a.shape} and {b.shape}")
     diff = a - b
+    grouped = _group_index(groups, len(diff))
+    units = len(diff) if grouped is None else grouped[1]
     out = {"mean_difference": float(diff.mean()), "n_examples": int(len(diff)), "ci95": None}
-    if len(diff) >= 2 and np.ptp(diff) > 0:
-        res = stats.bootstrap((diff,), np.mean, confidence_level=CONFIDENCE, n_resamples=resamples,
-                              method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
+    if grouped is not None:
+        out["n_groups"] = units
+    if units >= 2 and np.ptp(diff) > 0:
+        kw = dict(confidence_level=CONFIDENCE, n_resamples=resamples, method="percentile",
+                  random_state=np.random.default_rng(seed), vectorized=True)
+        if grouped is None:
+            res = stats.bootstrap((diff,), np.mean, **kw)
+        else:
+            index, count = grouped
+            total, size = _per_group(diff, index, count), _per_group(np.ones_like(diff), index, count)
+            res = stats.bootstrap((np.arange(count),), lambda g, axis=-1: total[g].sum(axis) / size[g].sum(axis),
+                                  **kw)
         out["ci95"] = _interval(res)
-    elif len(diff) >= 2:
+    elif units >= 2:
         out["ci95"] = [float(diff.mean())] * 2  # identical on every example: no sampling spread
     out["distinguishable"] = bool(out["ci95"] is not None and (out["ci95"][0] > 0 or out["ci95"][1] < 0))
     return out
