@@ -181,8 +181,9 @@ class SourcePool:
         return StateTensors(self.load_start(key).state_dict())
 
     def load_start(self, key: str = "start") -> nn.Module:
-        """The shared pretrained start with a new classifier head for the target's classes (drawn from the
-        global RNG, which the runner seeds per trial); registered as resident like a source."""
+        """The shared pretrained start, built as each source's was before its training: the pretrained head is
+        kept where its shape fits the target's classes, else a new one is drawn from the global RNG (which the
+        runner seeds per trial); registered as resident like a source."""
         pretrained, weights = self.shared_start()
         model = create_model(self.model_name, len(self.classes), pretrained=pretrained, weights=weights,
                              image_size=self.image_size).to(self.device)

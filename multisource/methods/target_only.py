@@ -2,8 +2,9 @@
 
 The first question a reviewer asks of any combination of sources: does it beat simply training on the target
 with the same budget? This method reads no source model's weights (only the checkpoints' metadata, to find the
-start every source was fine-tuned from), so its record shows no source models. The start gets a new head, so it
-is trained with the source-training recipe (the model's recommended rate, a 10x head rate, warm-up), by default
+start every source was fine-tuned from), so its record shows no source models. The start comes with the head every
+source started with (new for ImageNet weights; the upstream pool's where it has the target's classes), and it
+is trained like a source, with the source-training recipe (the model's recommended rate, a 10x head rate, warm-up), by default
 for as many target epochs as GRASP trains for the same K (``finetune_epochs: matched``).
 """
 
@@ -22,7 +23,7 @@ from .target_finetune import MATCHED, TargetFinetuneConfig, finetune_on_target, 
 class TargetOnlyConfig(TargetFinetuneConfig):
     finetune_epochs: int | str = MATCHED
     learning_rate: float | None = None  # default: the model's recommended source-training rate
-    head_lr_multiplier: float = 10.0  # the head is new, as in source training
+    head_lr_multiplier: float = 10.0  # as in source training
     warmup_epochs: float = 1.0
 
     def __post_init__(self) -> None:
