@@ -267,3 +267,17 @@ def test_information_labels_merge_varying_counts_into_ranges_and_keep_kinds_apar
     assert information_labels([report(4, target=()), report(4), {"config": {}}, report(0, start="w.ckpt")]) == [
         "4 source models", "4 source models + target train/val", "not recorded",
         "pretrained start + target train/val"]
+
+
+def test_trials_with_other_settings_are_named_not_silently_pooled_as_seeds(results):
+    odd = fake_report("grasp", "era_4", 4, 0.5)
+    odd["sources"] = ["era_2", "era_3"]  # a single experiment run with --sources, then counted as a trial
+    odd["config"]["method_config"] = {"learning_rate": 1e-3}
+    write_json(results / DATASET / MODEL / "grasp" / "era_4" / "trial_4" / "metrics.json", odd)
+    paths = write_summaries(results, DATASET, MODEL, plots=False)
+    grasp = read_json(paths["grasp"])
+    assert grasp["targets"]["era_4"]["settings_differ"] == ["method_config", "sources"]
+    assert grasp["targets"]["era_2"]["settings_differ"] == []
+    comp = read_json(paths["comparison_json"])
+    assert comp["settings_differ"] == {"grasp": {"era_4": ["method_config", "sources"]}}
+    assert "grasp on era_4 (method_config, sources)" in paths["comparison_md"].read_text()

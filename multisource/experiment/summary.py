@@ -160,6 +160,8 @@ def method_summary(dataset: str, model: str, method: str, finished: list[dict], 
         per_target[t] = {
             "trials": [r["trial"] for r in runs], "seeds": [r.get("seed") for r in runs],
             "sources": runs[0].get("sources") if runs else None, "num_trials": len(runs),
+            # trials are seeds of one setting: anything else differing between them is named here
+            "settings_differ": _differing_settings(runs),
             "failed_trials": sorted((f.get("config") or {}).get("trial") for f in fails_by_target.get(t, [])),
             "metrics": {k: {**describe(v := [metric_value(r, k) for r in runs]), "values": v} for k in METRICS},
         }
@@ -238,6 +240,17 @@ def _config_of(r: dict) -> dict:
 def _versions_of(r: dict) -> dict:
     env = r.get("environment") or {}
     return {k: env.get(k) for k in ("multisource", "git_commit", "python", "packages")}
+
+
+def _differing_settings(runs: list[dict]) -> list[str]:
+    """The settings (besides trial and seed) that differ between one target's trials: sources, the method's
+    configuration, batch size, image size, precision, device, base seed."""
+    settings = [{"sources": r.get("sources"), **_config_of(r)} for r in runs]
+    differ = set()
+    for s in settings[1:]:
+        differ |= {k for k in s if json.dumps(s[k], sort_keys=True, default=str) !=
+                   json.dumps(settings[0][k], sort_keys=True, default=str)}
+    return sorted(differ)
 
 
 def _distinct(items: list[dict]) -> list[dict]:
@@ -348,6 +361,9 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
     return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
             "protocol": protocol, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
             "methods": rows, "reference": reference, "paired_vs_reference": paired,
+            "settings_differ": {m: {t: r["settings_differ"] for t, r in s["targets"].items() if r.get("settings_differ")}
+                                for m, s in summaries.items()
+                                if any(r.get("settings_differ") for r in s["targets"].values())},
             "notes": {"accuracy_mean": NOTES["overall.mean_over_targets"],
                       "accuracy_pooled_mean": NOTES["overall.pooled"],
                       "cost": "flops_total_macs, peak_memory_bytes and time_s are means over all experiments; "
@@ -496,6 +512,12 @@ def comparison_markdown(comp: dict) -> str:
               f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} The table's p is the Holm-corrected "
               f"p-value over targets ('-' below {MIN_TARGETS} targets or when the differences do not vary).",
               *distinguishability_lines(comp)]
+    mixed = [f"{m} on {t} ({', '.join(k)})" for m, s in (comp.get("settings_differ") or {}).items()
+             for t, k in s.items()]
+    if mixed:
+        lines.append("- trials that are not seeds of one setting (they differ in what is named): " + "; ".join(mixed)
+                     + ". Their mean mixes settings; re-run those trials with one setting (--overwrite), or move "
+                       "the odd ones out of the results folder.")
     partial = [r for r in comp["methods"] if r.get("missing_targets") and r["accuracy_mean"] is not None]
     if partial:
         lines.append("- not comparable by their means: " + "; ".join(
