@@ -54,8 +54,9 @@ def test_pearl_one_hot_full_rank_adapter_equals_the_source_layer():
     base = create_model("tiny-resnet", 10, image_size=32)
     torch.manual_seed(1)
     source = create_model("tiny-resnet", 10, image_size=32)
-    modules, skipped = lora_target_modules(base)
+    modules, skipped = lora_target_modules(base, include_head=True)
     layers = {n: m for n, m in base.named_modules() if n in modules}
+    assert sorted(set(modules) - set(lora_target_modules(base)[0])) == ["fc"]  # the head only with include_head
     assert any(isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) for m in layers.values())
     assert any(isinstance(m, nn.Linear) for m in layers.values()) and not skipped
     rank = max(min(m.weight.shape[0], m.weight[0].numel()) for m in layers.values())

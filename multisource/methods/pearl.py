@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, check_choice, check_range
+from ..models.checkpoint import head_prefixes
 from ..training.loop import FinetuneConfig, finetune
 from .base import SOURCE_ORDERS, MethodResult, SourcePool, TargetData, register_method
 
@@ -42,6 +43,7 @@ class PearlConfig:
     composition_epochs: int = 3
     composition_lr: float = 0.01
     source_order: str = "nearest-first"  # the first source in this order is the base
+    adapt_head: bool = False  # also put adapters on the classifier head (beyond SPEC 5: the head stays the base's)
 
     def __post_init__(self) -> None:
         check_range(self, "adapter_dim", 1)
@@ -63,11 +65,15 @@ class PearlConfig:
         return (self.lora_alpha or self.adapter_dim) / self.adapter_dim
 
 
-def lora_target_modules(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Linear and ungrouped Conv2d layers (the head included): the ones a LoRA delta can be initialised for.
-    Grouped and depthwise convolutions are skipped (listed), since PEFT factorises them differently."""
+def lora_target_modules(model: nn.Module, include_head: bool = False) -> tuple[list[str], list[str]]:
+    """Linear and ungrouped Conv2d layers, the classifier head only with ``include_head``: the ones a LoRA delta
+    can be initialised for. Grouped and depthwise convolutions are skipped (listed), since PEFT factorises them
+    differently."""
+    heads = () if include_head else head_prefixes(model)
     targets, skipped = [], []
     for name, mod in model.named_modules():
+        if heads and (name + ".").startswith(heads):  # the head module itself or anything inside it
+            continue
         if isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1):
             targets.append(name)
         elif isinstance(mod, nn.Conv2d):
@@ -203,7 +209,7 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
         base = pool.load(names[0], key="base")
     for p in base.parameters():
         p.requires_grad = False
-    modules, skipped = lora_target_modules(base)
+    modules, skipped = lora_target_modules(base, include_head=cfg.adapt_head)
     lora = LoraConfig(r=cfg.adapter_dim, lora_alpha=cfg.lora_alpha or cfg.adapter_dim, lora_dropout=0.0,
                       target_modules=modules)
     adapters = [_adapter_name(n) for n in names]
