@@ -13,6 +13,43 @@ RESULTS_DIR = PROJECT_ROOT / "results"
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 
 
+class UnsafeName(ValueError):
+    """A name that would become part of a path (a dataset, bin, class, model, method or tag) is not one plain
+    folder name: it could write or read outside the chosen folder."""
+
+
+_BAD_NAME_CHARS = set('/\\\0:*?"<>|')
+UPSTREAM = "upstream"  # a dataset's pretraining pool: <root>/upstream, beside its bins (training/upstream.py)
+RESERVED_BINS = (UPSTREAM,)
+
+
+def name_problem(name: object, *, bin_name: bool = False) -> str | None:
+    """Why ``name`` cannot be one folder name (None if it can): the one check every name that becomes part of a
+    path passes, whether it came from a card, a table, a flag or a settings file."""
+    if not isinstance(name, str):
+        return f"a {type(name).__name__}, not text"
+    if bin_name and name in RESERVED_BINS:
+        return "reserved for a dataset's upstream pretraining pool"
+    if not name or name != name.strip():
+        return "empty or with leading/trailing spaces"
+    if name in (".", "..") or name.startswith("."):
+        return "starts with '.'"
+    if any(c in _BAD_NAME_CHARS or ord(c) < 32 for c in name):
+        return "contains one of / \\ : * ? \" < > | or a control character"
+    if len(name.encode("utf-8")) > 255:
+        return "longer than 255 bytes"
+    return None
+
+
+def safe_name(name: object, what: str, fix: str = "rename it") -> str:
+    """``name`` unchanged if it is one plain folder name; else :class:`UnsafeName` naming it and the fix."""
+    problem = name_problem(name)
+    if problem:
+        raise UnsafeName(f"{what} {name!r} cannot be a folder name ({problem}), so it could reach outside the "
+                         f"chosen folder; {fix}.")
+    return name  # type: ignore[return-value]
+
+
 def resolve(path: str | os.PathLike | None, default: Path) -> Path:
     """User paths resolve against the current directory; defaults against the project root."""
     if path is None or str(path) == "":
@@ -21,22 +58,25 @@ def resolve(path: str | os.PathLike | None, default: Path) -> Path:
 
 
 def baseline_dir(results_dir: Path, dataset: str, model: str) -> Path:
-    return results_dir / dataset / "baselines" / model
+    return Path(results_dir) / safe_name(dataset, "Dataset name") / "baselines" / safe_name(model, "Model name")
 
 
 def checkpoint_path(results_dir: Path, dataset: str, model: str, bin_name: str) -> Path:
     """Deterministic source-checkpoint location: results/<dataset>/baselines/<model>/<bin>.ckpt."""
-    return baseline_dir(results_dir, dataset, model) / f"{bin_name}.ckpt"
+    return baseline_dir(results_dir, dataset, model) / f"{safe_name(bin_name, 'Bin')}.ckpt"
 
 
 def model_results_dir(results_dir: Path, dataset: str, model: str, protocol: str = "leave-one-out") -> Path:
     """Where one protocol's experiments, summaries and sweep logs of (dataset, model) live: the paper's
     leave-one-out directly under ``<dataset>/<model>/``, any other under ``<dataset>/<model>/protocols/<name>/``
     (``window:3`` -> ``window-3``), so results of two protocols never mix."""
-    base = Path(results_dir) / dataset / model
-    return base if protocol == "leave-one-out" else base / "protocols" / protocol.replace(":", "-")
+    base = Path(results_dir) / safe_name(dataset, "Dataset name") / safe_name(model, "Model name")
+    if protocol == "leave-one-out":
+        return base
+    return base / "protocols" / safe_name(protocol.replace(":", "-"), "Protocol")
 
 
 def experiment_dir(results_dir: Path, dataset: str, model: str, method: str, target: str, trial: int,
                    protocol: str = "leave-one-out") -> Path:
-    return model_results_dir(results_dir, dataset, model, protocol) / method / target / f"trial_{trial}"
+    return (model_results_dir(results_dir, dataset, model, protocol) / safe_name(method, "Method name")
+            / safe_name(target, "Target bin") / f"trial_{int(trial)}")

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..paths import DATASETS_DIR
+from ..paths import DATASETS_DIR, UnsafeName, name_problem, safe_name
 from ..registry import Registry
 from .card import CARD_NAME, read_card
 
@@ -117,12 +117,32 @@ def dataset_from_card(folder: str | os.PathLike) -> DatasetInfo:
         if not name or not bins or not card.get("classes"):
             raise ValueError(f"{card_path} lacks 'dataset', 'bins' or 'classes'; re-import the dataset "
                              "(python preprocessing/import_dataset.py ... --overwrite).")
+        check_card_names(card_path, name, bins, card["classes"])
+        size = card.get("image_size") or 224
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 8192:
+            raise ValueError(f"{card_path}: image_size {size!r} is not a whole number of pixels in 8..8192; fix the "
+                             "card or re-import the dataset with --image_size.")
         info = DatasetInfo(name=name, dir_name=root.name, bins=tuple(bins), classes=tuple(card["classes"]),
-                           image_size=int(card.get("image_size") or 224), hflip=bool(card.get("hflip", True)),
+                           image_size=size, hflip=bool(card.get("hflip", True)),
                            preprocess_script="import_dataset.py", root=root,
                            description=f"Imported dataset ({card.get('binning', 'named bins')}).")
     _CARD_CACHE[cache_key] = info
     return info
+
+
+def check_card_names(card_path: Path, name: object, bins: object, classes: object) -> None:
+    """A card's dataset name, bins and classes become folder names (results/<name>/..., <root>/<bin>/...): each must
+    be one plain name, or a hand-edited or hostile card could write or read outside the chosen folders."""
+    fix = f"fix {card_path} or re-import the dataset (python preprocessing/import_dataset.py ... --overwrite)"
+    if not isinstance(bins, list) or not isinstance(classes, list):
+        raise ValueError(f"{card_path}: 'bins' and 'classes' must be lists of names; {fix}.")
+    safe_name(name, f"{card_path}: dataset name", fix)
+    for b in bins:
+        problem = name_problem(b, bin_name=True)
+        if problem:
+            raise UnsafeName(f"{card_path}: bin {b!r} cannot be a folder name ({problem}); {fix}.")
+    for c in classes:
+        safe_name(c, f"{card_path}: class", fix)
 
 
 def get_dataset(name: str) -> DatasetInfo:
