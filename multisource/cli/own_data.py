@@ -35,6 +35,9 @@ def import_parser() -> argparse.ArgumentParser:
     t.add_argument("--label_column", default="label")
     t.add_argument("--time_column", default="timestamp",
                    help="ISO dates or datetimes, years, or Unix seconds (default column: timestamp)")
+    t.add_argument("--time_format", default="auto", choices=("auto", "iso", "year", "unix", "excel"),
+                   help="how the time column reads: auto (default: ISO text, 4-digit years, or Unix seconds from "
+                        "1973 on), iso, year, unix (seconds), excel (serial days since 1899-12-30)")
     t.add_argument("--bin_column", default="bin", help="explicit bin names, used when --bin_by is not given")
     t.add_argument("--bin_by", default=None,
                    help="bin by time: year, quarter, month, years:N, edges:1990,2000,2010 (years or ISO dates) or "
@@ -74,6 +77,7 @@ def import_main(argv: list[str] | None = None) -> int:
         cfg = ImportConfig(name=args.name, bin_by=args.bin_by, bins=tuple(args.bins or ()),
                            classes=tuple(args.classes or ()), path_column=args.path_column,
                            label_column=args.label_column, time_column=args.time_column,
+                           time_format=args.time_format,
                            bin_column=args.bin_column, seed=args.seed, link=args.link, strict=args.strict,
                            drop_small=args.drop_small, image_size=args.image_size, hflip=args.hflip)
         out = Path(args.output_dir).expanduser().resolve()
@@ -96,7 +100,7 @@ def import_main(argv: list[str] | None = None) -> int:
         print(f"Use it as: --dataset {out}")
         return 0
 
-    return run_main(main)
+    return run_main(main, "--output_dir")
 
 
 def drift_main(argv: list[str] | None = None) -> int:

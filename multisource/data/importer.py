@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import shutil
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +25,8 @@ from typing import Any, Sequence
 import pandas as pd
 from PIL import Image
 
+from ..config import check_seed
+from ..paths import name_problem
 from .card import IMAGE_EXTENSIONS, build_card, write_card
 from .datasets import DATASETS
 from .raw import (Placement, RawDataError, building, default_workers, make_layout, parallel_map,
@@ -36,7 +39,6 @@ LINKS = ("copy", "hardlink", "symlink")
 MIN_STRATUM = 10  # the smallest stratum whose split has a train, a val and a test image (8/1/1)
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
                  ".ndjson": "jsonl"}
-_BAD_NAME_CHARS = set('/\\\0:*?"<>|')
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ImportConfig:
     path_column: str = "path"
     label_column: str = "label"
     time_column: str = "timestamp"
+    time_format: str = "auto"  # timebins.TIME_FORMATS: how the time column's numbers read (auto refuses guesses)
     bin_column: str = "bin"
     seed: int = 42
     link: str = "copy"
@@ -59,37 +62,34 @@ class ImportConfig:
     hflip: bool = True  # horizontal flip is a valid augmentation for these images
 
     def __post_init__(self) -> None:
+        self.bins = tuple(unicodedata.normalize("NFC", v) for v in self.bins)
+        self.classes = tuple(unicodedata.normalize("NFC", v) for v in self.classes)
         if self.link not in LINKS:
             raise ValueError(f"--link {self.link!r} is not valid; choose one of {', '.join(LINKS)}.")
-        if self.image_size < 8:
-            raise ValueError(f"--image_size must be at least 8 pixels, got {self.image_size}.")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 8 <= self.image_size <= 8192:
+            raise ValueError(f"--image_size must be a whole number of pixels in 8..8192, got {self.image_size!r}.")
+        check_seed(self)
         for flag, values in (("--bins", self.bins), ("--classes", self.classes)):
             if len(set(values)) != len(values):
                 raise ValueError(f"{flag} names a value twice: {list(values)}.")
         self.rule: BinRule | None = parse_bin_rule(self.bin_by) if self.bin_by else None
 
 
-RESERVED_BINS = ("upstream",)  # a dataset's pretraining pool lives in <root>/upstream (training/upstream.py)
-
-
-def folder_name_problem(name: str, *, bin_name: bool = False) -> str | None:
-    """Why ``name`` cannot be a class or bin folder (None if it can)."""
-    if bin_name and name in RESERVED_BINS:
-        return "reserved for a dataset's upstream pretraining pool"
-    if not name or name != name.strip():
-        return "empty or with leading/trailing spaces"
-    if name in (".", "..") or name.startswith("."):
-        return "starts with '.'"
-    if any(c in _BAD_NAME_CHARS or ord(c) < 32 for c in name):
-        return "contains one of / \\ : * ? \" < > | or a control character"
-    if len(name.encode("utf-8")) > 255:
-        return "longer than 255 bytes"
-    return None
+def _nfc(values: pd.Series) -> pd.Series:
+    """Class and bin names in one Unicode form (NFC): an accented name typed on one system and read from a
+    folder on another (NFD) is one class, as it prints the same."""
+    return values.map(lambda v: unicodedata.normalize("NFC", v))
 
 
 def _check_names(values: pd.Series, rows: pd.Series, what: str, flag: str) -> None:
+    seen: dict[str, str] = {}
+    for value in sorted(set(values)):
+        other = seen.setdefault(value.casefold(), value)
+        if other != value:
+            raise ValueError(f"{what}s {other!r} and {value!r} differ only in letter case, so they would share one "
+                             f"folder on a case-insensitive file system; rename one of them ({flag}).")
     for value, row in zip(values, rows):
-        problem = folder_name_problem(value, bin_name=what.startswith("Bin"))
+        problem = name_problem(value, bin_name=what.startswith("Bin"))
         if problem:
             raise ValueError(f"{what} {value!r} at row {row} cannot be a folder name ({problem}); rename it in the "
                              f"table (or pick another column with {flag}).")
@@ -138,7 +138,7 @@ def rows_from_table(frame: pd.DataFrame, cfg: ImportConfig, image_root: Path) ->
     if frame.empty:
         raise ValueError("The table has no rows.")
     rows = pd.DataFrame({"row": range(1, len(frame) + 1), "source": _text(frame[cfg.path_column]).to_numpy(),
-                         "label": _text(frame[cfg.label_column]).to_numpy()})
+                         "label": _nfc(_text(frame[cfg.label_column])).to_numpy()})
     for col, what in (("source", "image path"), ("label", "label")):
         empty = rows[rows[col] == ""]
         if len(empty):
@@ -146,11 +146,12 @@ def rows_from_table(frame: pd.DataFrame, cfg: ImportConfig, image_root: Path) ->
                              "in or drop the row.")
     rows["path"] = [Path(s) if os.path.isabs(s) else image_root / s for s in rows["source"]]
     if cfg.time_column in frame.columns:
-        rows["time"] = parse_timestamps(frame[cfg.time_column].reset_index(drop=True), cfg.time_column).to_numpy()
+        rows["time"] = parse_timestamps(frame[cfg.time_column].reset_index(drop=True), cfg.time_column,
+                                        cfg.time_format).to_numpy()
     else:
         rows["time"] = pd.NaT
     if not timed:
-        rows["bin"] = _text(frame[cfg.bin_column]).to_numpy()
+        rows["bin"] = _nfc(_text(frame[cfg.bin_column])).to_numpy()
         _check_names(rows["bin"], rows["row"], "Bin", "--bin_column")
     _check_names(rows["label"], rows["row"], "Label", "--label_column")
     resolved = pd.Series([str(p.resolve()) for p in rows["path"]])
@@ -183,6 +184,7 @@ def rows_from_folder(root: Path) -> tuple[pd.DataFrame, int]:
     rows = pd.DataFrame(records)
     rows.insert(0, "row", range(1, len(rows) + 1))
     rows["time"] = pd.NaT
+    rows["label"], rows["bin"] = _nfc(rows["label"]), _nfc(rows["bin"])
     _check_names(rows["label"], rows["row"], "Class folder", "renaming the folder")
     _check_names(rows["bin"], rows["row"], "Bin folder", "renaming the folder")
     return rows, ignored
@@ -321,7 +323,7 @@ def place_files(root: Path, placements: Sequence[Placement], link: str, *, worke
 
 def dataset_name(cfg: ImportConfig, output_dir: Path) -> str:
     name = cfg.name or output_dir.name
-    problem = folder_name_problem(name)
+    problem = name_problem(name)
     if problem:
         raise ValueError(f"Dataset name {name!r} cannot be a folder name ({problem}); pass --name.")
     if name in DATASETS:

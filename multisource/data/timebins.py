@@ -82,11 +82,21 @@ def _row(index: Any) -> str:
     return f"row {int(index) + 1}"
 
 
-def parse_timestamps(values: pd.Series, column: str = "timestamp") -> pd.Series:
-    """One naive (UTC) datetime per row, from ISO strings, years or Unix seconds.
+TIME_FORMATS = ("auto", "iso", "year", "unix", "excel")
+# Unix seconds below this (1973-03-03) are far likelier Excel serial days (43831 = 2020-01-01) or a counter
+# (era 1, 2, 3) than a real photo's time stamp: ``auto`` refuses them instead of binning them all into 1970.
+MIN_AUTO_UNIX_S = 10**8
+EXCEL_EPOCH = "1899-12-30"  # Excel's day 0 (its 1900 leap-year bug included), as pandas and openpyxl read it
 
-    The column's kind is decided once for all rows: all numbers in 1000-9999 are years, other numbers Unix
-    seconds, anything else ISO 8601. Rows are numbered from 1 (the first data row) in messages."""
+
+def parse_timestamps(values: pd.Series, column: str = "timestamp", time_format: str = "auto") -> pd.Series:
+    """One naive (UTC) datetime per row, from ISO strings, years, Unix seconds or Excel serial days.
+
+    ``auto`` decides the column's kind once for all rows: all numbers in 1000-9999 are years, other numbers
+    Unix seconds (refused below 1973, see MIN_AUTO_UNIX_S), anything else ISO 8601; the other formats say which.
+    Rows are numbered from 1 (the first data row) in messages."""
+    if time_format not in TIME_FORMATS:
+        raise TimeStampError(f"--time_format {time_format!r} is not valid; choose one of {', '.join(TIME_FORMATS)}.")
     values = pd.Series(values).reset_index(drop=True)
     if pd.api.types.is_datetime64_any_dtype(values):  # a typed column (Parquet): local wall-clock, as for text
         values = values.dt.tz_localize(None) if values.dt.tz is not None else values
@@ -97,7 +107,9 @@ def parse_timestamps(values: pd.Series, column: str = "timestamp") -> pd.Series:
         raise TimeStampError(f"Empty time stamp in column '{column}' at {_row(i)} ({int(missing.sum())} empty in "
                              "all); fill it in or drop the row.")
     numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.notna().all():
+    if time_format in ("year", "unix", "excel"):
+        parsed = _numbers_as(numbers, values, column, time_format)
+    elif numbers.notna().all() and time_format == "auto":
         year_like = (numbers == numbers.round()) & numbers.between(*YEAR_RANGE)
         if year_like.all():
             parsed = pd.to_datetime(numbers.astype(int).astype(str) + "-01-01", format="%Y-%m-%d")
@@ -111,6 +123,12 @@ def parse_timestamps(values: pd.Series, column: str = "timestamp") -> pd.Series:
             if ymd.notna().all():  # 20190301 read as Unix seconds would silently be August 1970
                 raise TimeStampError(f"Column '{column}' holds numbers like {values[0]!r} that read as dates "
                                      "(YYYYMMDD), not Unix seconds; write them as ISO dates (2019-03-01).")
+            if bool((numbers.abs() < MIN_AUTO_UNIX_S).all()):
+                raise TimeStampError(
+                    f"Column '{column}' holds small numbers ({numbers.min():g} .. {numbers.max():g}) that read as "
+                    "Unix seconds would all fall in 1970-1973: Excel serial days or a counter? Say which with "
+                    "--time_format excel (days since 1899-12-30) or --time_format unix, or give each row's bin in "
+                    "a bin column (--bin_column, without --bin_by).")
             parsed = pd.to_datetime(numbers, unit="s", errors="coerce")
     else:
         text = _wall_clock(values.astype(str).str.strip())
@@ -129,6 +147,20 @@ def parse_timestamps(values: pd.Series, column: str = "timestamp") -> pd.Series:
                              f"range {EARLIEST.date()} .. {late.date()} ({int(out_of_range.sum())} such rows); "
                              "fix the value (a year read as Unix seconds, or a typo?).")
     return parsed
+
+
+def _numbers_as(numbers: pd.Series, values: pd.Series, column: str, time_format: str) -> pd.Series:
+    """A column read as years, Unix seconds or Excel serial days, as the user said."""
+    bad = numbers.isna() | ((numbers != numbers.round()) if time_format == "year" else False)
+    if bool(bad.any()):
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TimeStampError(f"--time_format {time_format} reads numbers, but column '{column}' holds {values[i]!r} at "
+                             f"{_row(i)}; fix the value, or use another --time_format (auto reads ISO dates).")
+    if time_format == "year":
+        return pd.to_datetime(numbers.astype(int).astype(str) + "-01-01", format="%Y-%m-%d", errors="coerce")
+    if time_format == "excel":
+        return pd.to_datetime(numbers, unit="D", origin=EXCEL_EPOCH, errors="coerce")
+    return pd.to_datetime(numbers, unit="s", errors="coerce")
 
 
 def _fmt(t: pd.Timestamp) -> str:
