@@ -59,7 +59,12 @@ def small_builds(tmp_path_factory) -> dict[str, Path]:
     assert str(info.value) == (f"{b} already exists and is not empty; pass --overwrite to rebuild it or "
                                "choose another --output_dir.")
     assert (b / "stale.txt").is_file()  # refusing touched nothing
-    build_drift_digits(b, cfg, overwrite=True)
+    with pytest.raises(FileExistsError, match=r"--overwrite replaces only a dataset this project built.*stale\.txt"):
+        build_drift_digits(b, cfg, overwrite=True)  # a folder of someone's files is never replaced
+    assert (b / "stale.txt").read_text() == "left from an old build"
+    (b / "stale.txt").unlink()
+    build_drift_digits(b, cfg)  # an empty folder is built into
+    build_drift_digits(b, cfg, overwrite=True)  # a dataset this project built is rebuilt
     c = base / "c"
     build_drift_digits(c, DriftDigitsConfig(image_size=8, train_renders=2, eval_renders=1, seed=7))
     return {"a": a, "b": b, "c": c}
@@ -69,8 +74,8 @@ def test_same_seed_builds_are_byte_identical(small_builds):
     a, b = _digests(small_builds["a"]), _digests(small_builds["b"])
     assert len(a) == 1797 + 1  # one render of every digit, plus the card
     assert a == b
-    assert not (small_builds["b"] / "stale.txt").exists()  # overwrite replaced the folder
-    assert not list(small_builds["a"].parent.glob(".*building"))  # no temporary folder left behind
+    assert not list(small_builds["a"].parent.glob(".*building*"))  # no temporary folder left behind
+    assert not list(small_builds["a"].parent.glob(".*old*"))
 
 
 def test_another_seed_gives_other_splits_and_pixels(small_builds):

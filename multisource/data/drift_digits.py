@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,14 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from ..utils.seed import derive_seed
+from ..config import check_range, check_seed
+from ..paths import UPSTREAM
 from .card import build_card, write_card
+from .raw import building
 from .datasets import get_dataset
 from .splits import SPLITS, split_stratum
 
 log = logging.getLogger(__name__)
-UPSTREAM = "upstream"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class DriftDigitsConfig:
     eval_renders: int = 3  # val/test renders of the same instances: steadier estimates
     max_rotation: float = 42.0  # degrees at the last era; 0 at the first
     rotation_power: float = 0.6  # < 1 front-loads the rotation steps, so early eras drift as much as late ones
+
+    def __post_init__(self) -> None:
+        check_seed(self)
+        check_range(self, "image_size", 8, 1024)
+        check_range(self, "upstream_fraction", 0, 0.9)
+        check_range(self, "train_renders", 1)
+        check_range(self, "eval_renders", 1)
+        check_range(self, "max_rotation", 0, 180)
+        check_range(self, "rotation_power", 0, 10, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -120,18 +130,20 @@ def build_drift_digits(output_dir: Path, cfg: DriftDigitsConfig = DriftDigitsCon
     """Build the dataset into ``output_dir`` (via a temporary folder, moved into place at the end)."""
     from sklearn.datasets import load_digits  # here, not at the top: scikit-learn takes a second to import
 
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{output_dir} already exists and is not empty; pass --overwrite to rebuild it "
-                                  "or choose another --output_dir.")
     info = get_dataset("drift_digits")
     bins = list(info.bins)
     digits = load_digits()
     images, targets = digits.images, digits.target
     assignment = assign_instances(targets, bins, cfg)
-    tmp = output_dir.with_name(f".{output_dir.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with building(Path(output_dir), overwrite=overwrite) as tmp:
+        card = _render(tmp, info, bins, images, targets, assignment, cfg)
+    log.info("Built drifting digits in %s", output_dir)
+    return card
+
+
+def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.ndarray,
+            assignment: dict[str, dict[str, list[int]]], cfg: DriftDigitsConfig) -> dict:
+    """Every image and the card into ``tmp``."""
     jobs = [(b, s, i) for b in [UPSTREAM, *bins] for s in SPLITS for i in assignment[b][s]]
     for b, split, i in tqdm(jobs, desc="Rendering drifting digits", unit="digit", leave=False):
         renders = cfg.train_renders if split == "train" else cfg.eval_renders
@@ -147,9 +159,4 @@ def build_drift_digits(output_dir: Path, cfg: DriftDigitsConfig = DriftDigitsCon
     card[UPSTREAM] = build_card(tmp, dataset="drift_digits", classes=list(info.classes), bins=[UPSTREAM],
                                 seed=cfg.seed)["bins"][UPSTREAM]
     write_card(tmp, card)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(output_dir)
-    log.info("Built drifting digits in %s", output_dir)
     return card

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 from PIL import Image
 from tqdm import tqdm
 
-from ..utils.io import write_text
+from ..paths import UPSTREAM
+from ..utils.io import read_json, write_text
+from .card import CARD_NAME
 from .folder import DataError
 from .splits import SPLITS
 
@@ -161,36 +164,64 @@ def _is_within(path: Path, parent: Path) -> bool:
 
 
 def check_output_dir(output_dir: Path, *, overwrite: bool, source_dir: Path | None = None) -> None:
+    """``output_dir`` may be built into: absent, empty, or (with ``overwrite``) a dataset this project built and
+    nothing else. A folder of the user's own files is never replaced, whatever the flags say."""
     if source_dir is not None and _is_within(source_dir, output_dir):
         raise ValueError(f"The output folder {output_dir} contains the raw data {source_dir}; choose another "
                          "--output_dir (rebuilding would delete the raw download).")
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder; choose another --output_dir.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
         raise FileExistsError(f"{output_dir} already exists and is not empty; pass --overwrite to rebuild it "
                               "or choose another --output_dir.")
+    problem = not_a_built_dataset(output_dir)
+    if problem:
+        raise FileExistsError(f"--overwrite replaces only a dataset this project built, and {output_dir} {problem}; "
+                              "nothing was changed. Choose another (new or empty) --output_dir, or move those files "
+                              "away first.")
+
+
+def not_a_built_dataset(folder: Path) -> str | None:
+    """Why ``folder`` is not (only) a dataset this project built, in words; None if it is: it has the card our
+    builders write, and beside it only the card's bins and the upstream pool."""
+    card_path = folder / CARD_NAME
+    try:
+        card = read_json(card_path) if card_path.is_file() else None
+    except (OSError, ValueError):
+        card = None
+    built = isinstance(card, dict) and str(card.get("built_with", "")).startswith("multisource")
+    entries = sorted(p.name for p in folder.iterdir())
+    if not built:
+        listed = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        return f"has no {CARD_NAME} written by it (it holds {len(entries)} other entries: {listed})"
+    known = {CARD_NAME, UPSTREAM, *(card.get("bins") or {})}
+    foreign = [e for e in entries if e not in known]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        return f"also holds {len(foreign)} entries that are not part of the dataset ({listed})"
+    return None
 
 
 @contextmanager
 def building(output_dir: Path, *, overwrite: bool, source_dir: Path | None = None) -> Iterator[Path]:
-    """Yield a temporary folder beside ``output_dir``; on success it replaces ``output_dir``.
+    """Yield a new temporary folder beside ``output_dir``; on success it replaces ``output_dir``.
 
-    On any error the temporary folder is removed and an existing ``output_dir`` is left untouched.
-    """
+    On any error the temporary folder is removed and an existing ``output_dir`` is left untouched. Only folders
+    this function made are ever removed (see :func:`check_output_dir`)."""
     output_dir = Path(output_dir).resolve()
     check_output_dir(output_dir, overwrite=overwrite, source_dir=source_dir)
-    tmp = output_dir.with_name(f".{output_dir.name}.building")
-    old = output_dir.with_name(f".{output_dir.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.building-", dir=output_dir.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
     if output_dir.exists():
-        output_dir.rename(old)
+        output_dir.rename(old / output_dir.name)
     tmp.rename(output_dir)
     shutil.rmtree(old, ignore_errors=True)
 

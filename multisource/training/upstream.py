@@ -11,12 +11,12 @@ from ..data.loaders import DatasetHandle
 from ..models.checkpoint import read_checkpoint_meta, save_checkpoint
 from ..models.factory import create_model
 from ..options import RunOptions
+from ..paths import UPSTREAM
 from ..utils.io import write_json
 from ..utils.seed import derive_seed, seed_everything
 from .fit import SourceTrainConfig, fit_classifier
 
 log = logging.getLogger(__name__)
-UPSTREAM = "upstream"
 # Pretraining recipe for the tiny models on the upstream pool (from scratch, so a higher rate, more epochs).
 UPSTREAM_EPOCHS = 15
 UPSTREAM_LR = 3e-3
