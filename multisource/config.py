@@ -10,6 +10,7 @@ naming where it came from (file and line, or the flag).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -23,6 +24,15 @@ C = TypeVar("C")
 
 class ConfigError(ValueError):
     """A configuration value is out of range, of the wrong type or unknown; the message names field, value, fix."""
+
+
+class NotFinite(ValueError):
+    """NaN or infinity where a number is needed: it passes no range check honestly (every comparison with NaN is
+    false), so it is refused where values are converted and where ranges are checked."""
+
+
+INT_LIMIT = 2**63  # integers beyond int64 overflow torch, numpy and JSON readers downstream
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (and most tools) take seeds in [0, 2**32)
 
 
 class Layer(dict):
@@ -77,21 +87,54 @@ def _normalise_keys(value: Any) -> Any:
     return value
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (27 lines of nested ``*a`` references expand to billions of values
+    and hang any reader) and without duplicate keys (the later one silently won): both refused, naming the line."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        super().__init__(text)
+        self.path = path
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"{self.path}, line {mark.line + 1}: YAML aliases (*name) are not accepted in settings "
+                              "files (a few lines of them can expand without bound); write the values out.")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            key = str(self.construct_object(key_node, deep=True)).replace("-", "_")  # as the fields are named
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.path}, line {line}: key '{key}' is given twice (first on line {seen[key]}); "
+                                  "keep one of them.")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike) -> Layer:
     """A settings file as a :class:`Layer`; a missing file, a syntax error or a non-mapping is one clear error."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
-    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {path} is not UTF-8 text; save it as UTF-8 YAML.") from None
+    loader = _SettingsLoader(text, path)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         at = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}{at}: YAML syntax error ({problem}); fix the file (key: value per line, "
                           "spaces for indentation).") from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -133,6 +176,8 @@ def convert(tp: Any, value: Any) -> Any:
                 continue
             try:
                 return convert(arg, value)
+            except NotFinite:
+                raise
             except (TypeError, ValueError):
                 continue
         raise TypeError
@@ -153,34 +198,53 @@ def convert(tp: Any, value: Any) -> Any:
             return value.strip().lower() in _TRUE
         raise TypeError
     if tp is int:
-        if isinstance(value, bool):
-            raise TypeError
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                number = float(value)  # "1e3" is an integer written as a float; "abc" raises ValueError
-                if number.is_integer():
-                    return int(number)
-        raise TypeError
+        return _bounded_int(_to_int(value))
     if tp is float:
         if isinstance(value, bool):
             raise TypeError
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            return float(value.strip())
-        raise TypeError
+            number = float(value)
+        elif isinstance(value, str):
+            number = float(value.strip())
+        else:
+            raise TypeError
+        if not math.isfinite(number):
+            raise NotFinite
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # ``precision: 32`` in YAML is an int
         raise TypeError
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotFinite
+        if value.is_integer():
+            return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            number = float(value)  # "1e3" is an integer written as a float; "abc" raises ValueError
+            if not math.isfinite(number):
+                raise NotFinite from None
+            if number.is_integer():
+                return int(number)
+    raise TypeError
+
+
+def _bounded_int(value: int) -> int:
+    if not -INT_LIMIT < value < INT_LIMIT:
+        raise TypeError  # words as "not an integer": no tool downstream holds it as one
     return value
 
 
@@ -198,6 +262,9 @@ def convert_field(cls: type, name: str, value: Any, where: str) -> Any:
     tp = field_types(cls)[name]
     try:
         return convert(tp, value)
+    except NotFinite:
+        raise ConfigError(f"{where}: {value!r} is not a finite number ({cls.__name__}.{name}); write a number such "
+                          "as 0.3 (NaN and infinity pass no range check).") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {value!r} is not {_type_name(tp)} ({cls.__name__}.{name}); "
                           f"write {_type_name(tp)}.") from None
@@ -237,11 +304,26 @@ def pick(mapping: Mapping[str, Any] | None, cls: type) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in mapping.items() if k.replace("-", "_") in names}
 
 
-def check_range(obj: Any, name: str, low: float | None = None, high: float | None = None) -> None:
+def check_range(obj: Any, name: str, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False) -> None:
+    """``obj.name`` is a finite real number (not a bool) in [low, high], or (low, high] with ``low_open``: the one
+    numeric check every config runs, whether its values came from a file, a flag or Python."""
     value = getattr(obj, name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        rng = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+    rng = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{type(obj).__name__}.{name}={value!r} is not a number; use a value in {rng}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{type(obj).__name__}.{name}={value!r} is not a finite number; use a value in {rng}.")
+    below = low is not None and (value <= low if low_open else value < low)
+    if below or (high is not None and value > high):
         raise ConfigError(f"{type(obj).__name__}.{name}={value!r} is out of range; use a value in {rng}.")
+
+
+def check_seed(obj: Any, name: str = "seed") -> None:
+    check_range(obj, name, 0, SEED_MAX)
+    if not isinstance(getattr(obj, name), int):
+        raise ConfigError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r} is not a whole number; use an integer "
+                          f"in [0, {SEED_MAX}].")
 
 
 def check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, check_range
+from ..config import ConfigError, check_range, check_seed
 from ..data.datasets import get_dataset
 from ..methods import get_method
 from ..models.factory import resolve_model
@@ -31,6 +31,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         self.sources = tuple(self.sources or ())
         check_range(self, "trial", 1)
+        check_seed(self)
         check_range(self, "batch_size", 1)
         if self.image_size is not None:
             check_range(self, "image_size", 8)

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError, build, check_range
+from ..config import ConfigError, build, check_range, check_seed
 from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
 from ..executors import make_executor
@@ -32,7 +32,8 @@ from ..training.all_bins import train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
 from .config import ExperimentConfig
-from .jobs import STALE_AFTER_S, Outcome, claim_path, claimed_elsewhere, execute, failure_paths
+from .claims import STALE_AFTER_S, claim_path, claimed_elsewhere
+from .jobs import Outcome, execute, failure_paths
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol, protocol_sources
 from .runner import METRICS_FILE, is_finished
@@ -77,6 +78,7 @@ class SweepConfig:
         self.methods = tuple(get_method(m).name for m in _as_tuple(self.methods))
         self.targets = _as_tuple(self.targets)
         check_range(self, "num_trials", 1)
+        check_seed(self)
         check_range(self, "batch_size", 1)
         if self.image_size is not None:
             check_range(self, "image_size", 8)

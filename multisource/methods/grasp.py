@@ -45,7 +45,7 @@ class GraspConfig:
         check_range(self, "initial_epochs", 0)
         check_range(self, "finetune_epochs", 0)
         check_range(self, "num_alignment_batches", 1)
-        check_range(self, "learning_rate", 0)
+        check_range(self, "learning_rate", 0, low_open=True)
         check_range(self, "weight_decay", 0)
         check_range(self, "alignment_threshold", -1, 1)  # a cosine: above 1 nothing could ever transfer
         check_choice(self, "source_order", SOURCE_ORDERS)

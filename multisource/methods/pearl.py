@@ -49,9 +49,11 @@ class PearlConfig:
         check_range(self, "adapter_dim", 1)
         check_range(self, "adapter_epochs", 0)
         check_range(self, "composition_epochs", 0)
-        check_range(self, "learning_rate", 0)
-        check_range(self, "composition_lr", 0)
+        check_range(self, "learning_rate", 0, low_open=True)
+        check_range(self, "composition_lr", 0, low_open=True)
         check_range(self, "weight_decay", 0)
+        if self.lora_alpha is not None:
+            check_range(self, "lora_alpha", 0, low_open=True)
         check_choice(self, "adapter_init", ("svd", "zero"))
         check_choice(self, "adapter_data", ("none", "source", "target"))
         check_choice(self, "source_order", SOURCE_ORDERS)

@@ -32,7 +32,7 @@ class TargetFinetuneConfig:
         else:
             check_range(self, "finetune_epochs", 0)
         if self.learning_rate is not None:  # None: a method's own default (target_only: the model's rate)
-            check_range(self, "learning_rate", 0)
+            check_range(self, "learning_rate", 0, low_open=True)
         check_range(self, "weight_decay", 0)
 
     @property

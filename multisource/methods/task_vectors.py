@@ -14,6 +14,8 @@ What is merged how (say it, as papers differ):
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -48,6 +50,9 @@ class TaskVectorConfig(TargetFinetuneConfig):
         self.lambdas = tuple(float(v) for v in self.lambdas)
         if not self.lambdas:
             raise ConfigError(f"{type(self).__name__}.lambdas is empty; give at least one scaling value.")
+        if not all(math.isfinite(v) for v in self.lambdas):
+            raise ConfigError(f"{type(self).__name__}.lambdas={list(self.lambdas)} holds a value that is not a finite "
+                              "number; give finite scaling values such as 0.5 1.0.")
 
 
 @dataclass
@@ -57,7 +62,7 @@ class TiesConfig(TaskVectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range(self, "density", 0.0, 1.0)
+        check_range(self, "density", 0.0, 1.0, low_open=True)  # 0 would keep no entry: the start itself
 
 
 @dataclass
@@ -69,7 +74,7 @@ class DareConfig(TaskVectorConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self, "drop_rate", 0.0, 0.99)
-        check_range(self, "density", 0.0, 1.0)
+        check_range(self, "density", 0.0, 1.0, low_open=True)  # 0 would keep no entry: the start itself
         check_choice(self, "merge", ("task_arithmetic", "ties"))
 
 

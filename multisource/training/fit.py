@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ..config import ConfigError, check_range
+from ..config import ConfigError, check_range, check_seed
 from ..data.datasets import get_dataset
 from ..data.batch_augment import BatchAugment, UInt8Crops
 from ..data.loaders import DatasetHandle, make_loader, split_loader
@@ -45,16 +45,14 @@ class SourceTrainConfig:
 
     def __post_init__(self) -> None:
         check_range(self, "max_epochs", 1)
+        check_seed(self)
         check_range(self, "batch_size", 1)
         check_range(self, "weight_decay", 0)
         check_range(self, "warmup_epochs", 0)
         check_range(self, "gradient_clip", 0)
         check_range(self, "head_lr_multiplier", 0)
         if self.learning_rate is not None:
-            check_range(self, "learning_rate", 0)
-            if self.learning_rate == 0:
-                raise ConfigError("SourceTrainConfig.learning_rate=0 trains nothing; use a positive value "
-                                  "(or leave it unset for the model's recommended rate).")
+            check_range(self, "learning_rate", 0, low_open=True)
         if self.image_size is not None:
             check_range(self, "image_size", 8)
         self.model_name = resolve_model(self.model_name).name
