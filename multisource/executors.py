@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
 
@@ -29,9 +32,43 @@ def _set_threads(num_threads: int) -> None:
     torch.set_num_threads(num_threads)
 
 
-def _init_worker(num_threads: int) -> None:
+# How often a worker checks that the process that started it is still there.
+PARENT_POLL_S = 0.5
+
+
+def _parent_identity() -> tuple[int, float]:
+    """(pid, start time) of this process: a pid alone may be reused by another process after this one dies."""
+    import psutil
+
+    return os.getpid(), psutil.Process().create_time()
+
+
+def _die_with_parent(parent: tuple[int, float]) -> None:
+    """End this worker as soon as ``parent`` (the sweep or training command) is gone, however it ended: a
+    ``kill -9`` or the OOM killer runs no clean-up in the parent, and workers of a fork server are not its children,
+    so nothing else would stop them finishing every queued task."""
+    import psutil
+
+    def gone() -> bool:
+        try:
+            proc = psutil.Process(parent[0])
+            return proc.create_time() != parent[1] or proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up to wait for: staging folders and claims are reclaimed
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _init_worker(num_threads: int, parent: tuple[int, float] | None = None) -> None:
     from .utils.logs import quiet_dependencies
 
+    if parent is not None:
+        _die_with_parent(parent)
     quiet_dependencies()
     os.environ["TQDM_DISABLE"] = "1"  # per-epoch bars from parallel workers would interleave; the caller reports
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -92,7 +129,7 @@ class ProcessExecutor:
         if not tasks:
             return
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=worker_context(),
-                                   initializer=_init_worker, initargs=(self.threads,))
+                                   initializer=_init_worker, initargs=(self.threads, _parent_identity()))
         futures = {pool.submit(fn, *args): i for i, args in enumerate(tasks)}
         try:
             pending = set(futures)

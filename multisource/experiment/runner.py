@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,8 +30,10 @@ from ..models.factory import count_parameters
 from ..options import RunOptions
 from ..training.loop import predict
 from ..utils.env import environment
-from ..utils.io import atomic_write, read_json, write_json
+from ..utils.io import atomic_write, read_json, save_torch, write_json
 from ..utils.seed import derive_seed, seed_everything
+from . import claims
+from .claims import HOST, owner_is_gone, process_tag  # noqa: F401  (HOST: tests name a staging folder's host)
 from .config import ExperimentConfig
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
 from .plots import plot_confusion, plot_training_curves
@@ -45,6 +46,10 @@ PREDICTIONS_FILE = "test_predictions.csv"  # per test example (in the split's fi
 
 class ExperimentExists(FileExistsError):
     pass
+
+
+class ExperimentClaimed(FileExistsError):
+    """Another live process (a sweep) is running this experiment; running it here would replace its result."""
 
 
 class NonFiniteResult(ValueError):
@@ -91,23 +96,18 @@ def is_finished(out: Path) -> bool:
     """A finished experiment has a metrics.json that parses and holds test accuracy."""
     try:
         data = read_json(out / METRICS_FILE)
-        return data.get("status") == "complete" and data.get("test", {}).get("accuracy") is not None
+        return (isinstance(data, dict) and data.get("status") == "complete" and isinstance(data.get("test"), dict)
+                and data["test"].get("accuracy") is not None)
     except (OSError, ValueError):
         return False
 
 
-HOST = socket.gethostname().replace("-", "_")
-
-
-def process_tag() -> str:
-    """``<host>-<pid>``: who owns a staging folder or a claim (hosts differ on a Ray cluster)."""
-    return f"{HOST}-{os.getpid()}"
-
-
-def owner_is_gone(tag: str) -> bool:
-    """The process named by ``tag`` ran on this machine and has ended (unknowable for other hosts: False)."""
-    host, _, pid = tag.rpartition("-")
-    return host == HOST and pid.isdigit() and not pid_alive(int(pid))
+def check_replaceable(out: Path) -> None:
+    """Only an experiment folder the runner wrote (it holds a metrics.json) is ever replaced: a folder of anything
+    else at that place is refused, whatever --overwrite says."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / METRICS_FILE).is_file())):
+        raise FileExistsError(f"{out} exists but is not an experiment folder this project wrote (no {METRICS_FILE}); "
+                              "nothing was changed. Move it away, or choose another --results_dir.")
 
 
 def remove_stale_staging(out_dir: Path) -> None:
@@ -117,16 +117,6 @@ def remove_stale_staging(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None,
                    reference_config: Any | None = None) -> dict[str, Any]:
     """Resolve, check and run one experiment; returns the metrics.json content. ``reference_config``: the
@@ -134,7 +124,13 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None,
     opts = opts or RunOptions()
     plan = plan_experiment(cfg, opts, reference_config=reference_config)
     check_checkpoints([plan])
-    return run_plan(plan, opts)
+    with claims.holding(plan.out_dir) as held:
+        if not held:
+            owner = claims.read_owner(claims.claim_path(plan.out_dir)) or "another process"
+            raise ExperimentClaimed(f"{plan.out_dir} is being run right now by {owner} (a sweep on the same results "
+                                    "folder); wait for it to finish (its result is then kept) or choose another "
+                                    "--results_dir.")
+        return run_plan(plan, opts)
 
 
 def run_plan(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any]:
@@ -142,6 +138,7 @@ def run_plan(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any]:
     out = plan.out_dir
     if is_finished(out) and not opts.overwrite:
         raise ExperimentExists(f"{out} already holds a finished experiment; pass --overwrite to replace it.")
+    check_replaceable(out)
     device = opts.torch_device()
     remove_stale_staging(out)  # what a killed run (kill -9, power loss) left beside this experiment
     staging = out.with_name(f".{out.name}.partial-{process_tag()}")
@@ -274,7 +271,7 @@ def _write_outputs(staging: Path, report: dict, result, handle: DatasetHandle, o
     if opts.save_model and result.produces_model:
         model = result.model
         if not result.standalone:  # a wrapper (PEARL's base + adapters, fusion's joint logit mean)
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / "model.pt")
+            save_torch(staging / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
             report["model_file"] = "model.pt"
         else:
             save_checkpoint(staging / "model.ckpt", model, model_name=report["model"], classes=handle.classes,
