@@ -148,10 +148,14 @@ def summarize_main(argv: list[str] | None = None) -> int:
             paths = write_summaries(root, args.dataset, model, plots=args.plots, protocol=args.protocol)
             print(paths["comparison_md"].read_text(encoding="utf-8"))
             print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
-            unreadable = [f for name, p in paths.items() if p.suffix == ".json" and name != "comparison_json"
-                          for f in read_json(p).get("failed", []) if f.get("error_type") == "UnreadableResult"]
-            for f in unreadable:  # counted as failed in the summaries; said here too, never hidden
-                print(f"unreadable result (counted as failed): {f['record_file']}", file=sys.stderr)
+            damaged = [f for name, p in paths.items() if p.suffix == ".json" and name != "comparison_json"
+                       for f in read_json(p).get("failed", [])
+                       if f.get("error_type") in ("UnreadableResult", "InvalidResult")]
+            for f in damaged:  # counted as failed in the summaries; said here too, never hidden
+                if f["error_type"] == "InvalidResult":
+                    print(f"invalid result (counted as failed, not averaged): {f['message']}", file=sys.stderr)
+                else:
+                    print(f"unreadable result (counted as failed): {f['record_file']}", file=sys.stderr)
         return 0
 
     return run_main(main)

@@ -125,6 +125,56 @@ def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT
     return found
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def result_problem(report: dict, bins: Sequence[str]) -> str | None:
+    """Why a finished experiment's metrics.json cannot be averaged (None if it can): every value the summaries
+    read is a finite number in its range (shares in [0, 1], costs >= 0), the target is a bin of the dataset and
+    the trial a whole number >= 1. A hand-edited or damaged file is listed, never averaged."""
+    for key, (section, name) in METRICS.items():
+        part = report.get(section)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            return f"'{section}' is a {type(part).__name__}, not a mapping"
+        value = part.get(name)
+        if value is None:
+            if key == "test_accuracy":
+                return "'test.accuracy' is missing"
+            continue
+        if not _is_real(value):
+            return f"'{section}.{name}' is {value!r}, not a finite number"
+        share = any(w in key for w in ("accuracy", "precision", "recall", "f1"))
+        if value < 0 or (share and value > 1):
+            return f"'{section}.{name}' is {value!r}, outside {'[0, 1]' if share else '[0, inf)'}"
+    target, trial = report.get("target"), report.get("trial")
+    if not isinstance(target, str) or (bins and target not in bins):
+        return f"target {target!r} is not a bin of the dataset ({', '.join(bins)})"
+    if isinstance(trial, bool) or not isinstance(trial, int) or trial < 1:
+        return f"trial {trial!r} is not a whole number >= 1"
+    return None
+
+
+def screen_results(found: dict[str, dict[str, list]], bins: Sequence[str]) -> None:
+    """Move every finished result with a :func:`result_problem` to the failed list, naming its file (in place)."""
+    for runs in found.values():
+        keep = []
+        for r in runs["finished"]:
+            problem = result_problem(r, bins)
+            if problem is None:
+                keep.append(r)
+                continue
+            path = Path(r["_dir"]) / METRICS_FILE
+            runs["failed"].append({"error_type": "InvalidResult", "record_file": str(path),
+                                   "target": r["target"] if isinstance(r.get("target"), str) else Path(r["_dir"]).parent.name,
+                                   "message": f"{path}: {problem}; it is not averaged. Re-run the experiment "
+                                              "(--overwrite) or restore the file.",
+                                   "config": {"trial": r["trial"] if isinstance(r.get("trial"), int) else None}})
+        runs["finished"] = keep
+
+
 def _read_or_empty(path: Path) -> dict:
     try:
         return read_json(path)
@@ -396,8 +446,9 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
                                 f"(python experiments/run_all.py --dataset {key} --model {model} --protocol "
                                 f"{protocol}).")
     if not dataset_bins(key):  # a bare imported name: the records know the dataset's folder (its bin order)
-        recorded = [r.get("config", {}).get("dataset") for runs in found.values() for r in runs["finished"]]
-        key = next((k for k in recorded if k and dataset_bins(k)), key)
+        recorded = [(r.get("config") or {}).get("dataset") for runs in found.values() for r in runs["finished"]]
+        key = next((k for k in recorded if isinstance(k, str) and k and dataset_bins(k)), key)
+    screen_results(found, dataset_bins(key))
     out = summary_dir(results_dir, dataset, model, protocol)
     paths: dict[str, Path] = {}
     summaries = {}
