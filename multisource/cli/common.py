@@ -27,14 +27,15 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + (DataError, CheckpointError, ModelError)
 
 
-def environment_message(exc: OSError) -> str:
-    """A full disk or a folder that cannot be written, named with the fix."""
+def environment_message(exc: OSError, output_flag: str = "--results_dir") -> str:
+    """A full disk or a folder that cannot be written, named with the fix; ``output_flag`` is the command's own
+    flag for where it writes."""
     where = f" ({exc.filename})" if exc.filename else ""
     what = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC:
-        return f"{what}{where}: free disk space or pass another --results_dir; finished results are kept."
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{what}{where}: free disk space or pass another {output_flag}; finished results are kept."
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"{what}{where}: the folder is not writable; pass a writable --results_dir (or --output_dir)."
+        return f"{what}{where}: the folder is not writable; pass a writable {output_flag}."
     return f"{what}{where}."
 
 
@@ -69,8 +70,9 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray_cpus_per_task", default=None, help="CPUs (torch threads) per Ray task (default 1)")
 
 
-def run_main(main: Callable[[], Any]) -> int:
-    """Run ``main``; user errors become one line on stderr and exit code 2 (tracebacks with --verbose)."""
+def run_main(main: Callable[[], Any], output_flag: str = "--results_dir") -> int:
+    """Run ``main``; user errors become one line on stderr and exit code 2 (tracebacks with --verbose), faults of
+    the environment one line naming ``output_flag`` (where the command writes) and exit code 1."""
     try:
         result = main()
     except KeyboardInterrupt:
@@ -85,6 +87,6 @@ def run_main(main: Callable[[], Any]) -> int:
     except OSError as exc:  # the environment (a full disk, a read-only folder), not a bug: one line with the fix
         if "--verbose" in sys.argv:
             raise
-        print(f"error: {environment_message(exc)}", file=sys.stderr)
+        print(f"error: {environment_message(exc, output_flag)}", file=sys.stderr)
         return 1
     return int(result or 0)

@@ -36,4 +36,4 @@ def drift_digits_main(argv: list[str] | None = None) -> int:
         for b, c in counts.items():
             print(f"  {b}: train {c['train']}, val {c['val']}, test {c['test']}")
 
-    return run_main(main)
+    return run_main(main, "--output_dir")

@@ -78,7 +78,7 @@ def _run(name: str, title: str, args: argparse.Namespace, build: Callable[[Path,
         if args.cache_size:
             print(f"  packed cache: short side {args.cache_size} px (<bin>/<split>.packed.npy)")
 
-    return run_main(main)
+    return run_main(main, "--output_dir")
 
 
 def _clear_main(name: str, title: str, argv: list[str] | None) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..utils.io import atomic_write
+from ..utils.io import save_torch
 
 CHECKPOINT_FORMAT = "multisource-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -53,7 +53,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, clas
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **(extra or {}),
     }
-    return atomic_write(path, lambda p: torch.save(payload, p))
+    return save_torch(path, payload)
 
 
 def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from ..registry import Registry
-from .checkpoint import CheckpointError, load_backbone, load_state_dict_strict, read_checkpoint
+from .checkpoint import CheckpointError, head_prefixes, load_backbone, load_state_dict_strict, read_checkpoint
 from .registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,50 @@ def _build_timm(spec: ModelSpec, num_classes: int, pretrained: bool, weights: st
         file = weights or _timm_cached_weights(spec.source)
         if file is None:
             raise ModelError(missing_weights_message(spec))
-        with offline():
-            return timm.create_model(spec.source, pretrained=True, pretrained_cfg_overlay={"file": str(file)},
-                                     **kwargs)
+        # Both builds from one seed: a backbone parameter still equal to its random init was not in the file. timm
+        # loads non-strictly whenever the class count differs from the weights' (always, here), so a file of
+        # another architecture would otherwise leave the model silently random.
+        with offline(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            try:
+                model = timm.create_model(spec.source, pretrained=True, pretrained_cfg_overlay={"file": str(file)},
+                                          **kwargs)
+            except Exception as exc:  # noqa: BLE001  whatever torch/timm/safetensors raise for a bad file: one line
+                raise ModelError(unusable_weights_message(file, spec, exc)) from None
+            torch.manual_seed(0)
+            init = timm.create_model(spec.source, pretrained=False, **kwargs)
+        random = still_random(model, init)
+        if random:
+            raise ModelError(unusable_weights_message(file, spec, RuntimeError(
+                f"Missing key(s): {len(random)} backbone tensor(s) are not in the file, e.g. {random[:3]}")))
+        return model
     return timm.create_model(spec.source, pretrained=False, **kwargs)
+
+
+def still_random(model: nn.Module, init: nn.Module) -> list[str]:
+    """Backbone parameters of ``model`` equal to those of ``init`` (the same architecture built from the same
+    seed without weights): what loading pretrained weights did not reach."""
+    heads = head_prefixes(model)
+    init_params = dict(init.named_parameters())
+    return [name for name, p in model.named_parameters()
+            if not name.startswith(heads) and torch.equal(p, init_params[name])]
+
+
+def unusable_weights_message(file: str | Path, spec: ModelSpec, exc: BaseException) -> str:
+    """Why a weights file could not be loaded into ``spec``'s architecture, in one line with the fix. torch's own
+    message for a pickled payload suggests ``weights_only=False``, which would run code from the file: not
+    repeated."""
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text:
+        why = "it holds pickled Python objects, which are never loaded (they could run code)"
+    elif isinstance(exc, RuntimeError) and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):
+        detail = text.split(": ", 1)[1][:120] if text.startswith("Missing key(s): ") else ""
+        why = f"its tensors do not fit {spec.source} (saved for another architecture?){'; ' + detail if detail else ''}"
+    else:
+        why = f"{type(exc).__name__}: {text.splitlines()[0][:120] if text else 'unreadable'}"
+    return (f"Cannot load pretrained weights {file} into {spec.name}: {why}. Pass --weights with a state dict saved for "
+            f"{spec.source} (.pth, .bin or .safetensors), download them with 'python baseline_training/"
+            f"download_weights.py --model_name {spec.name}', or use --no-pretrained.")
 
 
 class HFClassifier(nn.Module):
@@ -125,6 +165,10 @@ def _build_hf(spec: ModelSpec, num_classes: int, pretrained: bool, weights: str 
                 config = AutoConfig.from_pretrained(source, num_labels=num_classes, local_files_only=True)
                 model = AutoModelForImageClassification.from_config(config)
         except OSError as exc:
+            if weights:  # the user's own path was unusable: say so, not "not in the cache"
+                raise ModelError(f"Cannot load {weights} as a Hugging Face image classifier ({type(exc).__name__}); "
+                                 "pass --weights with the folder of a model saved with save_pretrained (config.json "
+                                 "and weights), or use --no-pretrained.") from None
             raise ModelError(f"{missing_weights_message(spec)} ({type(exc).__name__})") from exc
     return HFClassifier(model)
 

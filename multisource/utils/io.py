@@ -48,10 +48,27 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
         writer(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give results normal permissions
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.filename is None:  # a write through a file object names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_torch(path: str | os.PathLike, payload: Any) -> Path:
+    """``torch.save`` atomically, through a Python file object: a full disk is then an ``OSError`` (ENOSPC)
+    naming the file, not torch's C++ stream error ("basic_ios::clear", "unexpected pos")."""
+    import torch  # here, not at the top: the base layer serves commands that never need torch
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            torch.save(payload, f)
+
+    return atomic_write(path, write)
 
 
 def _umask() -> int:
