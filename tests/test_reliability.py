@@ -133,6 +133,21 @@ BAD_INPUTS = [  # (command, argv, what the one line must say)
     ("sweep", ["--alignment_threshold", "1.5"], "GraspConfig.alignment_threshold=1.5 is out of range"),
     ("sweep", ["--workers", "two"], "--workers: 'two' is not an integer"),
     ("preprocess", ["--image_size", "abc"], "--image_size: 'abc' is not an integer"),
+    # NaN passes every comparison, so it passed every range check: refused where values are converted
+    ("grasp", ["--alignment_threshold", "nan"], "--alignment_threshold: 'nan' is not a finite number"),
+    ("grasp", ["--learning_rate", "inf"], "--learning_rate: 'inf' is not a finite number"),
+    ("grasp", ["--learning_rate", "0"], "GraspConfig.learning_rate=0.0 is out of range; use a value in (0, inf]"),
+    ("pearl", ["--composition_lr", "-inf"], "--composition_lr: '-inf' is not a finite number"),
+    ("ties", ["--density", "0"], "TiesConfig.density=0.0 is out of range; use a value in (0.0, 1.0]"),
+    ("ties", ["--density", "nan"], "--density: 'nan' is not a finite number"),
+    ("dare", ["--drop_rate", "NaN"], "--drop_rate: 'NaN' is not a finite number"),
+    ("task_arithmetic", ["--lambdas", "0.5", "nan"], "--lambdas: ['0.5', 'nan'] is not a finite number"),
+    ("grasp", ["--seed", "1e40"], "--seed: '1e40' is not an integer"),
+    ("grasp", ["--seed", "-1"], "ExperimentConfig.seed=-1 is out of range; use a value in [0, 4294967295]"),
+    ("train", ["--seed", "4294967296"], "SourceTrainConfig.seed=4294967296 is out of range"),
+    ("sweep", ["--seed", "nan"], "--seed: 'nan' is not a finite number"),
+    ("train", ["--learning_rate", "nan"], "--learning_rate: 'nan' is not a finite number"),
+    ("train", ["--learning_rate", "0"], "SourceTrainConfig.learning_rate=0.0 is out of range"),
 ]
 
 
@@ -143,7 +158,7 @@ def _run_command(command: str, argv: list[str], digits_root: Path, results: Path
         return train_baseline_main(["--dataset", "drift_digits", *common, *argv])
     if command == "train_all":
         return train_all_main(["--dataset", "drift_digits", *common, *argv])
-    if command in ("grasp", "fusion", "pearl"):
+    if command in ("grasp", "fusion", "pearl", "ties", "dare", "task_arithmetic"):
         argv = argv if "--target" in argv else ["--target", "era_1", *argv]
         return experiment_main(["--dataset", "drift_digits", *common, *argv], method=command)
     if command == "sweep":
@@ -331,7 +346,7 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(trained_sources
 
 
 def test_claims_are_exclusive_and_a_dead_owners_claim_is_taken_over(tmp_path):
-    from multisource.experiment.jobs import claim_path, claimed_elsewhere, release_claim, try_claim
+    from multisource.experiment.claims import claim_path, claimed_elsewhere, release_claim, try_claim
 
     out = tmp_path / "trial_1"
     assert try_claim(out) and not try_claim(out)  # held by this (live) process
@@ -350,8 +365,8 @@ def test_claims_are_exclusive_and_a_dead_owners_claim_is_taken_over(tmp_path):
 def test_a_claim_from_another_host_counts_until_its_heartbeat_stops(tmp_path, monkeypatch):
     import threading
 
-    from multisource.experiment import jobs
-    from multisource.experiment.jobs import STALE_AFTER_S, claim_path, claimed_elsewhere, try_claim
+    from multisource.experiment import claims
+    from multisource.experiment.claims import STALE_AFTER_S, claim_path, claimed_elsewhere, try_claim
 
     out = tmp_path / "trial_1"
     for owner in ("other_host-123", ""):  # a lost node's claim; an empty one (never written by this version)
@@ -364,10 +379,10 @@ def test_a_claim_from_another_host_counts_until_its_heartbeat_stops(tmp_path, mo
         claim_path(out).unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left aside
     # the owner's heartbeat keeps its claim fresh while it runs
-    monkeypatch.setattr(jobs, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(claims, "HEARTBEAT_S", 0.05)
     assert try_claim(out)
     os.utime(claim_path(out), (1.0, 1.0))
-    with jobs._Heartbeat(claim_path(out)):
+    with claims.Heartbeat(claim_path(out)):
         time.sleep(0.3)
     assert time.time() - claim_path(out).stat().st_mtime < 5
     assert not any(t.name.startswith("claim-heartbeat") for t in threading.enumerate())  # stopped with the run
