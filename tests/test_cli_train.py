@@ -121,7 +121,9 @@ def test_train_all_subsets_skips_complete_bins_and_survives_a_failing_one(cli_da
         assert report["status"] == "complete" and report["bin"] == b
         meta = read_checkpoint_meta(ckpts / f"{b}.ckpt")
         assert meta["config"]["max_epochs"] == 1 and meta["config"]["pretrained"] is False
-        assert meta["config"]["pretrained_from"] is None and meta["metrics"] == {
+        start = meta["config"]["start"]  # --no-pretrained: one random initialisation every bin shares
+        assert start["kind"] == "random" and meta["config"]["pretrained_from"] == start["path"]
+        assert meta["metrics"] == {
             k: report[k] for k in ("val_accuracy", "best_epoch", "test_accuracy")}
 
 

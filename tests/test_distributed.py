@@ -73,7 +73,8 @@ def test_ddp_on_cpu_with_two_processes_writes_one_checkpoint_with_reduced_val_me
     output = _train(launcher, digits_root, tmp_path)
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output  # two processes really trained as one group
     ckpts = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.ckpt"))
-    assert ckpts == [Path("drift_digits/baselines/tiny-resnet/era_1.ckpt")]  # rank 1 wrote nothing
+    assert ckpts == [Path("drift_digits/baselines/tiny-resnet/era_1.ckpt"),  # rank 1 wrote nothing
+                     Path("drift_digits/starts/tiny-resnet-random-seed42.ckpt")]  # the shared start (--no-pretrained)
     ckpt = tmp_path / ckpts[0]
     report = read_json(ckpt.with_suffix(".json"))
     assert (report["options"]["strategy"], report["options"]["devices"]) == ("ddp", 2)

@@ -18,13 +18,13 @@ def test_source_model_is_bitwise_identical_with_or_without_the_upstream_checkpoi
     disk): bitwise-equal weights. Its own folder and group, so it runs beside the trained-sources tests."""
     from multisource.models.checkpoint import read_checkpoint
     from multisource.options import RunOptions
-    from multisource.training import source as source_module
+    from multisource.training import start as start_module
     from multisource.training.fit import SourceTrainConfig
     from multisource.training.source import train_source
     from multisource.training.upstream import ensure_upstream
 
     # The tests' shorter upstream recipe (the same on both sides), so the test takes seconds.
-    monkeypatch.setattr(source_module, "ensure_upstream", functools.partial(ensure_upstream, epochs=UPSTREAM_EPOCHS))
+    monkeypatch.setattr(start_module, "ensure_upstream", functools.partial(ensure_upstream, epochs=UPSTREAM_EPOCHS))
     cfg = SourceTrainConfig(dataset="drift_digits", bin="era_2", model_name=TINY_MODEL, max_epochs=SOURCE_EPOCHS,
                             batch_size=SOURCE_BATCH, seed=0)
     upstream_rel = Path("drift_digits") / "upstream" / f"{TINY_MODEL}.ckpt"

@@ -114,7 +114,11 @@ def test_train_all_subsets_with_the_demo_config_trains_with_its_sources_settings
     from multisource.training import all_bins
 
     seen = []
-    monkeypatch.setattr(all_bins, "train_source", lambda cfg, opts, handle: seen.append((cfg, opts)) or {})
+    monkeypatch.setattr(all_bins, "train_source", lambda cfg, opts, handle, start: seen.append((cfg, opts)) or {})
+    from multisource.training.start import SharedStart
+
+    start = SharedStart("upstream", "stands/for/the/upstream.ckpt", "0" * 16)
+    monkeypatch.setattr(all_bins, "resolve_start", lambda cfg, opts, handle: start)  # no upstream pretraining here
     rc = train_all_main(["--config", str(DEMO), "--data_root", str(digits_root), "--results_dir", str(tmp_path),
                          "--workers", "1"])
     assert rc == 0 and [c.bin for c, _ in seen] == ["era_1", "era_2", "era_3", "era_4", "era_5"]

@@ -46,6 +46,9 @@ def add_shared_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", default=None, help="default 32")
     p.add_argument("--image_size", default=None, help="default: the dataset's")
     p.add_argument("--overwrite", action="store_true", default=None, help="re-run finished experiments")
+    p.add_argument("--allow_mixed_starts", action="store_true", default=None,
+                   help="run a method that combines parameters on sources fine-tuned from different starts "
+                        "(refused otherwise; recorded in the result)")
     p.add_argument("--no-save-model", "--no_save_model", dest="save_model", action="store_false", default=None,
                    help="do not write the final model")
     p.add_argument("--batch_augment", action="store_true", default=None,

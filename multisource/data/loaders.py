@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .card import card_fingerprint, read_card
+from .card import card_fingerprint, list_images, read_card
 from .datasets import DatasetInfo, get_dataset
 from .folder import BinSplitDataset, DataError
+from .splits import SPLITS
 from .packed import open_packed  # the fast path, used when a valid cache exists
 from .transforms import DataConfig, make_transform
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +50,40 @@ class DatasetHandle:
         absent = [b for b in bins if not (self.root / b).is_dir()]
         if absent:
             raise DataError(f"Bin folder(s) {[str(self.root / b) for b in absent]} missing. {self.fix_hint}")
+
+    @property
+    def native_size(self) -> int | None:
+        """The images' own training size recorded by the importer (median shorter side), if known."""
+        sizes = (self.card or {}).get("image_sizes") or {}
+        return sizes.get("native_size") if isinstance(sizes.get("native_size"), int) else None
+
+    def warn_upscale(self, size: int, model_name: str) -> None:
+        """Say so when training at ``size`` upscales the images more than 2x (compute spent on no new detail)."""
+        native = self.native_size
+        if native and size > 2 * native:
+            log.warning("%s trains at %d px, %.1fx this dataset's %d px images: about %.0fx the compute for no new "
+                        "detail (pass --image_size %d to train at their own size).", model_name, size, size / native,
+                        native, (size / native) ** 2, native)
+
+    def split_count(self, bin_name: str, split: str) -> int:
+        """Images in one bin's split: the card's count, or (no card) the files on disk."""
+        entry = ((self.card or {}).get("bins") or {}).get(bin_name) or (self.card or {}).get(bin_name) or {}
+        counted = ((entry.get("splits") or {}).get(split) or {}).get("count")
+        if isinstance(counted, int):
+            return counted
+        folder = self.root / bin_name / split
+        return sum(len(list_images(c)) for c in folder.iterdir() if c.is_dir()) if folder.is_dir() else 0
+
+    def check_trainable(self, bins: list[str]) -> None:
+        """Every bin a model trains on has train, val and test images: all problems in one message, before work."""
+        self.check_bins(*bins)
+        problems = [f"{b} ({', '.join(s for s in SPLITS if self.split_count(b, s) == 0)} empty)" for b in bins
+                    if any(self.split_count(b, s) == 0 for s in SPLITS)]
+        if problems:
+            raise DataError(f"Cannot train on {len(problems)} bin(s) of {self.info.name}: {'; '.join(problems)}. A model "
+                            "trains on train, selects on val and is scored on test, so each needs images: rebuild the "
+                            "dataset with wider bins or more images per class (a bin x class of at least 10 images "
+                            "gives every split one), or leave those bins out (--bins).")
 
     def split(self, bin_name: str, split: str, transform=None) -> Dataset:
         self.check_bins(bin_name)

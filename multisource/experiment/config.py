@@ -26,6 +26,8 @@ class ExperimentConfig:
     seed: int = 42  # trial k > 1 derives its own seed from this one
     batch_size: int = 32
     image_size: int | None = None  # default: the dataset's
+    # Run a method that combines parameters on sources fine-tuned from different starts (refused otherwise).
+    allow_mixed_starts: bool = False
     method_config: Any = field(default_factory=dict)  # the method's config dataclass, or a mapping of its fields
 
     def __post_init__(self) -> None:

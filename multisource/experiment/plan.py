@@ -19,6 +19,7 @@ from ..methods.inputs import make_config
 from ..models.checkpoint import CheckpointError, read_checkpoint_meta
 from ..options import RunOptions
 from ..paths import experiment_dir
+from ..training.start import common_start
 from ..utils.seed import trial_seed
 from .config import ExperimentConfig
 from .protocols import check_sources, protocol_sources
@@ -88,10 +89,17 @@ def check_source_checkpoint(path: Path, bin_name: str, handle: DatasetHandle, mo
 
 
 def check_checkpoints(plans: list[ExperimentPlan]) -> None:
-    """Every source checkpoint the plans need, each checked once, before any work starts."""
+    """Every source checkpoint the plans need, each checked once, and (for methods that combine parameters) that
+    each plan's sources share one start, before any work starts."""
     seen: set[Path] = set()
+    starts_checked: set[tuple[Path, ...]] = set()
     for plan in plans:
         for b, path in plan.checkpoints.items():
             if path not in seen:
                 check_source_checkpoint(path, b, plan.handle, plan.config.model)
                 seen.add(path)
+        key = tuple(sorted(plan.checkpoints.values()))
+        if (get_method(plan.config.method).needs_shared_start and not plan.config.allow_mixed_starts
+                and key not in starts_checked):
+            common_start(plan.checkpoints)
+            starts_checked.add(key)

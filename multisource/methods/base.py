@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import ConfigError
 from ..measure.flops import forward_macs
-from ..models.checkpoint import CheckpointError, LazyCheckpoint, StateTensors, read_checkpoint_meta
-from ..models.factory import create_model, load_checkpoint, resolve_model
+from ..models.checkpoint import CheckpointError, LazyCheckpoint, StateTensors
+from ..models.factory import load_checkpoint, resolve_model
 from ..registry import Registry
+from ..training.start import SharedStart, common_start, model_from_start, saved_here
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +137,9 @@ class SourcePool:
         self._held[key] = model
         return model
 
-    def shared_start(self) -> tuple[bool, str | None]:
-        """(pretrained, weights) every source was fine-tuned from, read from the checkpoints' metadata: the
-        tiny models' upstream checkpoint, or (None) the architecture's ImageNet weights from the local cache."""
-        starts = {}
-        for name, path in self.checkpoints.items():
-            config = read_checkpoint_meta(path).get("config") or {}
-            starts[name] = (bool(config.get("pretrained", False)), config.get("pretrained_from"))
-        distinct = set(starts.values())
-        if len(distinct) != 1:
-            raise CheckpointError(f"The sources were not fine-tuned from one shared start ({starts}); methods that "
-                                  "need the start (target_only, task vectors) require sources trained alike.")
-        return distinct.pop()
+    def shared_start(self) -> SharedStart:
+        """The start every source was fine-tuned from (their checkpoints' records); an error when they differ."""
+        return common_start(self.checkpoints)
 
     def _lazy(self, path: str | Path) -> LazyCheckpoint:
         ckpt = LazyCheckpoint(path)
@@ -171,23 +163,27 @@ class SourcePool:
         """The shared pretrained start, tensor by tensor: the tiny models' upstream checkpoint memory-mapped, or
         the paper models' ImageNet weights as a held module (its head is not shared: a new one, unused by
         task-vector merges). Sources trained from random weights have no shared start: an error."""
-        pretrained, weights = self.shared_start()
-        if not pretrained:
-            raise CheckpointError("The sources were trained from random weights (--no-pretrained), so they share no "
-                                  "pretrained start and have no task vectors; train them from pretrained weights.")
-        if weights:
-            self.start_loaded = weights
-            return self._lazy(weights)
+        start = self.shared_start()
+        if start.kind == "random" or saved_here(start):  # saved by this project: read tensor by tensor
+            if not start.path:
+                raise CheckpointError("The sources were each trained from their own random initialisation (before "
+                                      "starts were shared), so they have no common start and no task vectors; "
+                                      "train them again (python baseline_training/train_all_subsets.py ... --force).")
+            self.start_loaded = start.path
+            return self._lazy(start.path)
         return StateTensors(self.load_start(key).state_dict())
 
     def load_start(self, key: str = "start") -> nn.Module:
         """The shared pretrained start, built as each source's was before its training: the pretrained head is
         kept where its shape fits the target's classes, else a new one is drawn from the global RNG (which the
         runner seeds per trial); registered as resident like a source."""
-        pretrained, weights = self.shared_start()
-        model = create_model(self.model_name, len(self.classes), pretrained=pretrained, weights=weights,
-                             image_size=self.image_size).to(self.device)
-        self.start_loaded = weights or ("pretrained weights of " + self.model_name if pretrained else "random init")
+        start = self.shared_start()
+        if not start.path and start.kind == "random":
+            raise CheckpointError("The sources were each trained from their own random initialisation (before starts "
+                                  "were shared), so there is no start to load; train them again "
+                                  "(python baseline_training/train_all_subsets.py ... --force).")
+        model = model_from_start(start, self.model_name, len(self.classes), self.image_size).to(self.device)
+        self.start_loaded = start.path or ("pretrained weights of " + self.model_name)
         return self._hold(key, model)
 
     def adopt(self, key: str, new_key: str) -> None:
@@ -258,7 +254,11 @@ class MethodSpec:
     ``source_order(config)`` says how it orders its sources (None: chronological); ``reference`` marks the
     method every comparison is made against; ``target_epochs(config, K)`` is how many target epochs it trains
     with K sources (the reference's is the matched budget); ``match_budget(config, epochs)`` returns the config
-    with a ``matched`` budget set to ``epochs`` (None: the method has no matchable budget)."""
+    with a ``matched`` budget set to ``epochs`` (None: the method has no matchable budget); ``needs_shared_start``:
+    it combines the sources' parameters (or starts from their start), which is meaningful only when all were
+    fine-tuned from one start, so the plan refuses sources that were not; ``deterministic``: it draws no random
+    number (no training, no sampling), so a sweep runs it once per target and reports one run, not trials that
+    would look like independent seeds."""
 
     name: str
     config_cls: type
@@ -268,6 +268,8 @@ class MethodSpec:
     reference: bool = False
     target_epochs: Callable[[Any, int], int] | None = None
     match_budget: Callable[[Any, int], Any] | None = None
+    needs_shared_start: bool = False
+    deterministic: bool = False
 
     def order_of(self, config: Any) -> str:
         return self.source_order(config) if self.source_order else "chronological"
@@ -279,10 +281,11 @@ METHODS: Registry[MethodSpec] = Registry("method")
 def register_method(name: str, config_cls: type, description: str = "", *,
                     source_order: Callable[[Any], str] | None = None, reference: bool = False,
                     target_epochs: Callable[[Any, int], int] | None = None,
-                    match_budget: Callable[[Any, int], Any] | None = None) -> Callable:
+                    match_budget: Callable[[Any, int], Any] | None = None,
+                    needs_shared_start: bool = False, deterministic: bool = False) -> Callable:
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         METHODS.register(name, MethodSpec(name, config_cls, fn, description, source_order, reference,
-                                          target_epochs, match_budget))
+                                          target_epochs, match_budget, needs_shared_start, deterministic))
         return fn
 
     return deco

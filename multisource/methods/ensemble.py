@@ -42,7 +42,8 @@ class EnsembleModule(nn.Module):
         return (scores / scores.sum(-1, keepdim=True)).log()
 
 
-@register_method("ensemble", EnsembleConfig, "Average the K source models' predictions (all K resident).")
+@register_method("ensemble", EnsembleConfig, "Average the K source models' predictions (all K resident).",
+                 deterministic=True)
 def run(cfg: EnsembleConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     members = []
     with meter.phase("load"):

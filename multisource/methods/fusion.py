@@ -80,7 +80,7 @@ def average_streaming(pool: SourcePool, weights: list[float] | None = None) -> t
 
 
 @register_method("fusion", FusionConfig, "Average source parameters (or jointly tune a logit mean), then fine-tune.",
-                 match_budget=match_finetune_epochs)
+                 match_budget=match_finetune_epochs, needs_shared_start=True)
 def run(cfg: FusionConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     record: dict = {"mode": cfg.mode, "members": pool.names}
     if cfg.mode == "logits":

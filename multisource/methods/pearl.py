@@ -202,7 +202,8 @@ def _train_adapter(peft_model, adapter: str, bin_name: str, cfg: PearlConfig, ta
 
 
 @register_method("pearl", PearlConfig, "LoRA adapters initialised from each source's delta to a frozen base "
-                 "source, composed with learned weights.", source_order=lambda c: c.source_order)
+                 "source, composed with learned weights.", source_order=lambda c: c.source_order,
+                 needs_shared_start=True)
 def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     from peft import LoraConfig, get_peft_model  # here, not at the top: PEFT takes seconds and only PEARL uses it
 

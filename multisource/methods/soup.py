@@ -68,7 +68,8 @@ def greedy_soup(pool: SourcePool, target: TargetData, meter) -> tuple[torch.nn.M
 
 
 @register_method("soup", SoupConfig, "Merge: uniform or greedy soup of the sources (greedy: best on target val first, "
-                 "each kept if val accuracy does not drop), optionally fine-tuned.", match_budget=match_finetune_epochs)
+                 "each kept if val accuracy does not drop), optionally fine-tuned.", match_budget=match_finetune_epochs,
+                 needs_shared_start=True)
 def run(cfg: SoupConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     if cfg.mode == "greedy":
         model, record = greedy_soup(pool, target, meter)

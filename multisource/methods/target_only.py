@@ -38,7 +38,8 @@ class TargetOnlyConfig(TargetFinetuneConfig):
 
 
 @register_method("target_only", TargetOnlyConfig, "Reference: the shared pretrained start fine-tuned on the "
-                 "target only (no source model).", match_budget=match_finetune_epochs)
+                 "target only (no source model).", match_budget=match_finetune_epochs,
+                 needs_shared_start=True)
 def run(cfg: TargetOnlyConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     with meter.phase("load"):
         model = pool.load_start()

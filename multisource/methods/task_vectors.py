@@ -168,13 +168,15 @@ def _same(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
 
 
 @register_method("task_arithmetic", TaskVectorConfig, "Merge: start + lambda x sum of task vectors (lambda on "
-                 "target val), optionally fine-tuned.", match_budget=match_finetune_epochs)
+                 "target val), optionally fine-tuned.", match_budget=match_finetune_epochs,
+                 needs_shared_start=True)
 def run_task_arithmetic(cfg: TaskVectorConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     return _run("task_arithmetic", cfg, pool, target, meter, task_vector_sum, _same, MACS_PER_ENTRY["sum"], {})
 
 
 @register_method("ties", TiesConfig, "Merge: TIES (trim per tensor, elect signs, disjoint mean) of task vectors, "
-                 "lambda on target val, optionally fine-tuned.", match_budget=match_finetune_epochs)
+                 "lambda on target val, optionally fine-tuned.", match_budget=match_finetune_epochs,
+                 needs_shared_start=True)
 def run_ties(cfg: TiesConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     def trim(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
         return trim_by_magnitude(tau, cfg.density)
@@ -184,7 +186,8 @@ def run_ties(cfg: TiesConfig, pool: SourcePool, target: TargetData, meter) -> Me
 
 
 @register_method("dare", DareConfig, "Merge: DARE (random drop, rescale) then task arithmetic or TIES, lambda on "
-                 "target val, optionally fine-tuned.", match_budget=match_finetune_epochs)
+                 "target val, optionally fine-tuned.", match_budget=match_finetune_epochs,
+                 needs_shared_start=True)
 def run_dare(cfg: DareConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     names = pool.names
 

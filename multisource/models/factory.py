@@ -76,6 +76,12 @@ def _timm_cached_weights(model_name: str) -> str | None:
     return None
 
 
+def pretrained_file(spec: ModelSpec) -> str | None:
+    """The local file of a timm model's default pretrained weights (None if not cached, or a Hugging Face model,
+    whose weights the hub client finds in its cache by id)."""
+    return _timm_cached_weights(spec.source) if spec.backend == "timm" else None
+
+
 def missing_weights_message(spec: ModelSpec) -> str:
     return (f"No pretrained weights for {spec.name} in the local cache. Pass --weights PATH, download them with "
             f"'python baseline_training/download_weights.py --model_name {spec.name}', or use --no-pretrained.")

@@ -10,13 +10,13 @@ from ..config import ConfigError
 from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
 from ..models.checkpoint import read_checkpoint_meta, save_checkpoint
-from ..models.factory import create_model, data_config, resolve_model
+from ..models.factory import data_config
 from ..options import RunOptions
 from ..utils.env import environment
 from ..utils.io import read_json, write_json
 from ..utils.seed import derive_seed, seed_everything
 from .fit import SourceTrainConfig, evaluate_split, fit_classifier
-from .upstream import ensure_upstream
+from .start import SharedStart, model_from_start, resolve_start
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +41,31 @@ def is_complete(ckpt: Path, fingerprint: str | None = None) -> bool:
         return False
 
 
-def resolve_pretrained_weights(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle) -> str | None:
-    """The weights a source model starts from: --weights, else the tiny model's upstream checkpoint."""
-    if not cfg.pretrained or cfg.weights:
-        return cfg.weights
-    if resolve_model(cfg.model_name).pretrained == "upstream":
-        return str(ensure_upstream(handle, cfg, opts))
-    return None
-
-
 def source_seed(cfg: SourceTrainConfig) -> int:
     """The source stage's own seed (base seed, stage, bin): independent of what ran before it."""
     return derive_seed(cfg.seed, "source", cfg.bin)
 
 
 def train_source(cfg: SourceTrainConfig, opts: RunOptions | None = None,
-                 handle: DatasetHandle | None = None) -> dict:
+                 handle: DatasetHandle | None = None, start: SharedStart | None = None) -> dict:
     """Train one source model on ``cfg.bin``; write ``<bin>.ckpt`` (best val) and ``<bin>.json`` (metrics).
 
-    ``handle`` is the opened dataset (the caller has checked the bin); without one it is opened here."""
+    ``handle`` is the opened dataset (the caller has checked the bin) and ``start`` the sources' shared start
+    (resolved once by the caller); without them they are resolved here."""
     opts = opts or RunOptions()
     if not cfg.bin:
         raise ConfigError(f"No bin given; pass one of {list(get_dataset(cfg.dataset).bins)} (--bin).")
     if handle is None:
         handle = open_dataset(cfg.dataset, opts.data_root)
         handle.check_bins(cfg.bin)
-    weights = resolve_pretrained_weights(cfg, opts, handle)
+    if start is None:
+        handle.check_trainable([cfg.bin])
+        handle.warn_upscale(cfg.image_size or handle.info.image_size, cfg.model_name)
+        start = resolve_start(cfg, opts, handle)
     seed = source_seed(cfg)
-    seed_everything(seed)  # after the upstream stage, which may or may not have run (and seeds itself)
+    seed_everything(seed)  # after the start was made, which may or may not have happened (and seeds itself)
     image_size = cfg.image_size or handle.info.image_size
-    model = create_model(cfg.model_name, handle.num_classes, pretrained=cfg.pretrained, weights=weights,
-                         image_size=image_size)
+    model = model_from_start(start, cfg.model_name, handle.num_classes, image_size)
     ckpt = source_checkpoint_path(cfg, opts)
     module, trainer, info = fit_classifier(handle, cfg.bin, model, cfg, opts, ckpt.parent / "logs", cfg.bin)
     if trainer.global_rank != 0:
@@ -79,7 +73,8 @@ def train_source(cfg: SourceTrainConfig, opts: RunOptions | None = None,
     best = module.best_model()
     dcfg = data_config(best, image_size, hflip=handle.info.hflip)
     test = evaluate_split(best, handle, cfg.bin, "test", dcfg, cfg.batch_size, opts.num_workers)
-    resolved = {**asdict(cfg), "image_size": image_size, "pretrained_from": weights, "stage_seed": seed,
+    resolved = {**asdict(cfg), "image_size": image_size, "pretrained": start.pretrained, "pretrained_from": start.path,
+                "start": start.record(), "stage_seed": seed,
                 "precision": info["precision"], "learning_rate": cfg.resolved_learning_rate}
     metrics = {"val_accuracy": module.best_val_accuracy, "best_epoch": module.best_epoch,
                "test_accuracy": test["accuracy"]}
