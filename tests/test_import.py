@@ -231,8 +231,10 @@ def test_missing_and_corrupt_images_are_listed_and_skipped_or_refused_with_stric
     assert card["bins"]["2020"]["splits"]["train"]["per_class"]["cat"] == 8 * 12 // 10
 
 
-def test_small_strata_can_be_dropped_and_absent_classes_are_warned_about(small_table):
+def test_small_strata_can_be_dropped_and_absent_classes_are_warned_about(small_table, capsys):
     tmp_path, table = small_table
+    table = pd.concat([table, table.assign(label="bird", path=[png(tmp_path / "img" / f"bird_{i}.png", 200 - i % 50 + i // 50)
+                                                                for i in range(len(table))])], ignore_index=True)
     small = table[~((table["label"] == "dog") & (table["timestamp"] > "2021") & (table.index % 12 > 4))]
     code, out = run_import(tmp_path, small, "--drop_small")
     assert code == 0
@@ -241,6 +243,9 @@ def test_small_strata_can_be_dropped_and_absent_classes_are_warned_about(small_t
     assert card["bins"]["2021"]["splits"]["train"]["per_class"]["dog"] == 0
     assert any("class 'dog' has no images in bin(s) ['2021']" in w for w in card["warnings"])
     assert MIN_STRATUM == 10
+    # with two classes, the same drop leaves 2021 one class: it could not be a target, so it is refused
+    code, _ = run_import(tmp_path, small[small["label"] != "bird"], "--drop_small", out="Two")
+    assert code == 2 and "2021 (train has 1 class, val has 1 class, test has 1 class)" in capsys.readouterr().err
 
 
 def test_the_same_content_in_two_bins_is_reported(small_table):

@@ -54,7 +54,14 @@ def import_parser() -> argparse.ArgumentParser:
                    help="refuse missing or unreadable images (default: skip them and list them in the card)")
     o.add_argument("--drop_small", action="store_true",
                    help="leave out bin x class strata under 10 images (default: refuse)")
-    o.add_argument("--image_size", type=int, default=224, help="training image size recorded in the card (224)")
+    o.add_argument("--image_size", type=int, default=None,
+                   help="training image size recorded in the card (default: the images' own size, the median "
+                        "shorter side)")
+    o.add_argument("--upstream", default="none",
+                   help="a pretraining pool every source model starts from: none (default; the tiny models then "
+                        "start from one shared random initialisation), earliest (the earliest bin becomes the pool: "
+                        "neither a source nor a target) or fraction:F (a stratified share F of every bin's images, "
+                        "so the pool has seen every period)")
     o.add_argument("--no_hflip", dest="hflip", action="store_false",
                    help="horizontal flips change the meaning of these images (text, digits)")
     o.add_argument("--workers", type=int, default=None, help="threads that check and copy images (default: CPUs, "
@@ -71,6 +78,7 @@ def import_main(argv: list[str] | None = None) -> int:
 
     def main() -> int:
         from ..data.importer import ImportConfig, import_folder, import_table
+        from ..paths import UPSTREAM
 
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}.")
@@ -79,7 +87,8 @@ def import_main(argv: list[str] | None = None) -> int:
                            label_column=args.label_column, time_column=args.time_column,
                            time_format=args.time_format,
                            bin_column=args.bin_column, seed=args.seed, link=args.link, strict=args.strict,
-                           drop_small=args.drop_small, image_size=args.image_size, hflip=args.hflip)
+                           drop_small=args.drop_small, image_size=args.image_size, hflip=args.hflip,
+                           upstream=args.upstream)
         out = Path(args.output_dir).expanduser().resolve()
         common = {"workers": args.workers, "overwrite": args.overwrite, "progress": args.progress}
         if args.table:
@@ -93,6 +102,13 @@ def import_main(argv: list[str] | None = None) -> int:
             r = e.get("time_range") or {}
             span = f"  {r['first']} .. {r['last']}" if r.get("first") else ""
             print(f"  {b:<24} train {c['train']:>6}, val {c['val']:>5}, test {c['test']:>5}{span}")
+        sizes = card["image_sizes"]["shorter_side"]
+        print(f"  images: shorter side {sizes['min']}-{sizes['max']} px (median {sizes['median']}); models train at "
+              f"{card['image_size']} px unless --image_size says otherwise")
+        if UPSTREAM in card:
+            print(f"  upstream pool ({card[UPSTREAM]['rule']}): train {card[UPSTREAM]['splits']['train']['count']}, "
+                  f"val {card[UPSTREAM]['splits']['val']['count']} (every source model starts from a model "
+                  "pretrained on it)")
         if card["skipped_count"]:
             print(f"  {card['skipped_count']} image(s) skipped (missing or unreadable); see 'skipped' in the card")
         for w in card["warnings"]:

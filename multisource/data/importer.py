@@ -16,27 +16,31 @@ import hashlib
 import io
 import logging
 import os
+import random
 import shutil
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ..config import check_seed
-from ..paths import name_problem
+from ..paths import UPSTREAM, name_problem
+from ..utils.seed import derive_seed
 from .card import IMAGE_EXTENSIONS, build_card, write_card
 from .datasets import DATASETS
 from .raw import (Placement, RawDataError, building, default_workers, make_layout, parallel_map,
                   write_manifests)
-from .splits import split_stratum
+from .splits import SPLITS, split_stratum
 from .timebins import BinRule, assign_bins, natural_key, order_named_bins, parse_bin_rule, parse_timestamps
 
 log = logging.getLogger(__name__)
 LINKS = ("copy", "hardlink", "symlink")
 MIN_STRATUM = 10  # the smallest stratum whose split has a train, a val and a test image (8/1/1)
+SMALL_TEST = 20  # fewer test images than this in a bin: each one moves its accuracy by more than 5 points
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
                  ".ndjson": "jsonl"}
 
@@ -58,7 +62,11 @@ class ImportConfig:
     link: str = "copy"
     strict: bool = False  # refuse missing or unreadable images instead of skipping and listing them
     drop_small: bool = False  # drop (and list) strata too small to split instead of refusing
-    image_size: int = 224  # the training image size recorded in the card (models bring their own mean/std)
+    image_size: int | None = None  # the training size recorded in the card; None: the images' own (median) size
+    # A pretraining pool for the tiny models (every source then starts from it): none, earliest (the earliest bin
+    # becomes the pool: neither a source nor a target) or fraction:F (a stratified share F of every bin's images,
+    # so the pool has seen every period).
+    upstream: str = "none"
     hflip: bool = True  # horizontal flip is a valid augmentation for these images
 
     def __post_init__(self) -> None:
@@ -66,13 +74,43 @@ class ImportConfig:
         self.classes = tuple(unicodedata.normalize("NFC", v) for v in self.classes)
         if self.link not in LINKS:
             raise ValueError(f"--link {self.link!r} is not valid; choose one of {', '.join(LINKS)}.")
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 8 <= self.image_size <= 8192:
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or not 8 <= self.image_size <= 8192):
             raise ValueError(f"--image_size must be a whole number of pixels in 8..8192, got {self.image_size!r}.")
+        self.upstream_fraction = upstream_rule(self.upstream)
         check_seed(self)
         for flag, values in (("--bins", self.bins), ("--classes", self.classes)):
             if len(set(values)) != len(values):
                 raise ValueError(f"{flag} names a value twice: {list(values)}.")
         self.rule: BinRule | None = parse_bin_rule(self.bin_by) if self.bin_by else None
+
+
+def upstream_rule(text: str) -> float | None:
+    """``--upstream``: None for none or earliest, F for fraction:F (0 < F <= 0.5)."""
+    if text in ("none", "earliest"):
+        return None
+    kind, _, value = text.partition(":")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = float("nan")
+    if kind != "fraction" or not 0 < fraction <= 0.5:
+        raise ValueError(f"--upstream {text!r} is not valid; use none, earliest, or fraction:F with 0 < F <= 0.5 "
+                         "(e.g. fraction:0.15).")
+    return fraction
+
+
+def split_off_upstream(rows: pd.DataFrame, bins: list[str], cfg: ImportConfig) -> list[str]:
+    """Move the upstream pool's rows to bin ``upstream`` (in place); returns the bins that remain."""
+    if cfg.upstream == "earliest":
+        rows.loc[rows["bin"] == bins[0], "bin"] = UPSTREAM
+        return bins[1:]
+    if cfg.upstream_fraction is not None:
+        for (b, cls), stratum in rows.groupby(["bin", "label"], sort=True):
+            order = list(stratum.sort_values("source").index)
+            random.Random(derive_seed(cfg.seed, "upstream", b, cls)).shuffle(order)
+            rows.loc[order[:int(round(cfg.upstream_fraction * len(order)))], "bin"] = UPSTREAM
+    return bins
 
 
 def _nfc(values: pd.Series) -> pd.Series:
@@ -209,26 +247,47 @@ def bin_rows(rows: pd.DataFrame, cfg: ImportConfig) -> list[dict[str, Any]]:
     return out
 
 
-def inspect_image(path: Path) -> tuple[str | None, str | None]:
-    """(problem, sha256 of the bytes): (None, digest) when the file exists, has an image extension the loaders
-    read and fully decodes."""
+def inspect_image(path: Path) -> tuple[str | None, str | None, tuple[int, int] | None]:
+    """(problem, sha256 of the bytes, (width, height)): (None, digest, size) when the file exists, has an image
+    extension the loaders read and fully decodes."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return (f"extension '{path.suffix}' is not one the loaders read ({', '.join(IMAGE_EXTENSIONS)}); convert "
-                "the image"), None
+                "the image"), None, None
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return "file not found", None
+        return "file not found", None, None
     except OSError as exc:
-        return f"cannot read the file ({exc.strerror or exc})", None
+        return f"cannot read the file ({exc.strerror or exc})", None, None
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.verify()
         with Image.open(io.BytesIO(data)) as img:
-            img.convert("RGB")
+            size = img.convert("RGB").size
     except Exception as exc:  # any failure to decode means: the image is unusable; say why
-        return f"not a readable image ({type(exc).__name__}: {str(exc)[:80]})", None
-    return None, hashlib.sha256(data).hexdigest()
+        return f"not a readable image ({type(exc).__name__}: {str(exc)[:80]})", None, None
+    return None, hashlib.sha256(data).hexdigest(), size
+
+
+def image_sizes(sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """The images' size distribution, and the native training size: the median shorter side (what a resize of the
+    shorter side to that size leaves unscaled for most images)."""
+    w, h = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
+    short = np.minimum(w, h)
+    describe = lambda a: {"min": int(a.min()), "median": int(np.median(a)), "max": int(a.max())}  # noqa: E731
+    return {"width": describe(w), "height": describe(h), "shorter_side": describe(short),
+            "native_size": max(8, int(np.median(short)))}
+
+
+def target_problems(placements: Sequence[Placement], bins: Sequence[str]) -> list[str]:
+    """Bins that cannot be a target: a split with fewer than two classes measures nothing a classifier learned."""
+    problems = []
+    for b in bins:
+        thin = [f"{s} has {n} class{'es' if n != 1 else ''}" for s in SPLITS
+                if (n := len({p.cls for p in placements if p.bin == b and p.split == s})) < 2]
+        if thin:
+            problems.append(f"{b} ({', '.join(thin)})")
+    return problems
 
 
 def class_order(labels: Sequence[str], given: Sequence[str] = ()) -> list[str]:
@@ -345,6 +404,7 @@ def import_rows(rows: pd.DataFrame, output_dir: Path, cfg: ImportConfig, *, sour
                                progress=progress)
         rows["problem"] = [c[0] for c in checked]
         rows["sha256"] = [c[1] for c in checked]
+        rows["size"] = [c[2] for c in checked]
         bad = rows[rows["problem"].notna()]
         skipped = [{"row": int(r.row), "path": r.source, "bin": r.bin, "reason": r.problem}
                    for r in bad.itertuples(index=False)]
@@ -359,19 +419,32 @@ def import_rows(rows: pd.DataFrame, output_dir: Path, cfg: ImportConfig, *, sour
         if good.empty:
             raise RawDataError(f"None of the {len(rows)} images could be read (e.g. {skipped[0]['path']}: "
                                f"{skipped[0]['reason']}); check --image_root.")
+        good = good.copy()
         bins = [b["name"] for b in bins_meta if (good["bin"] == b["name"]).any()]
+        bins = split_off_upstream(good, bins, cfg)
         classes = class_order(good["label"].tolist(), cfg.classes)
-        placements, small = plan_strata(good, bins, classes, cfg)
+        pooled = [UPSTREAM] if (good["bin"] == UPSTREAM).any() else []
+        placements, small = plan_strata(good, pooled + bins, classes, cfg)
         bins = [b for b in bins if any(p.bin == b for p in placements)]
         if len(bins) < 2:
-            raise ValueError(f"Only {len(bins)} bin(s) hold images ({bins}); a temporal dataset needs at least 2. "
-                             "Use narrower bins (--bin_by).")
-        make_layout(tmp, bins, classes)
+            raise ValueError(f"Only {len(bins)} bin(s) hold images ({bins}){' after --drop_small' if small else ''}; a "
+                             "temporal dataset needs at least 2. Use bins that hold more images each (wider bins, "
+                             "e.g. --bin_by years:2, or fewer quantiles)" + (", or --upstream none" if pooled else "")
+                             + ".")
+        thin = target_problems(placements, bins)
+        if thin:
+            raise ValueError(f"{len(thin)} bin(s) cannot be a target: {'; '.join(thin[:6])}. Every split of a bin needs "
+                             "images of at least two classes; use wider bins (e.g. --bin_by years:2) or add images.")
+        sizes = image_sizes([s for s in good["size"] if s is not None])
+        make_layout(tmp, pooled + bins, classes)
         place_files(tmp, placements, cfg.link, workers=workers, progress=progress)
         write_manifests(tmp, placements)
         card = build_card(tmp, dataset=name, classes=classes, bins=bins, seed=cfg.seed,
-                          extra=card_extra(cfg, source, bins, classes, placements, skipped, small),
+                          extra=card_extra(cfg, source, bins, classes, placements, skipped, small, sizes),
                           bin_extra=bin_extra(bins_meta, bins, skipped))
+        if pooled:
+            card[UPSTREAM] = {**build_card(tmp, dataset=name, classes=classes, bins=[UPSTREAM], seed=cfg.seed)["bins"][
+                UPSTREAM], "rule": cfg.upstream}
         write_card(tmp, card)
     return card
 
@@ -388,8 +461,13 @@ def bin_extra(bins_meta: list[dict], bins: list[str], skipped: list[dict]) -> di
 
 
 def card_extra(cfg: ImportConfig, source: dict, bins: list[str], classes: list[str], placements: list[Placement],
-               skipped: list[dict], small: list[dict]) -> dict[str, Any]:
+               skipped: list[dict], small: list[dict], sizes: dict[str, Any]) -> dict[str, Any]:
     warnings = []
+    for b in bins:
+        n_test = sum(p.bin == b and p.split == "test" for p in placements)
+        if n_test < SMALL_TEST:
+            warnings.append(f"bin {b} has {n_test} test images: one image is {100 / n_test:.1f} accuracy points, so "
+                            "differences between methods on it below that cannot be seen (wider bins hold more)")
     for cls in classes:
         absent = [b for b in bins if not any(p.bin == b and p.cls == cls for p in placements)]
         if absent:
@@ -403,14 +481,16 @@ def card_extra(cfg: ImportConfig, source: dict, bins: list[str], classes: list[s
                         "(see 'duplicates')")
     if small:
         warnings.append(f"{len(small)} stratum(s) under {MIN_STRATUM} images left out (see 'dropped_strata')")
-    for w in warnings:
-        log.warning("%s", w)
+    for w in warnings:  # once, at debug level: the card holds them and the CLI prints them (not twice)
+        log.debug("%s", w)
     return {
         "source": source,
         "import": {k: v for k, v in asdict(cfg).items() if k not in ("name",)},
         "binning": str(cfg.rule) if cfg.rule else "named bins",
         "bin_order": bins,
-        "image_size": cfg.image_size,
+        "image_size": cfg.image_size or sizes["native_size"],
+        "image_sizes": sizes,
+        "upstream_rule": cfg.upstream,
         "hflip": cfg.hflip,
         "split_rule": "per bin x class, over the images that decode, sorted by source path: shuffle with the seed "
                       "(stratum '<bin>/<class>'), train = floor(0.8 n), val = floor(0.1 n), test = rest",
