@@ -23,7 +23,14 @@ C = TypeVar("C")
 
 
 class ConfigError(ValueError):
-    """A configuration value is out of range, of the wrong type or unknown; the message names field, value, fix."""
+    """A configuration value is out of range, of the wrong type or unknown; the message names field, value, fix.
+
+    ``field``: the field whose value is refused; :func:`build` then says where that value came from (a file and
+    line, or a flag), since a config's own check cannot know."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFinite(ValueError):
@@ -278,6 +285,7 @@ def build(cls: type[C], *layers: Mapping[str, Any] | None, strict: bool = True) 
     """
     names = field_names(cls)
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for layer in layers:
         if not layer:
             continue
@@ -291,7 +299,13 @@ def build(cls: type[C], *layers: Mapping[str, Any] | None, strict: bool = True) 
                 continue
             if value is not None:
                 values[key] = convert_field(cls, key, value, where)
-    return cls(**values)
+                origins[key] = where
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        if exc.field in origins and isinstance(origins[exc.field], str) and origins[exc.field] != exc.field:
+            raise ConfigError(f"{origins[exc.field]}: {exc}", exc.field) from None
+        raise
 
 
 def pick(mapping: Mapping[str, Any] | None, cls: type) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ..data.datasets import list_datasets
@@ -34,7 +35,8 @@ def build_parser(method: str | None = None, dataset: str | None = None) -> tuple
     if method is None:
         p.add_argument("--methods", nargs="+", default=None, choices=sorted(table),
                        help="default: ensemble fusion grasp pearl target_only source_finetune")
-    p.add_argument("--targets", nargs="+", default=None, help="target bins (default: every bin)")
+    p.add_argument("--targets", nargs="+", default=None,
+                   help="target bins, 'all' (default: every bin) or 'newest' (the last bin in time order)")
     p.add_argument("--num_trials", default=None, help="trials per target (default 3)")
     add_shared_experiment_flags(p)
     add_executor_options(p)
@@ -44,22 +46,64 @@ def build_parser(method: str | None = None, dataset: str | None = None) -> tuple
     g.add_argument("--no_summary", dest="summarize", action="store_false", default=None,
                    help="do not write summaries at the end")
     g.add_argument("--dry_run", action="store_true", help="list the experiments and their state; run nothing")
+    g.add_argument("--save_model", dest="save_model", action="store_true", default=None,
+                   help="write each experiment's final model (default for sweeps: not written; no summary reads "
+                        "them, and each is a full model)")
     owners = add_method_flags(p, [method] if method else sorted(table),
                               "method hyper-parameters (each applies to every selected method that has it)")
     return p, owners
 
 
-def _progress(job, outcome, n: int, total: int) -> None:
-    from ..experiment.jobs import failure_paths
+class SweepProgress:
+    """One line per experiment as it ends, with done / failed / remaining and an ETA, and a line every
+    ``interval_s`` while experiments run (so a sweep under nohup or SLURM is never silent for long)."""
 
-    head = f"[{n}/{total}] {job.label}:"
-    if outcome.status == "failed":
-        print(f"{head} FAILED {outcome.error_type}: {outcome.message} (traceback: {failure_paths(job.out_dir)[1]})",
-              flush=True)
-    elif outcome.status == "finished":
-        print(f"{head} test acc {outcome.test_accuracy:.4f} ({outcome.time_s:.1f} s)", flush=True)
-    else:
-        print(f"{head} {outcome.status}", flush=True)
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self.interval_s, self.t0, self.last = interval_s, time.monotonic(), time.monotonic()
+        self.done = self.failed = 0
+        self.total: int | None = None
+        self.stop = threading.Event()
+        threading.Thread(target=self._beat, name="sweep-progress", daemon=True).start()
+
+    def counts(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        if self.total is None:
+            return f"{_clock(elapsed)} elapsed, no experiment has ended yet"
+        ended = self.done + self.failed
+        remaining = (self.total or 0) - ended
+        eta = f"ETA {_clock(elapsed / ended * remaining)}" if ended and remaining else "ETA after the first result"
+        return (f"{self.done} done, {self.failed} failed, {remaining} remaining, {_clock(elapsed)} elapsed"
+                + (f", {eta}" if remaining else ""))
+
+    def __call__(self, job, outcome, n: int, total: int) -> None:
+        from ..experiment.jobs import failure_paths
+
+        self.total, self.last = total, time.monotonic()
+        head = f"[{n}/{total}] {job.label}:"
+        if outcome.status == "failed":
+            self.failed += 1
+            line = (f"{head} FAILED {outcome.error_type}: {outcome.message} (traceback: "
+                    f"{failure_paths(job.out_dir)[1]})")
+        else:
+            self.done += 1
+            line = (f"{head} test acc {outcome.test_accuracy:.4f} ({outcome.time_s:.1f} s)"
+                    if outcome.status == "finished" else f"{head} {outcome.status}")
+        print(f"{line} | {self.counts()}", flush=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(5.0):
+            if time.monotonic() - self.last >= self.interval_s:
+                self.last = time.monotonic()
+                print(f"... still running: {self.counts()}", flush=True)
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def print_result(result) -> None:
@@ -102,8 +146,9 @@ def sweep_main(argv: list[str] | None = None, *, method: str | None = None, data
             return 0
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # `kill` acts as Ctrl-C
+        progress = SweepProgress()
         try:
-            result = run_sweep(plan, opts, progress=_progress)
+            result = run_sweep(plan, opts, progress=progress)
         except SweepError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -112,6 +157,7 @@ def sweep_main(argv: list[str] | None = None, *, method: str | None = None, data
                   "command again to continue.", file=sys.stderr)
             return 130
         finally:
+            progress.close()
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
         print_result(result)

@@ -178,8 +178,9 @@ def methods_named(file: Layer | None) -> list[str] | None:
     return None
 
 
-def resolve_options(file: Layer | None, cli: Layer) -> RunOptions:
-    opts = build(RunOptions, *stage_layers(file, RunOptions, "run"), _renamed(cli, RunOptions))
+def resolve_options(file: Layer | None, cli: Layer, defaults: Mapping[str, Any] | None = None) -> RunOptions:
+    """How to run: ``defaults`` (a command's own) < the file's top level < ``run:`` < flags."""
+    opts = build(RunOptions, defaults, *stage_layers(file, RunOptions, "run"), _renamed(cli, RunOptions))
     EXECUTORS.canonical(opts.executor)  # an unknown executor fails now, listing the registered ones
     return opts
 
@@ -233,7 +234,9 @@ def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, 
         fixed["dataset"] = dataset
     sweep_cli = _renamed(cli.only(set(cli) - flags - {"methods"}), SweepConfig)
     cfg = build(SweepConfig, *sweep_layers, sweep_cli, fixed)
-    return cfg, resolve_options(file, cli)
+    # A sweep saves no experiment's model unless asked (--save_model, or run: save_model: true): dozens of full
+    # models (94 MB each for ResNet-50) that no summary reads. A single experiment keeps saving its model.
+    return cfg, resolve_options(file, cli, defaults={"save_model": False})
 
 
 def resolve_data(file: Layer | None, cli: Layer | None = None) -> DriftDigitsConfig:

@@ -68,6 +68,7 @@ class SweepConfig:
     seed: int = 42  # trial k derives its own seed from this one
     batch_size: int = 32
     image_size: int | None = None
+    allow_mixed_starts: bool = False  # see ExperimentConfig
     method_configs: dict[str, Any] = field(default_factory=dict)
     source_training: dict = field(default_factory=dict)
 
@@ -89,10 +90,26 @@ class SweepConfig:
         if not self.models or not self.methods:
             raise ConfigError("A sweep needs at least one model and one method (--model, --methods).")
         bins = get_dataset(self.dataset).bins
+        self.targets = resolve_targets(self.targets, bins)
         unknown = [t for t in self.targets if t not in bins]
         if unknown:
-            raise ConfigError(f"--targets {unknown} are not bins of {self.dataset}; its bins are {list(bins)}.")
+            raise ConfigError(f"targets {unknown} are not bins of {get_dataset(self.dataset).name}; its bins are "
+                              f"{list(bins)}. Name some of them, or use 'all' or 'newest'.", "targets")
         self.method_configs = {get_method(m).name: v for m, v in (self.method_configs or {}).items()}
+
+
+TARGET_WORDS = {"all": "every bin", "newest": "the newest bin (the deployable question)"}
+
+
+def resolve_targets(targets: tuple[str, ...], bins: tuple[str, ...]) -> tuple[str, ...]:
+    """``all`` (every bin, also the default) and ``newest`` (the last bin in time order) as bin names."""
+    if len(targets) == 1 and targets[0] in TARGET_WORDS:
+        return () if targets[0] == "all" else (bins[-1],)
+    words = [t for t in targets if t in TARGET_WORDS]
+    if words:
+        raise ConfigError(f"targets {list(targets)} mix {words} with bin names; use one word alone or bin names.",
+                          "targets")
+    return targets
 
 
 @dataclass
@@ -155,15 +172,21 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
                for t, s in sources_of.items() if not s}
     for t, why in skipped.items():
         log.info("Target %s skipped: %s", t, why)
+    once = [m for m in config.methods if get_method(m).deterministic and config.num_trials > 1]
+    if once:
+        log.info("%s draw no random numbers: one run per target (not %d identical trials).", ", ".join(once),
+                 config.num_trials)
     jobs = []
     for model in config.models:
         for method in config.methods:
+            trials = 1 if method in once else config.num_trials
             for target in (t for t in targets if t not in skipped):
-                for trial in range(1, config.num_trials + 1):
+                for trial in range(1, trials + 1):
                     cfg = ExperimentConfig(dataset=config.dataset, model=model, method=method, target=target,
                                            sources=sources_of[target], protocol=config.protocol, trial=trial,
                                            seed=config.seed, batch_size=config.batch_size,
-                                           image_size=config.image_size)
+                                           image_size=config.image_size,
+                                           allow_mixed_starts=config.allow_mixed_starts)
                     jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
     if not jobs:
         raise ConfigError(f"No experiments to run: {'; '.join(skipped.values())}. Choose later --targets or "
