@@ -71,7 +71,11 @@ def _init_worker(num_threads: int, parent: tuple[int, float] | None = None) -> N
         _die_with_parent(parent)
     quiet_dependencies()
     os.environ["TQDM_DISABLE"] = "1"  # per-epoch bars from parallel workers would interleave; the caller reports
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Records down to INFO reach the handlers (an experiment's log file takes the runner's lines), while the
+    # console shows warnings only: the caller reports each task's end, and workers' lines would interleave.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     _set_threads(num_threads)
 
 

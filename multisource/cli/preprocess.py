@@ -17,6 +17,7 @@ def drift_digits_main(argv: list[str] | None = None) -> int:
     p.add_argument("--train_renders", default=None, help="renders per training instance (default 3)")
     p.add_argument("--eval_renders", default=None, help="renders per val/test instance (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--config", default=None, help="settings file; its top level and data: section apply")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -28,9 +29,9 @@ def drift_digits_main(argv: list[str] | None = None) -> int:
         from ..experiment.settings import cli_layer, read_settings, resolve_data
 
         out = Path(args.output_dir).resolve() if args.output_dir else DATASETS_DIR / "DriftDigits"
-        cli = cli_layer(args, exclude=("config", "verbose", "output_dir", "overwrite"))
+        cli = cli_layer(args, exclude=("config", "verbose", "output_dir", "overwrite", "progress"))
         cfg = resolve_data(read_settings(args.config), cli)
-        card = build_drift_digits(out, cfg, overwrite=args.overwrite)
+        card = build_drift_digits(out, cfg, overwrite=args.overwrite, progress=args.progress)
         counts = {b: {s: v["count"] for s, v in e["splits"].items()} for b, e in card["bins"].items()}
         print(f"Built drifting digits in {out}")
         for b, c in counts.items():

@@ -126,7 +126,7 @@ def assign_instances(targets: np.ndarray, bins: list[str], cfg: DriftDigitsConfi
 
 
 def build_drift_digits(output_dir: Path, cfg: DriftDigitsConfig = DriftDigitsConfig(), *,
-                       overwrite: bool = False) -> dict:
+                       overwrite: bool = False, progress: bool = True) -> dict:
     """Build the dataset into ``output_dir`` (via a temporary folder, moved into place at the end)."""
     from sklearn.datasets import load_digits  # here, not at the top: scikit-learn takes a second to import
 
@@ -136,16 +136,16 @@ def build_drift_digits(output_dir: Path, cfg: DriftDigitsConfig = DriftDigitsCon
     images, targets = digits.images, digits.target
     assignment = assign_instances(targets, bins, cfg)
     with building(Path(output_dir), overwrite=overwrite) as tmp:
-        card = _render(tmp, info, bins, images, targets, assignment, cfg)
+        card = _render(tmp, info, bins, images, targets, assignment, cfg, progress)
     log.info("Built drifting digits in %s", output_dir)
     return card
 
 
 def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.ndarray,
-            assignment: dict[str, dict[str, list[int]]], cfg: DriftDigitsConfig) -> dict:
+            assignment: dict[str, dict[str, list[int]]], cfg: DriftDigitsConfig, progress: bool = True) -> dict:
     """Every image and the card into ``tmp``."""
     jobs = [(b, s, i) for b in [UPSTREAM, *bins] for s in SPLITS for i in assignment[b][s]]
-    for b, split, i in tqdm(jobs, desc="Rendering drifting digits", unit="digit", leave=False):
+    for b, split, i in tqdm(jobs, desc="Rendering drifting digits", unit="digit", leave=False, disable=not progress):
         renders = cfg.train_renders if split == "train" else cfg.eval_renders
         folder = tmp / b / split / info.classes[int(targets[i])]
         folder.mkdir(parents=True, exist_ok=True)

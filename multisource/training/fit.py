@@ -19,6 +19,7 @@ from ..measure.metrics import classification_metrics
 from ..models.factory import data_config, resolve_model
 from ..options import RunOptions
 from .loop import predict
+from .progress import PlainProgress, output_is_terminal
 from .module import ClassifierModule
 
 
@@ -80,13 +81,15 @@ def fit_classifier(handle: DatasetHandle, bin_name: str, model: torch.nn.Module,
                               train_batch_transform=BatchAugment(dcfg, train=True) if opts.batch_augment else None)
     device_type = "cuda" if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()) else "cpu"
     precision = opts.precision_on(device_type)
+    bar = opts.progress and output_is_terminal()  # a bar in a file is silent until the end: plain lines instead
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=opts.lightning_accelerator(), devices=opts.devices,
         num_nodes=opts.num_nodes, strategy=opts.strategy, precision=lightning_precision(precision),
         gradient_clip_val=cfg.gradient_clip or None,
         logger=[TensorBoardLogger(log_dir, name=name, version="tensorboard"),
                 CSVLogger(log_dir, name=name, version="csv")],
-        enable_checkpointing=False, enable_progress_bar=opts.progress, enable_model_summary=False,
+        enable_checkpointing=False, enable_progress_bar=bar, enable_model_summary=False,
+        callbacks=[PlainProgress(f"{handle.info.name}/{bin_name}")] if opts.progress and not bar else [],
         deterministic=False, log_every_n_steps=max(1, min(50, len(train))), num_sanity_val_steps=0,
     )
     t0 = time.perf_counter()
