@@ -274,3 +274,23 @@ def test_a_deterministic_method_runs_once_per_target(own):
                       RunOptions(results_dir=str(own["results"]), device="cpu"))
     counts = {m: sum(j.config.method == m for j in plan.jobs) for m in ("ensemble", "grasp")}
     assert counts == {"ensemble": 2, "grasp": 6}
+
+
+def test_target_only_is_reused_across_protocols_when_its_inputs_are_the_same(own, tmp_path):
+    """TARGET_ONLY reads no source: a fixed budget gives it the same inputs under leave-one-out and past, so the
+    second protocol copies the first's result (and says so); a budget matched to K differs, so it runs again."""
+    common = ["--dataset", str(own["data"]), "--methods", "target_only", "--targets", "2022", "--num_trials", "1",
+              "--checkpoint_dir", str(own["results"] / "Mine" / "baselines" / MODEL), "--results_dir", str(tmp_path),
+              "--device", "cpu", "--learning_rate", "1e-3"]
+    assert sweep_main([*common, "--finetune_epochs", "1"]) == 0
+    assert sweep_main([*common, "--finetune_epochs", "1", "--protocol", "past"]) == 0
+    first = read_json(tmp_path / "Mine" / MODEL / "target_only" / "2022" / "trial_1" / "metrics.json")
+    past = tmp_path / "Mine" / MODEL / "protocols" / "past" / "target_only" / "2022" / "trial_1" / "metrics.json"
+    second = read_json(past)
+    assert second["reused_from"] == str(tmp_path / "Mine" / MODEL / "target_only" / "2022" / "trial_1")
+    assert second["protocol"] == "past" and "copied, not run again" in second["reuse_note"]
+    assert second["test"] == first["test"] and second["sources"] == ["2019", "2020", "2021"]
+    assert sweep_main([*common, "--protocol", "window:1", "--finetune_epochs", "2"]) == 0  # other inputs: run
+    third = read_json(tmp_path / "Mine" / MODEL / "protocols" / "window-1" / "target_only" / "2022" / "trial_1"
+                      / "metrics.json")
+    assert "reused_from" not in third

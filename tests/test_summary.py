@@ -266,7 +266,7 @@ def test_information_labels_merge_varying_counts_into_ranges_and_keep_kinds_apar
     # different kinds of reading stay separate labels; experiments without a record are said to be so
     assert information_labels([report(4, target=()), report(4), {"config": {}}, report(0, start="w.ckpt")]) == [
         "4 source models", "4 source models + target train/val", "not recorded",
-        "pretrained start + target train/val"]
+        "shared start + target train/val"]
 
 
 def test_trials_with_other_settings_are_named_not_silently_pooled_as_seeds(results):

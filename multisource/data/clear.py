@@ -26,7 +26,7 @@ from typing import Any
 from .card import build_card, list_images, write_card
 from .datasets import DatasetInfo, get_dataset
 from .raw import (Candidate, Placement, RawDataError, building, check_unique, copy_placements, default_workers,
-                  make_layout, summarize_skipped, verify_images, write_manifests)
+                  make_layout, small_data_warnings, summarize_skipped, verify_images, write_manifests)
 from .packed import pack_dataset
 from .splits import SPLITS, split_stratum
 
@@ -240,7 +240,10 @@ def build_clear(name: str, source_dir: Path, output_dir: Path, *, seed: int = 42
             "skipped_count": len(skipped),
             "skipped": sorted(skipped, key=lambda s: s["path"]),
             "metadata_problems": meta_problems,
+            "warnings": small_data_warnings(placements, bins),
         }
+        for w in extra["warnings"]:
+            log.warning("%s", w)
         card = build_card(tmp, dataset=info.name, classes=list(info.classes), bins=bins, seed=seed, extra=extra,
                           bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)

@@ -32,7 +32,7 @@ from ..paths import UPSTREAM, name_problem
 from ..utils.seed import derive_seed
 from .card import IMAGE_EXTENSIONS, build_card, write_card
 from .datasets import DATASETS
-from .raw import (Placement, RawDataError, building, default_workers, make_layout, parallel_map,
+from .raw import (Placement, RawDataError, building, default_workers, make_layout, parallel_map, small_data_warnings,
                   write_manifests)
 from .splits import SPLITS, split_stratum
 from .timebins import BinRule, assign_bins, natural_key, order_named_bins, parse_bin_rule, parse_timestamps
@@ -40,7 +40,6 @@ from .timebins import BinRule, assign_bins, natural_key, order_named_bins, parse
 log = logging.getLogger(__name__)
 LINKS = ("copy", "hardlink", "symlink")
 MIN_STRATUM = 10  # the smallest stratum whose split has a train, a val and a test image (8/1/1)
-SMALL_TEST = 20  # fewer test images than this in a bin: each one moves its accuracy by more than 5 points
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
                  ".ndjson": "jsonl"}
 
@@ -462,12 +461,7 @@ def bin_extra(bins_meta: list[dict], bins: list[str], skipped: list[dict]) -> di
 
 def card_extra(cfg: ImportConfig, source: dict, bins: list[str], classes: list[str], placements: list[Placement],
                skipped: list[dict], small: list[dict], sizes: dict[str, Any]) -> dict[str, Any]:
-    warnings = []
-    for b in bins:
-        n_test = sum(p.bin == b and p.split == "test" for p in placements)
-        if n_test < SMALL_TEST:
-            warnings.append(f"bin {b} has {n_test} test images: one image is {100 / n_test:.1f} accuracy points, so "
-                            "differences between methods on it below that cannot be seen (wider bins hold more)")
+    warnings = small_data_warnings(placements, bins)
     for cls in classes:
         absent = [b for b in bins if not any(p.bin == b and p.cls == cls for p in placements)]
         if absent:

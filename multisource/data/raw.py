@@ -133,6 +133,31 @@ def copy_placements(root: Path, placements: Sequence[Placement], *, workers: int
                  desc="Copying images", progress=progress)
 
 
+SMALL_TEST = 20  # fewer test images than this in a bin: each one moves its accuracy by more than 5 points
+
+
+def small_data_warnings(placements: Sequence[Placement], bins: Sequence[str]) -> list[str]:
+    """The one small-data rule every builder states: a bin with an empty split cannot train a model (it selects on
+    val) or be scored; a split with fewer than two classes cannot make a bin a target; fewer than SMALL_TEST test
+    images resolve accuracy only coarsely (what one image is worth is said)."""
+    out = []
+    for b in bins:
+        counts = {s: sum(p.bin == b and p.split == s for p in placements) for s in SPLITS}
+        empty = [s for s, n in counts.items() if n == 0]
+        if empty:
+            out.append(f"bin {b} has no {' or '.join(empty)} images: no model can be trained, selected or scored on "
+                       "it (more images per class fill every split)")
+            continue
+        thin = [s for s in SPLITS if len({p.cls for p in placements if p.bin == b and p.split == s}) < 2]
+        if thin:
+            out.append(f"bin {b} cannot be a target: its {', '.join(thin)} split(s) hold fewer than two classes")
+        if counts["test"] < SMALL_TEST:
+            out.append(f"bin {b} has {counts['test']} test images: one image is {100 / counts['test']:.1f} accuracy "
+                       "points, so differences between methods on it below that cannot be seen (more images per "
+                       "bin resolve more)")
+    return out
+
+
 def write_manifests(root: Path, placements: Sequence[Placement]) -> None:
     """Per bin, ``manifest.jsonl``: one JSON record per image, sorted by its path within the bin."""
     by_bin: dict[str, list[Placement]] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from .card import IMAGE_EXTENSIONS, build_card, write_card
 from .datasets import get_dataset
 from .raw import (Candidate, Placement, RawDataError, building, check_unique, copy_placements, default_workers,
-                  make_layout, summarize_skipped, verify_images, write_manifests)
+                  make_layout, small_data_warnings, summarize_skipped, verify_images, write_manifests)
 from .packed import pack_dataset
 from .splits import split_stratum
 
@@ -181,7 +181,10 @@ def build_yearbook(source_dir: Path, output_dir: Path, *, label: str = "gender",
             "file_naming": "<gender>_<original file name> (M/ and F/ may share names), bytes copied unchanged",
             "skipped_count": len(skipped),
             "skipped": sorted(skipped, key=lambda s: s["path"]),
+            "warnings": small_data_warnings(placements, bins),
         }
+        for w in extra["warnings"]:
+            log.warning("%s", w)
         if label == "decade":
             extra["decade_boundaries"] = {
                 b: {"earlier_decade": f"year < {y}", "later_decade": f"year >= {y}"}

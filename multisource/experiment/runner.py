@@ -7,6 +7,7 @@ into it at the end, so a crash leaves no half-written result and a failed re-run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,6 +29,8 @@ from ..methods.inputs import source_pool, target_data
 from ..models.checkpoint import save_checkpoint
 from ..models.factory import count_parameters
 from ..options import RunOptions
+from ..paths import model_results_dir
+from ..training.start import StartMismatch, common_start
 from ..training.loop import predict
 from ..utils.env import environment
 from ..utils.io import atomic_write, read_json, save_torch, write_json
@@ -139,6 +142,9 @@ def run_plan(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any]:
     if is_finished(out) and not opts.overwrite:
         raise ExperimentExists(f"{out} already holds a finished experiment; pass --overwrite to replace it.")
     check_replaceable(out)
+    reused = reuse_twin(plan, opts)
+    if reused is not None:
+        return reused
     device = opts.torch_device()
     remove_stale_staging(out)  # what a killed run (kill -9, power loss) left beside this experiment
     staging = out.with_name(f".{out.name}.partial-{process_tag()}")
@@ -158,6 +164,53 @@ def run_plan(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any]:
     handler.close()
     _replace_dir(staging, out)
     return result
+
+
+def _same_inputs(report: dict, plan: ExperimentPlan, opts: RunOptions) -> bool:
+    """A finished result was computed from exactly what ``plan`` would read: the same data build, seed, method
+    configuration, batch, image size, precision, device and shared start (its protocol and sources aside)."""
+    config = report.get("config") or {}
+    start = (report.get("information_used") or {}).get("pretrained_start")
+    return (report.get("data_fingerprint") == plan.handle.fingerprint and report.get("seed") == plan.seed
+            and config.get("method_config") == json.loads(json.dumps(asdict(plan.method_config)))
+            and config.get("batch_size") == plan.config.batch_size and config.get("image_size") == plan.image_size
+            and config.get("precision_requested") == opts.precision
+            and (report.get("options") or {}).get("device") == opts.device
+            and start is not None and start == common_start(plan.checkpoints).path)
+
+
+def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any] | None:
+    """For a method that reads no source model (TARGET_ONLY), the same experiment finished under another protocol
+    with the same inputs is the same result: copy it in (its record says from where) instead of computing it
+    again. None when there is no such twin."""
+    if get_method(plan.config.method).reads_sources or opts.overwrite:
+        return None
+    c = plan.config
+    base = model_results_dir(opts.results_path(), plan.handle.info.name, c.model)
+    dirs = [base] + (sorted(p for p in (base / "protocols").iterdir() if p.is_dir())
+                     if (base / "protocols").is_dir() else [])
+    for other in (d / c.method / c.target / f"trial_{c.trial}" for d in dirs):
+        if other == plan.out_dir or not is_finished(other):
+            continue
+        report = read_json(other / METRICS_FILE)
+        try:
+            if not _same_inputs(report, plan, opts):
+                continue
+        except StartMismatch:  # sources of mixed starts (--allow_mixed_starts): no one start to compare
+            return None
+        earlier = report.get("protocol")
+        staging = plan.out_dir.with_name(f".{plan.out_dir.name}.partial-{process_tag()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(other, staging)
+        report.update(protocol=c.protocol, sources=list(plan.sources), reused_from=str(other),
+                      reuse_note=f"{c.method} reads no source model, so under protocol {c.protocol} it has the "
+                             f"same inputs as under {earlier}: that result, copied, not run again")
+        report["config"].update(protocol=c.protocol, sources=list(plan.sources))
+        write_json(staging / METRICS_FILE, report)
+        _replace_dir(staging, plan.out_dir)
+        log.info("%s: the same inputs were run under protocol %s; reused %s", plan.label, earlier, other)
+        return report
+    return None
 
 
 def _replace_dir(staging: Path, out: Path) -> None:

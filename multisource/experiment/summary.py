@@ -273,7 +273,7 @@ def _information_label(kind: tuple, models: list[int], bins: list[int]) -> str:
     if has_models:
         parts.append(f"{count(models)} source model{'s' if max(models) > 1 else ''}")
     if pretrained:
-        parts.append("pretrained start")
+        parts.append("shared start")
     if has_bins:
         parts.append(f"source data ({count(bins)} bin{'s' if max(bins) > 1 else ''})")
     if target:

@@ -258,7 +258,8 @@ class MethodSpec:
     it combines the sources' parameters (or starts from their start), which is meaningful only when all were
     fine-tuned from one start, so the plan refuses sources that were not; ``deterministic``: it draws no random
     number (no training, no sampling), so a sweep runs it once per target and reports one run, not trials that
-    would look like independent seeds."""
+    would look like independent seeds; ``reads_sources``: False for a row that reads no source model (it may read
+    their start), whose result a sweep can reuse across protocols when its inputs are the same."""
 
     name: str
     config_cls: type
@@ -270,6 +271,7 @@ class MethodSpec:
     match_budget: Callable[[Any, int], Any] | None = None
     needs_shared_start: bool = False
     deterministic: bool = False
+    reads_sources: bool = True
 
     def order_of(self, config: Any) -> str:
         return self.source_order(config) if self.source_order else "chronological"
@@ -282,10 +284,12 @@ def register_method(name: str, config_cls: type, description: str = "", *,
                     source_order: Callable[[Any], str] | None = None, reference: bool = False,
                     target_epochs: Callable[[Any, int], int] | None = None,
                     match_budget: Callable[[Any, int], Any] | None = None,
-                    needs_shared_start: bool = False, deterministic: bool = False) -> Callable:
+                    needs_shared_start: bool = False, deterministic: bool = False,
+                    reads_sources: bool = True) -> Callable:
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         METHODS.register(name, MethodSpec(name, config_cls, fn, description, source_order, reference,
-                                          target_epochs, match_budget, needs_shared_start, deterministic))
+                                          target_epochs, match_budget, needs_shared_start, deterministic,
+                                          reads_sources))
         return fn
 
     return deco

@@ -39,7 +39,7 @@ class TargetOnlyConfig(TargetFinetuneConfig):
 
 @register_method("target_only", TargetOnlyConfig, "Reference: the shared pretrained start fine-tuned on the "
                  "target only (no source model).", match_budget=match_finetune_epochs,
-                 needs_shared_start=True)
+                 needs_shared_start=True, reads_sources=False)
 def run(cfg: TargetOnlyConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     with meter.phase("load"):
         model = pool.load_start()
