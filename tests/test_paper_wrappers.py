@@ -161,7 +161,8 @@ def test_a_wrapper_runs_from_its_own_folder(trained_sources, tmp_path, monkeypat
         runpy.run_path("run_all_ensemble_drift_digits.py", run_name="__main__")
     out = capsys.readouterr().out
     assert done.value.code == 0
-    assert "4 experiments" in out and "ensemble era_2 trial 2" in out and "to run" in out
+    assert "2 experiments" in out and "ensemble era_2 trial 1" in out and "to run" in out
+    assert "ensemble once per target: deterministic" in out and "trial 2" not in out
 
 
 def test_a_sectioned_config_file_is_accepted(tmp_path):

@@ -132,15 +132,18 @@ def sweep_main(argv: list[str] | None = None, *, method: str | None = None, data
     def main() -> int:
         from ..experiment.settings import cli_layer, read_settings, resolve_sweep
         from ..experiment.sweep import SweepError, describe_plan, missing_checkpoints, plan_sweep, run_sweep
+        from ..methods import get_method
 
         cli = cli_layer(args, exclude=("config", "verbose", "dry_run"))
         config, opts = resolve_sweep(read_settings(args.config), cli, method=method, dataset=dataset,
                                      method_flags=owners)
         plan = plan_sweep(config, opts)
         if args.dry_run:
+            once = [m for m in config.methods if get_method(m).deterministic]
             print(f"{len(plan.jobs)} experiments ({plan.handle.info.name}, protocol {config.protocol}; models "
-                  f"{list(config.models)}; methods "
-                  f"{list(config.methods)}; {config.num_trials} trial(s)):\n{describe_plan(plan.jobs)}")
+                  f"{list(config.models)}; methods {list(config.methods)}; {config.num_trials} trial(s)"
+                  + (f", {', '.join(once)} once per target: deterministic" if once else "")
+                  + f"):\n{describe_plan(plan.jobs)}")
             for model, items in missing_checkpoints(plan, plan.jobs).items():
                 print(f"missing source checkpoints for {model}: {[b for b, _ in items]}")
             return 0
