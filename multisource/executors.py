@@ -52,7 +52,9 @@ def _die_with_parent(parent: tuple[int, float]) -> None:
     def gone() -> bool:
         try:
             proc = psutil.Process(parent[0])
-            return proc.create_time() != parent[1] or proc.status() == psutil.STATUS_ZOMBIE
+            # a start time over a second apart is another process under a reused pid (psutil derives it from the
+            # boot time, which a clock step can shift by a little, so exact equality could kill a live worker)
+            return abs(proc.create_time() - parent[1]) > 1.0 or proc.status() == psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return True
 

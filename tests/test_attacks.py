@@ -402,3 +402,18 @@ def test_a_full_disk_during_an_import_names_output_dir_not_results_dir(tmp_path,
     err = one_line_error(capsys)
     assert "No space left on device" in err and "--output_dir" in err and "--results_dir" not in err
     assert not (tmp_path / "Full").exists() and not list(tmp_path.glob(".Full*"))
+
+
+def test_a_claim_left_under_this_processs_own_tag_is_taken_over(tmp_path):
+    """A restarted container can reuse the host name and pid of a process killed while it held a claim."""
+    out = tmp_path / "trial_1"
+    claims.claim_path(out).write_text(claims.process_tag())
+    assert claims.try_claim(out) and claims.claim_path(out).read_text() == claims.process_tag()
+
+
+def test_a_built_dataset_is_readable_by_others_as_the_umask_allows(tmp_path):
+    out = tmp_path / "Data"
+    assert run_import(tmp_path, image_table(tmp_path), out) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's private 0700

@@ -275,7 +275,7 @@ def image_sizes(sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
     short = np.minimum(w, h)
     describe = lambda a: {"min": int(a.min()), "median": int(np.median(a)), "max": int(a.max())}  # noqa: E731
     return {"width": describe(w), "height": describe(h), "shorter_side": describe(short),
-            "native_size": max(8, int(np.median(short)))}
+            "native_size": min(8192, max(8, int(np.median(short))))}
 
 
 def target_problems(placements: Sequence[Placement], bins: Sequence[str]) -> list[str]:

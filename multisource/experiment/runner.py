@@ -166,17 +166,27 @@ def run_plan(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any]:
     return result
 
 
+def start_fingerprint(plan: ExperimentPlan) -> str | None:
+    """The sources' shared start (None when they have none: mixed starts, allowed)."""
+    try:
+        return common_start(plan.checkpoints).fingerprint
+    except StartMismatch:
+        return None
+
+
 def _same_inputs(report: dict, plan: ExperimentPlan, opts: RunOptions) -> bool:
     """A finished result was computed from exactly what ``plan`` would read: the same data build, seed, method
-    configuration, batch, image size, precision, device and shared start (its protocol and sources aside)."""
-    config = report.get("config") or {}
-    start = (report.get("information_used") or {}).get("pretrained_start")
+    configuration, batch, image size, augmentation path, precision and device as they ran, and shared start (its
+    protocol and sources aside)."""
+    config, options = report.get("config") or {}, report.get("options") or {}
+    device = opts.torch_device()
     return (report.get("data_fingerprint") == plan.handle.fingerprint and report.get("seed") == plan.seed
             and config.get("method_config") == json.loads(json.dumps(asdict(plan.method_config)))
             and config.get("batch_size") == plan.config.batch_size and config.get("image_size") == plan.image_size
-            and config.get("precision_requested") == opts.precision
-            and (report.get("options") or {}).get("device") == opts.device
-            and start is not None and start == common_start(plan.checkpoints).path)
+            and config.get("precision") == opts.precision_on(device.type)
+            and (report.get("environment") or {}).get("device") == str(device)
+            and options.get("batch_augment") == opts.batch_augment
+            and config.get("start_fingerprint") is not None and config["start_fingerprint"] == start_fingerprint(plan))
 
 
 def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any] | None:
@@ -193,11 +203,8 @@ def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any] | None:
         if other == plan.out_dir or not is_finished(other):
             continue
         report = read_json(other / METRICS_FILE)
-        try:
-            if not _same_inputs(report, plan, opts):
-                continue
-        except StartMismatch:  # sources of mixed starts (--allow_mixed_starts): no one start to compare
-            return None
+        if not _same_inputs(report, plan, opts):
+            continue
         earlier = report.get("protocol")
         staging = plan.out_dir.with_name(f".{plan.out_dir.name}.partial-{process_tag()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -267,7 +274,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
         "target": cfg.target, "sources": list(plan.sources), "trial": cfg.trial, "seed": plan.seed,
         "config": {**asdict(cfg), "sources": list(plan.sources), "method_config": asdict(plan.method_config),
                    "base_seed": cfg.seed, "image_size": target.image_size, "precision": target.precision,
-                   "precision_requested": opts.precision},
+                   "precision_requested": opts.precision, "start_fingerprint": start_fingerprint(plan)},
         "options": {**asdict(opts), "data_root": str(handle.root)},
         "checkpoints": {b: str(p) for b, p in plan.checkpoints.items()},
         "information_used": used,

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.loaders import DatasetHandle
-from ..models.checkpoint import load_backbone, read_checkpoint_meta, save_checkpoint
+import torch
+
+from ..models.checkpoint import load_backbone, read_checkpoint, read_checkpoint_meta, save_checkpoint
 from ..models.factory import ModelError, create_model, missing_weights_message, pretrained_file, resolve_model
 from ..options import RunOptions
 from ..paths import UPSTREAM, safe_name
@@ -56,11 +58,21 @@ class SharedStart:
 
 
 def file_fingerprint(path: str | Path) -> str:
-    """sha256 (16 hex digits) of a file's bytes: the identity of a start stored as a file."""
+    """The identity of a start stored as a file (16 hex digits): for a checkpoint this project wrote, the sha256 of
+    its tensors (its file also holds a creation time, so the same weights written twice would differ); for
+    another library's weights file, of its bytes."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        state = read_checkpoint(path, mmap=True)["state_dict"]
+    except Exception:  # noqa: BLE001  not ours: the bytes are the identity
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:16]
+    for name in sorted(state):
+        tensor = state[name].contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -150,10 +162,13 @@ def start_of(meta: dict[str, Any], name: str = "") -> SharedStart:
     weights = config.get("pretrained_from")
     if not config.get("pretrained"):
         return SharedStart("random", None, f"own-init-of-{name or meta.get('bin')}")
-    if weights:
-        return SharedStart("upstream" if Path(weights).parent.name == UPSTREAM else "weights", weights,
-                           f"file:{weights}")
-    return SharedStart("imagenet", None, f"imagenet:{meta.get('model_name')}", source=str(meta.get("model_name")))
+    if weights:  # identified as resolve_start identifies it, so old and new checkpoints of one start agree
+        fingerprint = file_fingerprint(weights) if Path(weights).is_file() else f"file:{weights}"
+        return SharedStart("upstream" if Path(weights).parent.name == UPSTREAM else "weights", weights, fingerprint)
+    spec = resolve_model(str(meta.get("model_name")))
+    file = pretrained_file(spec)
+    fingerprint = file_fingerprint(file) if file else hashlib.sha256(spec.source.encode()).hexdigest()[:16]
+    return SharedStart("imagenet", file, fingerprint, source=spec.source)
 
 
 def common_start(checkpoints: dict[str, Path]) -> SharedStart:
