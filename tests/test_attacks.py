@@ -404,10 +404,13 @@ def test_a_full_disk_during_an_import_names_output_dir_not_results_dir(tmp_path,
     assert not (tmp_path / "Full").exists() and not list(tmp_path.glob(".Full*"))
 
 
-def test_a_claim_left_under_this_processs_own_tag_is_taken_over(tmp_path):
+def test_a_claim_left_under_this_processs_own_tag_is_taken_over_once_stale(tmp_path):
     """A restarted container can reuse the host name and pid of a process killed while it held a claim."""
     out = tmp_path / "trial_1"
     claims.claim_path(out).write_text(claims.process_tag())
+    assert not claims.try_claim(out)  # fresh: this process holds it (its heartbeat keeps it so)
+    old = time.time() - claims.STALE_AFTER_S - 5
+    os.utime(claims.claim_path(out), (old, old))
     assert claims.try_claim(out) and claims.claim_path(out).read_text() == claims.process_tag()
 
 

@@ -82,9 +82,10 @@ def try_claim(out_dir: Path) -> bool:
                 return True
             except FileExistsError:
                 owner = read_owner(path)
-                # A claim with this process's own tag is left from an earlier process with the same host name and
-                # pid (a restarted container): this process never takes a claim twice, so it is stale.
-                if owner != tag and not _claim_is_stale(path, owner):
+                # This process's own tag counts like any other: held while its heartbeat keeps it fresh, and taken
+                # over once untouched for STALE_AFTER_S (left by an earlier process with the same host and pid, e.g.
+                # a restarted container; before, such a claim was refused forever).
+                if not _claim_is_stale(path, owner):
                     return False
                 log.warning("Taking over the stale claim %s of %s.", path, owner or "an unknown process")
                 path.unlink(missing_ok=True)
