@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..paths import UPSTREAM
-from ..utils.io import read_json, write_text
+from ..utils.io import current_umask, read_json, write_text
 from .card import CARD_NAME
 from .folder import DataError
 from .splits import SPLITS
@@ -239,7 +239,7 @@ def building(output_dir: Path, *, overwrite: bool, source_dir: Path | None = Non
     check_output_dir(output_dir, overwrite=overwrite, source_dir=source_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.building-", dir=output_dir.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the dataset is read by others too
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private (0700); the dataset is read by others too
     try:
         yield tmp
     except BaseException:
@@ -250,12 +250,6 @@ def building(output_dir: Path, *, overwrite: bool, source_dir: Path | None = Non
         output_dir.rename(old / output_dir.name)
     tmp.rename(output_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def summarize_skipped(skipped: Sequence[dict], bins: Sequence[str]) -> dict[str, int]:

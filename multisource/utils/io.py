@@ -46,7 +46,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give results normal permissions
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp creates 0600; give results normal permissions
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -71,7 +71,8 @@ def save_torch(path: str | os.PathLike, payload: Any) -> Path:
     return atomic_write(path, write)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
