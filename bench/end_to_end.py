@@ -67,8 +67,8 @@ def pipeline(tmp: Path, args) -> tuple[dict[str, float], dict]:
         cfg = ExperimentConfig(dataset="drift_digits", model=MODEL, method=method, target=TARGET,
                                batch_size=args.batch_size, method_config=mcfg)
         report = stage(f"method:{method}", lambda cfg=cfg: run_experiment(cfg, eopts))
-        scores[method] = {"test_accuracy": report["test"]["accuracy"],
-                          "meter_time_by_phase_s": {k: round(v, 2) for k, v in report["time"]["by_phase"].items()}}
+        scores[method] = {"test_accuracy": report.test.accuracy,
+                          "meter_time_by_phase_s": {k: round(v, 2) for k, v in report.time.extra["by_phase"].items()}}
     times["total"] = round(sum(v for k, v in times.items() if not k.startswith("train_source:") and k != "total"), 2)
     return times, scores
 

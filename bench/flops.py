@@ -204,12 +204,12 @@ def cross_check(data_root: Path, tmp: Path, num_sources: int = 4) -> list[dict]:
                                                  method_config=dict(mcfg),
                                                  # random sources of no shared start: only their FLOPs are counted
                                                  allow_mixed_starts=True), opts)
-        measured = report["flops"]["total"]
+        measured = report.flops.total
         projected = sum(project(name, len(sources), cost, sizes, hp).values())
         rows.append({"method": name, "ledger_gmacs": round(measured / 1e9, 3),
                      "projected_gmacs": round(projected / 1e9, 3),
                      "projected_over_ledger": ratio(projected, measured, 4),
-                     "ledger_by_phase": report["flops"]["by_phase"]})
+                     "ledger_by_phase": report.flops.extra["by_phase"]})
     return rows
 
 

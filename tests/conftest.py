@@ -70,3 +70,30 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         group = "trained_sources" if "trained_sources" in getattr(item, "fixturenames", ()) else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+# Where each summary metric lives in a metrics.json file, written out independently of the summary's own
+# declarations (schema 2 nests a stage's scores under "stages"; schema 1 kept them at the top level).
+METRIC_PATHS: dict[str, tuple[str, ...]] = {
+    "test_accuracy": ("test", "accuracy"),
+    "test_accuracy_before_finetune": ("stages", "before_finetune", "test_accuracy"),
+    "val_accuracy_before_finetune": ("stages", "before_finetune", "val_accuracy"),
+    "test_precision_macro": ("test", "precision_macro"), "test_recall_macro": ("test", "recall_macro"),
+    "test_f1_macro": ("test", "f1_macro"), "val_accuracy": ("val", "accuracy"), "time_s": ("time", "total_s"),
+    "peak_memory_bytes": ("memory", "peak_bytes"), "resident_model_bytes": ("memory", "resident_model_bytes"),
+    "max_models_resident": ("memory", "max_models_resident"), "flops_total_macs": ("flops", "total"),
+    "flops_forward_per_image_macs": ("flops", "forward_per_image"), "target_epochs": ("budget", "target_epochs"),
+    "target_train_images": ("budget", "target_train_images"),
+    "source_models_read": ("information_used", "num_source_models"),
+}
+
+
+def file_value(report: dict, key: str) -> float | None:
+    """A summary metric read straight from a metrics.json's content (the summary's oracle)."""
+    path = METRIC_PATHS[key]
+    if report.get("schema_version", 1) == 1 and path[0] == "stages":
+        path = path[1:]
+    value = report
+    for part in path:
+        value = (value or {}).get(part)
+    return None if value is None else float(value)

@@ -31,7 +31,8 @@ from multisource.cli.train import train_baseline_main
 from multisource.config import ConfigError, load_yaml
 from multisource.data.card import CARD_NAME
 from multisource.data.timebins import TimeStampError, parse_timestamps
-from multisource.experiment import claims, runner
+from multisource import claims
+from multisource.experiment import runner
 from multisource.experiment.config import ExperimentConfig
 from multisource.models import save_checkpoint
 from multisource.models.factory import ModelError, create_model

@@ -376,4 +376,4 @@ def test_target_training_can_take_its_augmentation_per_batch_on_the_device(share
                             RunOptions(batch_augment=True, checkpoint_dir=str(folder), save_model=False, device="cpu",
                                        data_root=str(shared_start_pool["data_root"]),
                                        results_dir=str(folder / "results")))
-    assert report["options"]["batch_augment"] is True and report["budget"]["target_epochs"] == 1
+    assert report.extra["options"]["batch_augment"] is True and report.budget.target_epochs == 1

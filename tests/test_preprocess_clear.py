@@ -310,7 +310,7 @@ def test_merging_baselines_run_on_the_fake_build_from_a_shared_start(clear10, tm
         m = json.loads((results / "clear10" / "tiny-resnet" / method / "year_5-6" / "trial_1" /
                         "metrics.json").read_text())
         assert m["information_used"]["source_models"] == ["year_1-2", "year_3-4", "year_7-8", "year_9-10"]
-        assert m["budget"]["target_epochs"] == 1 and 0 <= m["before_finetune"]["test_accuracy"] <= 1
+        assert m["budget"]["target_epochs"] == 1 and 0 <= m["stages"]["before_finetune"]["test_accuracy"] <= 1
         if method != "soup":
             assert m["information_used"]["pretrained_start"] == str(start)
     comparison = (results / "clear10" / "tiny-resnet" / "summaries" / "comparison.md").read_text()

@@ -35,6 +35,11 @@ FAST_FLAGS = {
     "dare": ["--finetune_epochs", "1", "--drop_rate", "0.3", "--merge", "ties"],
     "soup": ["--finetune_epochs", "1", "--mode", "greedy"],
 }
+# Per method, what its experiment must show with FAST_FLAGS on two sources: models held at once, target epochs.
+RESIDENT = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 2, "target_only": 1, "source_finetune": 1,
+            "task_arithmetic": 2, "ties": 2, "dare": 2, "soup": 3}
+TARGET_EPOCHS = {"ensemble": 0, "fusion": 1, "grasp": 2, "pearl": 1, "target_only": 6, "source_finetune": 1,
+                 "task_arithmetic": 1, "ties": 0, "dare": 1, "soup": 1}
 REQUIRED = {"dataset", "model", "method", "target", "sources", "trial", "seed", "config", "environment", "val", "test",
             "flops", "memory", "time", "params", "record", "budget", "information_used"}
 
@@ -43,6 +48,14 @@ def _opts(trained_sources, results: Path, **kw) -> RunOptions:
     base = {"data_root": str(trained_sources["data_root"]), "checkpoint_dir": str(trained_sources["checkpoint_dir"]),
             "results_dir": str(results), "device": "cpu"}
     return RunOptions(**{**base, **kw})
+
+
+def test_every_registered_method_has_its_fast_flags_and_contract_rows():
+    """A new method is run end to end by the test below only if it has its rows here: missing ones fail."""
+    from multisource.methods import list_methods
+
+    for table in ("FAST_FLAGS", "RESIDENT", "TARGET_EPOCHS"):
+        assert sorted(globals()[table]) == list_methods(), f"{table} needs a row for every registered method"
 
 
 @pytest.mark.slow
@@ -89,17 +102,13 @@ def test_method_script_writes_its_files(trained_sources, tmp_path, method, capsy
     assert "underlying test examples" in m["test"]["ci95_method"]
     assert m["flops"]["total"] > 0 and m["flops"]["forward_per_image"] > 0 and "MAC" in m["flops"]["convention"]
     assert m["memory"]["peak_bytes"] > 0 and m["time"]["total_s"] > 0
-    resident = {"ensemble": 2, "fusion": 2, "grasp": 2, "pearl": 2, "target_only": 1, "source_finetune": 1,
-                "task_arithmetic": 2, "ties": 2, "dare": 2, "soup": 3}[method]
-    assert m["memory"]["max_models_resident"] == resident
+    assert m["memory"]["max_models_resident"] == RESIDENT[method]
     used = m["information_used"]
     read = {"target_only": [], "source_finetune": ["era_2", "era_4", m["record"].get("source")]}.get(method, ["era_2", "era_4"])
     assert used["source_models"] == list(dict.fromkeys(read)) and len(used["loaded_checkpoints"]) == len(set(read))
     target_read = {"ensemble": [], "ties": ["val"]}.get(method, ["train", "val"])  # ties: merged, not fine-tuned
     assert used["target_data"] == target_read and used["source_data"] == []
-    budget = {"ensemble": 0, "fusion": 1, "grasp": 2, "pearl": 1, "target_only": 6, "source_finetune": 1,
-              "task_arithmetic": 1, "ties": 0, "dare": 1, "soup": 1}[method]
-    assert m["budget"]["target_epochs"] == budget and m["config"]["method_config"].get("finetune_epochs") != "matched"
+    assert m["budget"]["target_epochs"] == TARGET_EPOCHS[method] and m["config"]["method_config"].get("finetune_epochs") != "matched"
     assert f"test acc {m['test']['accuracy']:.4f}" in stdout
     if method == "grasp":
         assert [s["source"] for s in m["record"]["steps"]] == ["era_4"]
@@ -109,13 +118,13 @@ def test_method_script_writes_its_files(trained_sources, tmp_path, method, capsy
         assert 0 < m["record"]["approximation"]["era_4"]["relative_error"] < 1
         assert (out / "model.pt").is_file()
     if method in ("task_arithmetic", "ties", "dare", "soup"):  # merged weights scored before fine-tuning too
-        before = m["before_finetune"]
+        before = m["stages"]["before_finetune"]
         assert 0 <= before["test_accuracy"] <= 1 and before["same_as_final"] == (method == "ties")
         if method == "ties":
             assert before["test_accuracy"] == m["test"]["accuracy"]
         assert used["pretrained_start"] or method == "soup"  # task vectors are taken from the shared start
     else:
-        assert "before_finetune" not in m
+        assert "before_finetune" not in m and m["stages"] == {}
     if method in ("fusion", "grasp", "target_only", "source_finetune", "task_arithmetic", "ties", "dare", "soup"):
         model, meta = load_checkpoint(out / "model.ckpt")
         assert meta["classes"] == [str(d) for d in range(10)]
@@ -165,4 +174,4 @@ def test_finished_experiment_is_kept_and_failed_rerun_leaves_it(trained_sources,
         run_experiment(cfg, _opts(trained_sources, tmp_path, overwrite=True))
     assert (out / "metrics.json").read_bytes() == before  # the finished result survived the failed re-run
     assert [p.name for p in out.parent.iterdir()] == ["trial_1"]  # and no staging folder is left
-    assert first["test"]["accuracy"] == json.loads(before)["test"]["accuracy"]
+    assert first.test.accuracy == json.loads(before)["test"]["accuracy"]

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from multisource.experiment.summary import METRICS, collect, describe, metric_value, write_summaries
+from multisource.experiment.summary import METRICS, collect, describe, write_summaries
 from multisource.utils.io import read_json, write_json, write_text
+
+from conftest import METRIC_PATHS, file_value
+
+def test_every_summary_metric_has_an_oracle_path():
+    assert set(METRIC_PATHS) == set(METRICS)
 
 DATASET, MODEL = "drift_digits", "tiny-resnet"
 TARGETS = ("era_2", "era_4")  # written in reverse below: summaries must follow the bin order
@@ -88,10 +93,11 @@ def test_summary_numbers_equal_the_metrics_files(results):
         assert list(summary["targets"]) == ["era_2", "era_4"]  # bin order
         assert summary["num_experiments"] == len(runs["finished"])
         for target, rec in summary["targets"].items():
-            reports = sorted((r for r in runs["finished"] if r["target"] == target), key=lambda r: r["trial"])
-            assert rec["trials"] == [r["trial"] for r in reports]
+            records = sorted((r for r in runs["finished"] if r.target == target), key=lambda r: r.trial)
+            assert rec["trials"] == [r.trial for r in records]
+            reports = [read_json(r.folder / "metrics.json") for r in records]
             for key in METRICS:
-                values = [metric_value(r, key) for r in reports]
+                values = [file_value(r, key) for r in reports]
                 assert rec["metrics"][key]["values"] == values
                 if None in values:  # e.g. accuracy before fine-tuning: only the merges have one
                     assert set(values) == {None} and rec["metrics"][key]["mean"] is None
@@ -252,11 +258,16 @@ def test_two_targets_print_no_p_value(tmp_path):
 
 
 def test_information_labels_merge_varying_counts_into_ranges_and_keep_kinds_apart():
+    from multisource.experiment.record import ExperimentRecord
     from multisource.experiment.summary import information_labels
 
-    def report(models: int, bins: int = 0, start: str | None = None, target=("train", "val")) -> dict:
-        return {"information_used": {"num_source_models": models, "pretrained_start": start,
-                                     "source_data": [f"b{i}" for i in range(bins)], "target_data": list(target)}}
+    def record(used: dict | None):
+        return ExperimentRecord.from_json({"target": "era_2", "trial": 1, "test": {"accuracy": 0.5},
+                                           **({"information_used": used} if used is not None else {})})
+
+    def report(models: int, bins: int = 0, start: str | None = None, target=("train", "val")):
+        return record({"num_source_models": models, "pretrained_start": start,
+                       "source_data": [f"b{i}" for i in range(bins)], "target_data": list(target)})
 
     # a past-only protocol: the second bin reads one source, the last four
     assert information_labels([report(k) for k in (3, 1, 4, 2)]) == ["1-4 source models + target train/val"]
@@ -264,7 +275,7 @@ def test_information_labels_merge_varying_counts_into_ranges_and_keep_kinds_apar
     assert information_labels([report(2, bins=1), report(4, bins=3)]) == [
         "2-4 source models + source data (1-3 bins) + target train/val"]
     # different kinds of reading stay separate labels; experiments without a record are said to be so
-    assert information_labels([report(4, target=()), report(4), {"config": {}}, report(0, start="w.ckpt")]) == [
+    assert information_labels([report(4, target=()), report(4), record(None), report(0, start="w.ckpt")]) == [
         "4 source models", "4 source models + target train/val", "not recorded",
         "shared start + target train/val"]
 

@@ -92,12 +92,10 @@ def experiment_main(argv: list[str] | None = None, *, method: str | None = None)
         file = read_settings(args.config)
         cfg, opts = resolve_experiment(file, cli, chosen, set(owners))
         # A ``matched`` budget follows the reference method's settings in the same file, as in a sweep.
-        report = run_experiment(cfg, opts, reference_config=resolve_method_config(file, reference_method()))
-        t = report["test"]
-        print(f"{report['method']} {report['dataset']}/{report['model']} target {report['target']} "
-              f"trial {report['trial']}: test acc {t['accuracy']:.4f} (macro F1 {t['f1_macro']:.4f}), "
-              f"peak memory {report['memory']['peak_bytes'] / 2**20:.0f} MiB, "
-              f"max models resident {report['memory']['max_models_resident']}, time {report['time']['total_s']:.1f}s")
+        r = run_experiment(cfg, opts, reference_config=resolve_method_config(file, reference_method()))
+        print(f"{r.method} {r.dataset}/{r.model} target {r.target} trial {r.trial}: test acc {r.test.accuracy:.4f} "
+              f"(macro F1 {r.test.f1_macro:.4f}), peak memory {r.memory.peak_bytes / 2**20:.0f} MiB, "
+              f"max models resident {r.memory.max_models_resident}, time {r.time.total_s:.1f}s")
         return 0
 
     return run_main(main)

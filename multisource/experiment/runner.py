@@ -35,15 +35,16 @@ from ..training.loop import predict
 from ..utils.env import environment
 from ..utils.io import atomic_write, read_json, save_torch, write_json
 from ..utils.seed import derive_seed, seed_everything
-from . import claims
-from .claims import HOST, owner_is_gone, process_tag  # noqa: F401  (HOST: tests name a staging folder's host)
+from .. import claims
+from ..claims import HOST, owner_is_gone, process_tag  # noqa: F401  (HOST: tests name a staging folder's host)
 from .config import ExperimentConfig
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
 from .plots import plot_confusion, plot_training_curves
+from .record import (METRICS_FILE, SCHEMA_VERSION, Environment, ExperimentRecord, FlopCount,  # noqa: F401
+                     InformationUsed, MemoryCost, RunSettings, SplitScores, StageScores, TargetBudget, TimeCost,
+                     read_record, write_record)
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
-METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"  # per test example (in the split's fixed order): label, prediction
 
 
@@ -121,8 +122,8 @@ def remove_stale_staging(out_dir: Path) -> None:
 
 
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None,
-                   reference_config: Any | None = None) -> dict[str, Any]:
-    """Resolve, check and run one experiment; returns the metrics.json content. ``reference_config``: the
+                   reference_config: Any | None = None) -> ExperimentRecord:
+    """Resolve, check and run one experiment; returns its record (metrics.json). ``reference_config``: the
     reference method's config a ``matched`` budget follows (default: its defaults)."""
     opts = opts or RunOptions()
     plan = plan_experiment(cfg, opts, reference_config=reference_config)
@@ -136,7 +137,7 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None,
         return run_plan(plan, opts)
 
 
-def run_plan(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any]:
+def run_plan(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord:
     """Run a resolved experiment (its checkpoints already checked) and write its folder atomically."""
     out = plan.out_dir
     if is_finished(out) and not opts.overwrite:
@@ -174,22 +175,20 @@ def start_fingerprint(plan: ExperimentPlan) -> str | None:
         return None
 
 
-def _same_inputs(report: dict, plan: ExperimentPlan, opts: RunOptions) -> bool:
+def _same_inputs(found: ExperimentRecord, plan: ExperimentPlan, opts: RunOptions) -> bool:
     """A finished result was computed from exactly what ``plan`` would read: the same data build, seed, method
     configuration, batch, image size, augmentation path, precision and device as they ran, and shared start (its
     protocol and sources aside)."""
-    config, options = report.get("config") or {}, report.get("options") or {}
-    device = opts.torch_device()
-    return (report.get("data_fingerprint") == plan.handle.fingerprint and report.get("seed") == plan.seed
-            and config.get("method_config") == json.loads(json.dumps(asdict(plan.method_config)))
-            and config.get("batch_size") == plan.config.batch_size and config.get("image_size") == plan.image_size
-            and config.get("precision") == opts.precision_on(device.type)
-            and (report.get("environment") or {}).get("device") == str(device)
-            and options.get("batch_augment") == opts.batch_augment
-            and config.get("start_fingerprint") is not None and config["start_fingerprint"] == start_fingerprint(plan))
+    config, device = found.config, opts.torch_device()
+    return (found.data_fingerprint == plan.handle.fingerprint and found.seed == plan.seed
+            and config.method_config == json.loads(json.dumps(asdict(plan.method_config)))
+            and config.batch_size == plan.config.batch_size and config.image_size == plan.image_size
+            and config.precision == opts.precision_on(device.type) and found.environment.device == str(device)
+            and (found.extra.get("options") or {}).get("batch_augment") == opts.batch_augment
+            and config.start_fingerprint is not None and config.start_fingerprint == start_fingerprint(plan))
 
 
-def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any] | None:
+def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord | None:
     """For a method that reads no source model (TARGET_ONLY), the same experiment finished under another protocol
     with the same inputs is the same result: copy it in (its record says from where) instead of computing it
     again. None when there is no such twin."""
@@ -202,21 +201,25 @@ def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> dict[str, Any] | None:
     for other in (d / c.method / c.target / f"trial_{c.trial}" for d in dirs):
         if other == plan.out_dir or not is_finished(other):
             continue
-        report = read_json(other / METRICS_FILE)
-        if not _same_inputs(report, plan, opts):
+        try:
+            found = read_record(other)
+        except ValueError:
             continue
-        earlier = report.get("protocol")
+        if not _same_inputs(found, plan, opts):
+            continue
+        earlier = found.protocol
         staging = plan.out_dir.with_name(f".{plan.out_dir.name}.partial-{process_tag()}")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(other, staging)
-        report.update(protocol=c.protocol, sources=list(plan.sources), reused_from=str(other),
-                      reuse_note=f"{c.method} reads no source model, so under protocol {c.protocol} it has the "
-                             f"same inputs as under {earlier}: that result, copied, not run again")
-        report["config"].update(protocol=c.protocol, sources=list(plan.sources))
-        write_json(staging / METRICS_FILE, report)
+        found.protocol, found.sources, found.reused_from = c.protocol, list(plan.sources), str(other)
+        found.config.protocol, found.config.sources = c.protocol, list(plan.sources)
+        found.extra["reuse_note"] = (f"{c.method} reads no source model, so under protocol {c.protocol} it has "
+                                     f"the same inputs as under {earlier}: that result, copied, not run again")
+        write_record(staging, found)
         _replace_dir(staging, plan.out_dir)
         log.info("%s: the same inputs were run under protocol %s; reused %s", plan.label, earlier, other)
-        return report
+        found.folder = plan.out_dir
+        return found
     return None
 
 
@@ -230,7 +233,7 @@ def _replace_dir(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
-def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> dict:
+def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> ExperimentRecord:
     cfg, handle, method = plan.config, plan.handle, plan.config.method
     seed_everything(plan.seed)
     meter = Meter(device)
@@ -267,32 +270,32 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> d
     stages = evaluate_stages(result, target, handle.classes, val, test, meter, macs)
     params = count_parameters(model)
     transferred = sum(s.get("transferred_elements", 0) for s in result.record.get("steps", []))
-    report = {
-        "schema_version": SCHEMA_VERSION, "status": "complete",
-        "dataset": handle.info.name, "data_fingerprint": handle.fingerprint, "protocol": cfg.protocol,
-        "model": cfg.model, "method": method,
-        "target": cfg.target, "sources": list(plan.sources), "trial": cfg.trial, "seed": plan.seed,
-        "config": {**asdict(cfg), "sources": list(plan.sources), "method_config": asdict(plan.method_config),
-                   "base_seed": cfg.seed, "image_size": target.image_size, "precision": target.precision,
-                   "precision_requested": opts.precision, "start_fingerprint": start_fingerprint(plan)},
-        "options": {**asdict(opts), "data_root": str(handle.root)},
-        "checkpoints": {b: str(p) for b, p in plan.checkpoints.items()},
-        "information_used": used,
-        "environment": environment(str(device)),
-        "val": val, "test": test,
-        **stages,
-        **meter.report(),
-        "params": {**params, "transferred": transferred},
-        "record": result.record,
-        "history": result.history,
-        "wall_time_s": time.perf_counter() - t0,
-    }
+    costs = meter.report()
+    record = ExperimentRecord(
+        dataset=handle.info.name, data_fingerprint=handle.fingerprint, protocol=cfg.protocol, model=cfg.model,
+        method=method, target=cfg.target, sources=list(plan.sources), trial=cfg.trial, seed=plan.seed,
+        config=RunSettings.from_json({**asdict(cfg), "sources": list(plan.sources),
+                                      "method_config": asdict(plan.method_config), "base_seed": cfg.seed,
+                                      "image_size": target.image_size, "precision": target.precision,
+                                      "precision_requested": opts.precision,
+                                      "start_fingerprint": start_fingerprint(plan)}, "config"),
+        environment=Environment.from_json(environment(str(device)), "environment"),
+        information_used=InformationUsed.from_json(used, "information_used"),
+        val=SplitScores.from_json(val, "val"), test=SplitScores.from_json(test, "test"),
+        stages={n: StageScores.from_json(s, f"stages.{n}") for n, s in stages.items()},
+        time=TimeCost.from_json(costs["time"], "time"), memory=MemoryCost.from_json(costs["memory"], "memory"),
+        flops=FlopCount.from_json(costs["flops"], "flops"), budget=TargetBudget.from_json(costs["budget"], "budget"),
+        extra={"options": {**asdict(opts), "data_root": str(handle.root)},
+               "checkpoints": {b: str(p) for b, p in plan.checkpoints.items()},
+               "params": {**params, "transferred": transferred}, "record": result.record,
+               "history": result.history, "wall_time_s": time.perf_counter() - t0})
     write_predictions(staging / PREDICTIONS_FILE, test_y, test_pred, groups)
-    _write_outputs(staging, report, result, handle, opts)
+    _write_outputs(staging, record, result, handle, opts)
     pool.release_all()
     del model, result
     log.info("%s/%s trial %d: val %.4f test %.4f", method, cfg.target, cfg.trial, val["accuracy"], test["accuracy"])
-    return report
+    record.folder = plan.out_dir
+    return record
 
 
 def evaluate_stages(result, target, classes: list[str], val: dict, test: dict, meter, macs: int) -> dict[str, dict]:
@@ -322,21 +325,19 @@ def evaluate_stages(result, target, classes: list[str], val: dict, test: dict, m
     return out
 
 
-def _write_outputs(staging: Path, report: dict, result, handle: DatasetHandle, opts: RunOptions) -> None:
-    title = f"{report['method']} -> {report['target']} (trial {report['trial']})"
-    plot_confusion(report["val"]["confusion_matrix"], handle.classes, staging / "confusion_val.png", f"{title}, val")
-    plot_confusion(report["test"]["confusion_matrix"], handle.classes, staging / "confusion_test.png",
-                   f"{title}, test")
+def _write_outputs(staging: Path, record: ExperimentRecord, result, handle: DatasetHandle, opts: RunOptions) -> None:
+    title = f"{record.method} -> {record.target} (trial {record.trial})"
+    plot_confusion(record.val.confusion_matrix, handle.classes, staging / "confusion_val.png", f"{title}, val")
+    plot_confusion(record.test.confusion_matrix, handle.classes, staging / "confusion_test.png", f"{title}, test")
     plot_training_curves(result.history, staging / "training_curves.png", title)
     if opts.save_model and result.produces_model:
         model = result.model
         if not result.standalone:  # a wrapper (PEARL's base + adapters, fusion's joint logit mean)
             save_torch(staging / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            report["model_file"] = "model.pt"
+            record.extra["model_file"] = "model.pt"
         else:
-            save_checkpoint(staging / "model.ckpt", model, model_name=report["model"], classes=handle.classes,
-                            dataset=report["dataset"], bin_name=report["target"], config=report["config"],
-                            metrics={"val_accuracy": report["val"]["accuracy"],
-                                     "test_accuracy": report["test"]["accuracy"]})
-            report["model_file"] = "model.ckpt"
-    write_json(staging / METRICS_FILE, report)
+            save_checkpoint(staging / "model.ckpt", model, model_name=record.model, classes=handle.classes,
+                            dataset=record.dataset, bin_name=record.target, config=record.config.to_json(),
+                            metrics={"val_accuracy": record.val.accuracy, "test_accuracy": record.test.accuracy})
+            record.extra["model_file"] = "model.ckpt"
+    write_record(staging, record)

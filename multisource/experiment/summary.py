@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,27 +27,37 @@ from ..utils.io import atomic_write, read_json, write_json, write_text
 from .plots import plot_accuracy_per_target, plot_accuracy_vs_cost
 from ..measure.statistics import MIN_TARGETS, holm, paired_bootstrap_difference, paired_test_over_targets
 from ..utils.seed import derive_seed
-from .runner import METRICS_FILE, SCHEMA_VERSION, is_finished, read_predictions
+from .record import METRICS_FILE, SCHEMA_VERSION, ExperimentRecord, RecordProblem, StageScores, read_record
+from .runner import is_finished, read_predictions
+from .table import MethodRow, comparison_frame, comparison_row, markdown_table  # noqa: F401  (comparison_frame: API)
 
-SUMMARY_SCHEMA_VERSION = 1
-# summary key -> where it lives in metrics.json. Units are in the names: bytes, seconds, MACs.
-METRICS: dict[str, tuple[str, str]] = {
-    "test_accuracy": ("test", "accuracy"),
-    "test_accuracy_before_finetune": ("before_finetune", "test_accuracy"),  # merging methods (null elsewhere)
-    "val_accuracy_before_finetune": ("before_finetune", "val_accuracy"),
-    "test_precision_macro": ("test", "precision_macro"),
-    "test_recall_macro": ("test", "recall_macro"),
-    "test_f1_macro": ("test", "f1_macro"),
-    "val_accuracy": ("val", "accuracy"),
-    "time_s": ("time", "total_s"),
-    "peak_memory_bytes": ("memory", "peak_bytes"),
-    "resident_model_bytes": ("memory", "resident_model_bytes"),
-    "max_models_resident": ("memory", "max_models_resident"),
-    "flops_total_macs": ("flops", "total"),
-    "flops_forward_per_image_macs": ("flops", "forward_per_image"),
-    "target_epochs": ("budget", "target_epochs"),
-    "target_train_images": ("budget", "target_train_images"),
-    "source_models_read": ("information_used", "num_source_models"),
+SUMMARY_SCHEMA_VERSION = 2
+_NO_STAGE = StageScores()
+
+
+def _stage(record: ExperimentRecord, name: str) -> StageScores:
+    return record.stages.get(name) or _NO_STAGE
+
+
+# summary key -> how it is read from an experiment's record. Units are in the names: bytes, seconds, MACs.
+METRICS: dict[str, Callable[[ExperimentRecord], float | None]] = {
+    "test_accuracy": lambda r: r.test.accuracy,
+    # merging methods' merged model before target fine-tuning (null elsewhere)
+    "test_accuracy_before_finetune": lambda r: _stage(r, "before_finetune").test_accuracy,
+    "val_accuracy_before_finetune": lambda r: _stage(r, "before_finetune").val_accuracy,
+    "test_precision_macro": lambda r: r.test.precision_macro,
+    "test_recall_macro": lambda r: r.test.recall_macro,
+    "test_f1_macro": lambda r: r.test.f1_macro,
+    "val_accuracy": lambda r: r.val.accuracy,
+    "time_s": lambda r: r.time.total_s,
+    "peak_memory_bytes": lambda r: r.memory.peak_bytes,
+    "resident_model_bytes": lambda r: r.memory.resident_model_bytes,
+    "max_models_resident": lambda r: r.memory.max_models_resident,
+    "flops_total_macs": lambda r: r.flops.total,
+    "flops_forward_per_image_macs": lambda r: r.flops.forward_per_image,
+    "target_epochs": lambda r: r.budget.target_epochs,
+    "target_train_images": lambda r: r.budget.target_train_images,
+    "source_models_read": lambda r: r.information_used.num_source_models if r.information_used else None,
 }
 TIMING_KEYS = ("time_s", "peak_memory_bytes")  # vary from run to run on the same inputs
 NOTES = {
@@ -77,9 +88,8 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
     return out
 
 
-def metric_value(report: dict, key: str) -> float | None:
-    section, field = METRICS[key]
-    value = (report.get(section) or {}).get(field)
+def metric_value(record: ExperimentRecord, key: str) -> float | None:
+    value = METRICS[key](record)
     return None if value is None else float(value)
 
 
@@ -89,10 +99,11 @@ def summary_dir(results_dir: Path, dataset: str, model: str, protocol: str = DEF
 
 def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT_PROTOCOL
             ) -> dict[str, dict[str, list]]:
-    """{method: {"finished": [metrics.json, ...], "failed": [failure record, ...]}} of one protocol from disk.
+    """{method: {"finished": [ExperimentRecord, ...], "failed": [failure record, ...]}} of one protocol from disk.
 
-    A trial folder whose metrics.json is unreadable or incomplete is listed as failed (never silently dropped);
-    one recorded under another protocol (a moved folder) is listed as failed too, never mixed in."""
+    A trial folder whose metrics.json is unreadable or incomplete is listed as failed (never silently dropped),
+    and so is one holding a value no summary may average (:class:`RecordProblem`) or one recorded under another
+    protocol (a moved folder)."""
     base = model_results_dir(Path(results_dir), dataset, model, protocol)
     found: dict[str, dict[str, list]] = {}
     if not base.is_dir():
@@ -101,23 +112,27 @@ def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT
         finished, failed = [], []
         for tdir in sorted(p for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for run in sorted(tdir.glob("trial_*")):
+                trial = run.name.removeprefix("trial_")
+                trial_number = int(trial) if trial.isdigit() else None
                 if run.is_dir() and is_finished(run):
-                    report = {**read_json(run / METRICS_FILE), "_dir": str(run)}  # _dir: not written
-                    found_protocol = (report.get("config") or {}).get("protocol") or DEFAULT_PROTOCOL
+                    try:
+                        record = read_record(run)
+                    except RecordProblem as e:
+                        failed.append(invalid_result(run, tdir.name, trial_number, str(e)))
+                        continue
+                    found_protocol = record.config.protocol or DEFAULT_PROTOCOL
                     if found_protocol == protocol:
-                        finished.append(report)
+                        finished.append(record)
                     else:
                         failed.append({"error_type": "ProtocolMismatch", "target": tdir.name,
                                        "message": f"{run} was run under protocol {found_protocol}, not {protocol}; "
                                                   "move it back or re-run it", "record_file": str(run / METRICS_FILE),
-                                       "config": report.get("config") or {}})
+                                       "config": {"trial": record.trial}})
                 elif run.is_dir():
-                    trial = run.name.removeprefix("trial_")
                     failed.append({"error_type": "UnreadableResult", "target": tdir.name,
                                    "message": f"{run / METRICS_FILE} is missing, unreadable or incomplete; re-run "
                                               "the experiment (the sweep does it) or remove the folder",
-                                   "record_file": str(run / METRICS_FILE),
-                                   "config": {"trial": int(trial) if trial.isdigit() else None}})
+                                   "record_file": str(run / METRICS_FILE), "config": {"trial": trial_number}})
                 elif run.name.endswith(".failed.json") and not is_finished(tdir / run.name[:-len(".failed.json")]):
                     failed.append({**_read_or_empty(run), "target": tdir.name, "record_file": str(run)})
         if finished or failed:
@@ -125,35 +140,19 @@ def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT
     return found
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def invalid_result(run: Path, target: str, trial: int | None, problem: str) -> dict:
+    """The failure entry of a finished experiment whose record cannot be averaged."""
+    path = run / METRICS_FILE
+    return {"error_type": "InvalidResult", "record_file": str(path), "target": target,
+            "message": f"{path}: {problem}; it is not averaged. Re-run the experiment (--overwrite) or restore the "
+                       "file.", "config": {"trial": trial}}
 
 
-def result_problem(report: dict, bins: Sequence[str]) -> str | None:
-    """Why a finished experiment's metrics.json cannot be averaged (None if it can): every value the summaries
-    read is a finite number in its range (shares in [0, 1], costs >= 0), the target is a bin of the dataset and
-    the trial a whole number >= 1. A hand-edited or damaged file is listed, never averaged."""
-    for key, (section, name) in METRICS.items():
-        part = report.get(section)
-        if part is None:
-            continue
-        if not isinstance(part, dict):
-            return f"'{section}' is a {type(part).__name__}, not a mapping"
-        value = part.get(name)
-        if value is None:
-            if key == "test_accuracy":
-                return "'test.accuracy' is missing"
-            continue
-        if not _is_real(value):
-            return f"'{section}.{name}' is {value!r}, not a finite number"
-        share = any(w in key for w in ("accuracy", "precision", "recall", "f1"))
-        if value < 0 or (share and value > 1):
-            return f"'{section}.{name}' is {value!r}, outside {'[0, 1]' if share else '[0, inf)'}"
-    target, trial = report.get("target"), report.get("trial")
-    if not isinstance(target, str) or (bins and target not in bins):
-        return f"target {target!r} is not a bin of the dataset ({', '.join(bins)})"
-    if isinstance(trial, bool) or not isinstance(trial, int) or trial < 1:
-        return f"trial {trial!r} is not a whole number >= 1"
+def result_problem(record: ExperimentRecord, bins: Sequence[str]) -> str | None:
+    """Why a well-formed record still cannot be averaged with this dataset's others (None if it can): its target
+    is not a bin of the dataset. (Values out of range are refused when the record is read.)"""
+    if bins and record.target not in bins:
+        return f"target {record.target!r} is not a bin of the dataset ({', '.join(bins)})"
     return None
 
 
@@ -165,13 +164,8 @@ def screen_results(found: dict[str, dict[str, list]], bins: Sequence[str]) -> No
             problem = result_problem(r, bins)
             if problem is None:
                 keep.append(r)
-                continue
-            path = Path(r["_dir"]) / METRICS_FILE
-            runs["failed"].append({"error_type": "InvalidResult", "record_file": str(path),
-                                   "target": r["target"] if isinstance(r.get("target"), str) else Path(r["_dir"]).parent.name,
-                                   "message": f"{path}: {problem}; it is not averaged. Re-run the experiment "
-                                              "(--overwrite) or restore the file.",
-                                   "config": {"trial": r["trial"] if isinstance(r.get("trial"), int) else None}})
+            else:
+                runs["failed"].append(invalid_result(r.folder, r.target, r.trial, problem))
         runs["finished"] = keep
 
 
@@ -195,21 +189,22 @@ def target_order(dataset: str, targets: set[str]) -> list[str]:
     return [b for b in bins if b in targets] + sorted(t for t in targets if t not in bins)
 
 
-def method_summary(dataset: str, model: str, method: str, finished: list[dict], failed: list[dict]) -> dict:
-    """The per-method JSON summary (numbers straight from the metrics.json files)."""
-    by_target: dict[str, list[dict]] = {}
+def method_summary(dataset: str, model: str, method: str, finished: list[ExperimentRecord],
+                   failed: list[dict]) -> dict:
+    """The per-method JSON summary (numbers straight from the experiments' records)."""
+    by_target: dict[str, list[ExperimentRecord]] = {}
     for r in finished:
-        by_target.setdefault(r["target"], []).append(r)
+        by_target.setdefault(r.target, []).append(r)
     fails_by_target: dict[str, list[dict]] = {}
     for f in failed:
         fails_by_target.setdefault(f["target"], []).append(f)
     targets = target_order(dataset, set(by_target) | set(fails_by_target))
     per_target = {}
     for t in targets:
-        runs = sorted(by_target.get(t, []), key=lambda r: r["trial"])
+        runs = sorted(by_target.get(t, []), key=lambda r: r.trial)
         per_target[t] = {
-            "trials": [r["trial"] for r in runs], "seeds": [r.get("seed") for r in runs],
-            "sources": runs[0].get("sources") if runs else None, "num_trials": len(runs),
+            "trials": [r.trial for r in runs], "seeds": [r.seed for r in runs],
+            "sources": runs[0].sources if runs else None, "num_trials": len(runs),
             # trials are seeds of one setting: anything else differing between them is named here
             "settings_differ": _differing_settings(runs),
             "failed_trials": sorted((f.get("config") or {}).get("trial") for f in fails_by_target.get(t, [])),
@@ -223,7 +218,7 @@ def method_summary(dataset: str, model: str, method: str, finished: list[dict], 
         "num_targets": sum(1 for t in per_target.values() if t["num_trials"]),
         "targets": per_target,
         "overall": _overall(per_target, finished),
-        "flops_convention": next((r["flops"].get("convention") for r in finished if r.get("flops")), None),
+        "flops_convention": next((r.flops.convention for r in finished if r.flops.convention), None),
         "information_used": information_labels(finished),
         "configs": _distinct([_config_of(r) for r in finished]),
         "versions": _distinct([_versions_of(r) for r in finished]),
@@ -233,7 +228,7 @@ def method_summary(dataset: str, model: str, method: str, finished: list[dict], 
     }
 
 
-def _overall(per_target: dict, finished: list[dict]) -> dict:
+def _overall(per_target: dict, finished: list[ExperimentRecord]) -> dict:
     over_targets = {}
     for k in METRICS:
         means = [t["metrics"][k]["mean"] for t in per_target.values() if t["metrics"][k]["mean"] is not None]
@@ -243,19 +238,19 @@ def _overall(per_target: dict, finished: list[dict]) -> dict:
     return {"mean_over_targets": over_targets, "pooled": pooled}
 
 
-def information_labels(reports: list[dict]) -> list[str]:
+def information_labels(records: list[ExperimentRecord]) -> list[str]:
     """What the experiments' method read, in words, one label per kind of reading: "4 source models + target
     train/val". Counts that vary across experiments (a past-only protocol reads 1 source for the second bin,
     K for the last) become ranges ("1-4 source models") instead of one label per count."""
     kinds: dict[tuple, tuple[list[int], list[int]]] = {}
     unrecorded = False
-    for report in reports:
-        used = report.get("information_used")
+    for record in records:
+        used = record.information_used
         if used is None:
             unrecorded = True
             continue
-        models, bins = used.get("num_source_models") or 0, len(used.get("source_data") or [])
-        kind = (models > 0, bool(used.get("pretrained_start")), bins > 0, tuple(used.get("target_data") or ()))
+        models, bins = used.num_source_models or 0, len(used.source_data or [])
+        kind = (models > 0, bool(used.pretrained_start), bins > 0, tuple(used.target_data or ()))
         counts = kinds.setdefault(kind, ([], []))
         counts[0].append(models)
         counts[1].append(bins)
@@ -281,21 +276,22 @@ def _information_label(kind: tuple, models: list[int], bins: list[int]) -> str:
     return " + ".join(parts) or "nothing"
 
 
-def _config_of(r: dict) -> dict:
-    c = r.get("config") or {}
-    return {k: c.get(k) for k in ("method_config", "base_seed", "batch_size", "image_size", "precision")} | {
-        "device": (r.get("environment") or {}).get("device")}
+def _config_of(r: ExperimentRecord) -> dict:
+    c = r.config
+    return {"method_config": c.method_config, "base_seed": c.base_seed, "batch_size": c.batch_size,
+            "image_size": c.image_size, "precision": c.precision, "device": r.environment.device}
 
 
-def _versions_of(r: dict) -> dict:
-    env = r.get("environment") or {}
-    return {k: env.get(k) for k in ("multisource", "git_commit", "python", "packages")}
+def _versions_of(r: ExperimentRecord) -> dict:
+    env = r.environment
+    return {"multisource": env.multisource, "git_commit": env.git_commit, "python": env.python,
+            "packages": env.packages}
 
 
-def _differing_settings(runs: list[dict]) -> list[str]:
+def _differing_settings(runs: list[ExperimentRecord]) -> list[str]:
     """The settings (besides trial and seed) that differ between one target's trials: sources, the method's
     configuration, batch size, image size, precision, device, base seed."""
-    settings = [{"sources": r.get("sources"), **_config_of(r)} for r in runs]
+    settings = [{"sources": r.sources, **_config_of(r)} for r in runs]
     differ = set()
     for s in settings[1:]:
         differ |= {k for k in s if json.dumps(s[k], sort_keys=True, default=str) !=
@@ -314,13 +310,13 @@ def _distinct(items: list[dict]) -> list[dict]:
     return out
 
 
-def correctness(found: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def correctness(found: list[ExperimentRecord]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """target -> ((trials x test examples) 0/1 correctness from the saved predictions, trials in order; each
     example's group of renderings or None); a target is left out when a trial has no predictions file or the
     trials disagree on the examples."""
     by_target: dict[str, list] = {}
-    for r in sorted(found, key=lambda r: (r["target"], r["trial"])):
-        by_target.setdefault(r["target"], []).append(read_predictions(Path(r["_dir"])) if "_dir" in r else None)
+    for r in sorted(found, key=lambda r: (r.target, r.trial)):
+        by_target.setdefault(r.target, []).append(read_predictions(r.folder) if r.folder else None)
     out = {}
     for t, frames in by_target.items():
         if any(f is None for f in frames) or any(not f["label"].equals(frames[0]["label"]) for f in frames):
@@ -360,10 +356,6 @@ def paired_vs_reference(method: str, summary: dict, reference: dict, correct: di
 
 
 
-def _int(v: float | None) -> int | None:
-    return None if v is None else int(v)
-
-
 def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: dict | None = None,
                protocol: str = DEFAULT_PROTOCOL) -> dict:
     """One row per method: accuracy, per-target accuracies, cost; and paired differences to the reference
@@ -371,35 +363,6 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
     reference = reference_method()
     targets = target_order(dataset, {t for s in summaries.values() for t, r in s["targets"].items()
                                      if r["num_trials"]})
-    rows = []
-    for method, s in summaries.items():
-        acc = s["overall"]["mean_over_targets"]["test_accuracy"]
-        pooled = s["overall"]["pooled"]
-        rows.append({
-            "method": method, "num_experiments": s["num_experiments"], "num_failed": s["num_failed"],
-            "num_targets": s["num_targets"],
-            # targets others finished and this method did not: its mean is over fewer (maybe easier) targets
-            "missing_targets": [t for t in targets if not (s["targets"].get(t) or {}).get("num_trials")],
-            "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
-            "accuracy_pooled_mean": pooled["test_accuracy"]["mean"],
-            "accuracy_pooled_std": pooled["test_accuracy"]["std"],
-            "f1_macro_mean": s["overall"]["mean_over_targets"]["test_f1_macro"]["mean"],
-            "accuracy_before_finetune_mean": s["overall"]["mean_over_targets"]["test_accuracy_before_finetune"]["mean"],
-            "per_target_accuracy": {t: s["targets"][t]["metrics"]["test_accuracy"]["mean"] if t in s["targets"]
-                                    else None for t in targets},
-            "per_target_accuracy_std": {t: s["targets"][t]["metrics"]["test_accuracy"]["std"] if t in s["targets"]
-                                        else None for t in targets},
-            "flops_total_macs": pooled["flops_total_macs"]["mean"],
-            "flops_forward_per_image_macs": pooled["flops_forward_per_image_macs"]["mean"],
-            "peak_memory_bytes": pooled["peak_memory_bytes"]["mean"],
-            "peak_memory_bytes_max": pooled["peak_memory_bytes"]["max"],
-            "resident_model_bytes": pooled["resident_model_bytes"]["max"],
-            "time_s": pooled["time_s"]["mean"],
-            "max_models_resident": _int(pooled["max_models_resident"]["max"]),
-            "target_epochs": pooled["target_epochs"]["mean"],
-            "target_train_images": pooled["target_train_images"]["mean"],
-            "information_used": "; ".join(s.get("information_used") or []),
-        })
     ref = summaries.get(reference)
     correct = correct or {}
     paired = {m: (paired_vs_reference(m, s, ref, correct.get(m, {}), correct.get(reference, {})) if ref else
@@ -408,6 +371,7 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
               for m, s in summaries.items() if m != reference}
     for m, p_holm in holm({m: p.get("p_value") for m, p in paired.items()}).items():
         paired[m]["p_value_holm"] = p_holm
+    rows = [comparison_row(MethodRow(m, s, targets, paired.get(m))) for m, s in summaries.items()]
     return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
             "protocol": protocol, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
             "methods": rows, "reference": reference, "paired_vs_reference": paired,
@@ -446,7 +410,7 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
                                 f"(python experiments/run_all.py --dataset {key} --model {model} --protocol "
                                 f"{protocol}).")
     if not dataset_bins(key):  # a bare imported name: the records know the dataset's folder (its bin order)
-        recorded = [(r.get("config") or {}).get("dataset") for runs in found.values() for r in runs["finished"]]
+        recorded = [r.config.dataset for runs in found.values() for r in runs["finished"]]
         key = next((k for k in recorded if isinstance(k, str) and k and dataset_bins(k)), key)
     screen_results(found, dataset_bins(key))
     out = summary_dir(results_dir, dataset, model, protocol)
@@ -480,31 +444,6 @@ def _dataset_name(key: str) -> str:
         return key
 
 
-def comparison_frame(comp: dict):
-    """The comparison as a pandas DataFrame of raw numbers (one row per method), as written to the CSV."""
-    rows = []
-    for r in comp["methods"]:
-        paired = comp["paired_vs_reference"].get(r["method"], {})
-        rows.append({
-            "method": r["method"], "experiments": r["num_experiments"], "failed": r["num_failed"],
-            "accuracy_mean": r["accuracy_mean"], "accuracy_std": r["accuracy_std"],
-            "accuracy_pooled_mean": r["accuracy_pooled_mean"], "accuracy_pooled_std": r["accuracy_pooled_std"],
-            "accuracy_before_finetune_mean": r.get("accuracy_before_finetune_mean"),
-            **{f"accuracy_{t}": r["per_target_accuracy"].get(t) for t in comp["targets"]},
-            "flops_total_macs": r["flops_total_macs"],
-            "flops_forward_per_image_macs": r["flops_forward_per_image_macs"],
-            "peak_memory_bytes": r["peak_memory_bytes"], "resident_model_bytes": r["resident_model_bytes"],
-            "time_s": r["time_s"],
-            "max_models_resident": r["max_models_resident"],
-            "target_epochs": r["target_epochs"], "target_train_images": r["target_train_images"],
-            "information_used": r["information_used"],
-            "missing_targets": " ".join(r.get("missing_targets") or []),
-            "diff_vs_reference": paired.get("mean_difference"), "p_value_vs_reference": paired.get("p_value"),
-            "p_value_holm_vs_reference": paired.get("p_value_holm"), "targets_vs_reference": paired.get("n_targets"),
-        })
-    return pd.DataFrame(rows)
-
-
 def distinguishability_lines(comp: dict) -> list[str]:
     """In words: which per-target differences to the reference the test examples can tell apart."""
     lines = []
@@ -523,37 +462,11 @@ def distinguishability_lines(comp: dict) -> list[str]:
     return (["- per target, on the same test examples:"] + lines) if lines else []
 
 
-def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
-    return "-" if value is None else format(value / scale, spec)
-
-
 def comparison_markdown(comp: dict) -> str:
     """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
     merged = any(r.get("accuracy_before_finetune_mean") is not None for r in comp["methods"])  # merges ran
-    head = ["method", "n", "failed", "accuracy (mean ± std)", *comp["targets"],
-            *(["before fine-tuning"] if merged else []), "GMACs total", "MMACs/image",
-            "peak memory MiB", "model memory MiB", "time s", "max models", "target epochs", "information used",
-            f"Δ acc vs {comp['reference']} (p)"]
     lines = [f"# {comp['dataset']} / {comp['model']}: method comparison (protocol: "
-             f"{comp.get('protocol', DEFAULT_PROTOCOL)})", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for r in comp["methods"]:
-        p = comp["paired_vs_reference"].get(r["method"])
-        diff = "reference" if p is None else (
-            "-" if p.get("mean_difference") is None else
-            f"{p['mean_difference']:+.4f} ({_fmt(p.get('p_value_holm'), '.3g')})")
-        acc = _fmt(r["accuracy_mean"], ".4f") + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.4f}")
-        if r.get("missing_targets") and r["accuracy_mean"] is not None:
-            acc += f" ({len(comp['targets']) - len(r['missing_targets'])}/{len(comp['targets'])} targets)"
-        cells = [r["method"], str(r["num_experiments"]), str(r["num_failed"]), acc,
-                 *(_fmt(r["per_target_accuracy"].get(t), ".4f") for t in comp["targets"]),
-                 *([_fmt(r.get("accuracy_before_finetune_mean"), ".4f")] if merged else []),
-                 _fmt(r["flops_total_macs"], ".2f", 1e9), _fmt(r["flops_forward_per_image_macs"], ".2f", 1e6),
-                 _fmt(r["peak_memory_bytes"], ".0f", 2**20), _fmt(r["resident_model_bytes"], ".2f", 2**20),
-                 _fmt(r["time_s"], ".1f"),
-                 _fmt(r["max_models_resident"], ".0f"), _fmt(r["target_epochs"], ".0f"), r["information_used"] or "-",
-                 diff]
-        lines.append("| " + " | ".join(cells) + " |")
+             f"{comp.get('protocol', DEFAULT_PROTOCOL)})", "", *markdown_table(comp)]
     notes = comp["notes"]
     before = (" Before fine-tuning: the merging methods' test accuracy of the merged model before target "
               "fine-tuning (the same as the final one when they fine-tune 0 epochs; '-' for methods that do not "

@@ -1,0 +1,165 @@
+"""The comparison's columns, declared once: each column's value in comparison.json's rows, its CSV column and its
+Markdown cell come from one declaration here, so adding a column is adding one :class:`Column`.
+
+A row is computed from a method's summary (:class:`MethodRow`); comparison.csv holds the same values as raw
+numbers (lists joined, per-target mappings spread into one column per target); comparison.md formats the columns
+that have a header."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """What a comparison row is computed from: one method's summary and its paired comparison to the reference."""
+
+    method: str
+    summary: dict
+    targets: list[str]
+    paired: dict | None  # None for the reference method itself
+
+    def over_targets(self, metric: str) -> float | None:
+        return self.summary["overall"]["mean_over_targets"][metric]["mean"]
+
+    def pooled(self, metric: str, stat: str = "mean") -> float | None:
+        return self.summary["overall"]["pooled"][metric][stat]
+
+    def per_target(self, metric: str, stat: str = "mean") -> dict[str, float | None]:
+        found = self.summary["targets"]
+        return {t: found[t]["metrics"][metric][stat] if t in found else None for t in self.targets}
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value / scale, spec)
+
+
+def number(spec: str, scale: float = 1.0) -> Callable[[Any, dict, dict], str]:
+    """A Markdown cell showing the value with ``spec`` after dividing by ``scale`` ('-' when null)."""
+    return lambda value, row, comp: _fmt(value, spec, scale)
+
+
+def _as_is(value: Any, row: dict, comp: dict) -> str:
+    return "-" if value in (None, "") else str(value)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the comparison.
+
+    ``value``: the row's value, from the method's summary. ``header``: its Markdown header (formatted with the
+    comparison, e.g. ``{reference}``; None keeps it out of the Markdown table). ``cell``: its Markdown text
+    (value, row, comparison). ``per_target``: the value is {target: number}, spread into one column per target.
+    ``in_csv``: whether comparison.csv carries it. ``shown``: whether the Markdown table shows it for this
+    comparison."""
+
+    key: str
+    value: Callable[[MethodRow], Any]
+    header: str | None = None
+    cell: Callable[[Any, dict, dict], str] = _as_is
+    per_target: bool = False
+    in_csv: bool = True
+    csv_name: str = "{key}_{target}"  # a per-target column's CSV names
+    shown: Callable[[dict], bool] = lambda comp: True
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def _accuracy_cell(value: Any, row: dict, comp: dict) -> str:
+    text = _fmt(value, ".4f") + ("" if row["accuracy_std"] is None else f" ± {row['accuracy_std']:.4f}")
+    if row["missing_targets"] and value is not None:
+        n = len(comp["targets"])
+        text += f" ({n - len(row['missing_targets'])}/{n} targets)"
+    return text
+
+
+def _difference_cell(value: Any, row: dict, comp: dict) -> str:
+    if row["method"] == comp["reference"]:
+        return "reference"
+    return "-" if value is None else f"{value:+.4f} ({_fmt(row['p_value_holm_vs_reference'], '.3g')})"
+
+
+def _merged(comp: dict) -> bool:
+    return any(r.get("accuracy_before_finetune_mean") is not None for r in comp["methods"])
+
+
+def _paired(key: str) -> Callable[[MethodRow], Any]:
+    return lambda m: None if m.paired is None else m.paired.get(key)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("method", lambda m: m.method, "method"),
+    Column("num_experiments", lambda m: m.summary["num_experiments"], "n"),
+    Column("num_failed", lambda m: m.summary["num_failed"], "failed"),
+    Column("num_targets", lambda m: m.summary["num_targets"]),
+    # targets others finished and this method did not: its mean is over fewer (maybe easier) targets
+    Column("missing_targets", lambda m: [t for t in m.targets
+                                         if not (m.summary["targets"].get(t) or {}).get("num_trials")]),
+    Column("accuracy_mean", lambda m: m.over_targets("test_accuracy"), "accuracy (mean ± std)", _accuracy_cell),
+    Column("accuracy_std", lambda m: m.summary["overall"]["mean_over_targets"]["test_accuracy"]["std"]),
+    Column("accuracy_pooled_mean", lambda m: m.pooled("test_accuracy")),
+    Column("accuracy_pooled_std", lambda m: m.pooled("test_accuracy", "std")),
+    Column("f1_macro_mean", lambda m: m.over_targets("test_f1_macro")),
+    Column("per_target_accuracy", lambda m: m.per_target("test_accuracy"), "{target}", number(".4f"),
+           per_target=True, csv_name="accuracy_{target}"),
+    Column("per_target_accuracy_std", lambda m: m.per_target("test_accuracy", "std"), per_target=True,
+           in_csv=False),
+    Column("accuracy_before_finetune_mean", lambda m: m.over_targets("test_accuracy_before_finetune"),
+           "before fine-tuning", number(".4f"), shown=_merged),
+    Column("flops_total_macs", lambda m: m.pooled("flops_total_macs"), "GMACs total", number(".2f", 1e9)),
+    Column("flops_forward_per_image_macs", lambda m: m.pooled("flops_forward_per_image_macs"), "MMACs/image",
+           number(".2f", 1e6)),
+    Column("peak_memory_bytes", lambda m: m.pooled("peak_memory_bytes"), "peak memory MiB", number(".0f", 2**20)),
+    Column("peak_memory_bytes_max", lambda m: m.pooled("peak_memory_bytes", "max")),
+    Column("resident_model_bytes", lambda m: m.pooled("resident_model_bytes", "max"), "model memory MiB",
+           number(".2f", 2**20)),
+    Column("time_s", lambda m: m.pooled("time_s"), "time s", number(".1f")),
+    Column("max_models_resident", lambda m: _int(m.pooled("max_models_resident", "max")), "max models",
+           number(".0f")),
+    Column("target_epochs", lambda m: m.pooled("target_epochs"), "target epochs", number(".0f")),
+    Column("target_train_images", lambda m: m.pooled("target_train_images")),
+    Column("information_used", lambda m: "; ".join(m.summary.get("information_used") or []), "information used"),
+    Column("diff_vs_reference", _paired("mean_difference"), "Δ acc vs {reference} (p)", _difference_cell),
+    Column("p_value_vs_reference", _paired("p_value")),
+    Column("p_value_holm_vs_reference", _paired("p_value_holm")),
+    Column("targets_vs_reference", _paired("n_targets")),
+)
+
+
+def comparison_row(m: MethodRow) -> dict[str, Any]:
+    """A method's row of comparison.json: every declared column's value."""
+    return {c.key: c.value(m) for c in COLUMNS}
+
+
+def comparison_frame(comp: dict) -> pd.DataFrame:
+    """The comparison as a pandas DataFrame of raw numbers (one row per method), as written to the CSV."""
+    rows = []
+    for r in comp["methods"]:
+        row: dict[str, Any] = {}
+        for c in (c for c in COLUMNS if c.in_csv):
+            value = r.get(c.key)
+            if c.per_target:
+                row.update({c.csv_name.format(key=c.key, target=t): (value or {}).get(t) for t in comp["targets"]})
+            else:
+                row[c.key] = " ".join(value) if isinstance(value, list) else value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(comp: dict) -> list[str]:
+    """The comparison's Markdown table: one line per method, the columns that have a header."""
+    shown = [c for c in COLUMNS if c.header is not None and c.shown(comp)]
+    head = [h for c in shown for h in ([c.header.format(target=t, **comp) for t in comp["targets"]]
+                                       if c.per_target else [c.header.format(**comp)])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in comp["methods"]:
+        cells = [cell for c in shown for cell in ([c.cell((r.get(c.key) or {}).get(t), r, comp)
+                                                   for t in comp["targets"]]
+                                                  if c.per_target else [c.cell(r.get(c.key), r, comp)])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
