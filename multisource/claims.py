@@ -1,7 +1,7 @@
-"""Who is running an experiment: claims beside its folder, so that two sweeps, or a sweep and a single
-experiment, sharing one results folder never run (or replace) the same experiment twice.
+"""Who is running a job (an experiment, a source model): claims beside its output, so that two sweeps, or a
+sweep and a single command, sharing one results folder never run (or replace) the same job twice.
 
-A claim is a file ``.<trial_k>.claim`` holding its owner, ``<host>-<pid>``. It appears with the owner already
+A claim is a file ``.<output name>.claim`` (``.trial_1.claim``, ``.era_1.ckpt.claim``) holding its owner, ``<host>-<pid>``. It appears with the owner already
 written (written aside, then hard-linked into place, which fails if a claim exists), is kept fresh by a
 heartbeat while its experiment runs, and is taken over when its owner is gone (this machine) or it has not been
 touched for ``STALE_AFTER_S`` (any host: a lost Ray node, a restarted container).

@@ -20,7 +20,7 @@ from multisource.cli.experiment import experiment_main
 from multisource.cli.preprocess import drift_digits_main
 from multisource.cli.sweep import summarize_main, sweep_main
 from multisource.cli.train import train_all_main, train_baseline_main
-from multisource.experiment import runner
+from multisource.experiment import record as record_module, runner
 from multisource.experiment.config import ExperimentConfig
 from multisource.experiment.sweep import SweepConfig, run_sweep
 from multisource.experiment.summary import write_summaries
@@ -179,7 +179,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(command, argv, message
 def test_mixed_precision_on_cpu_records_what_really_ran(trained_sources, tmp_path):
     report = runner.run_experiment(ExperimentConfig(method="ensemble", target="era_2", sources=("era_1",)),
                                    _opts(trained_sources, tmp_path, precision="16-mixed"))
-    assert report["config"]["precision"] == "32" and report["config"]["precision_requested"] == "16-mixed"
+    assert report.config.precision == "32" and report.config.precision_requested == "16-mixed"
 
 
 # --- 3. environment faults: one line naming the path and the fix, finished results kept -------------------
@@ -199,7 +199,7 @@ def test_a_full_disk_or_read_only_folder_is_one_line_and_keeps_finished_results(
     def failing_write(path, data):
         raise OSError(err_no, os.strerror(err_no), str(path))
 
-    monkeypatch.setattr(runner, "write_json", failing_write)
+    monkeypatch.setattr(record_module, "write_json", failing_write)
     assert experiment_main([*argv, "--target", "era_4"], method="ensemble") == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err and words in err, err
@@ -223,7 +223,8 @@ def test_summaries_on_a_full_disk_are_one_line(tmp_path, monkeypatch, capsys):
 
 def test_a_failure_record_on_a_read_only_file_system_does_not_stop_the_sweep(tmp_path, monkeypatch):
     from multisource.experiment import sweep as sweep_module
-    from multisource.experiment.jobs import Outcome, failure_paths
+    from multisource.experiment.jobs import Outcome
+    from multisource.failures import failure_paths
 
     out = tmp_path / "trial_1"
     record, _ = failure_paths(out)
@@ -346,7 +347,7 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(trained_sources
 
 
 def test_claims_are_exclusive_and_a_dead_owners_claim_is_taken_over(tmp_path):
-    from multisource.experiment.claims import claim_path, claimed_elsewhere, release_claim, try_claim
+    from multisource.claims import claim_path, claimed_elsewhere, release_claim, try_claim
 
     out = tmp_path / "trial_1"
     assert try_claim(out) and not try_claim(out)  # held by this (live) process
@@ -365,8 +366,8 @@ def test_claims_are_exclusive_and_a_dead_owners_claim_is_taken_over(tmp_path):
 def test_a_claim_from_another_host_counts_until_its_heartbeat_stops(tmp_path, monkeypatch):
     import threading
 
-    from multisource.experiment import claims
-    from multisource.experiment.claims import STALE_AFTER_S, claim_path, claimed_elsewhere, try_claim
+    from multisource import claims
+    from multisource.claims import STALE_AFTER_S, claim_path, claimed_elsewhere, try_claim
 
     out = tmp_path / "trial_1"
     for owner in ("other_host-123", ""):  # a lost node's claim; an empty one (never written by this version)

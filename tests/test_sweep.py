@@ -11,8 +11,9 @@ import pytest
 
 from multisource.experiment import runner
 from multisource.options import RunOptions
-from multisource.experiment.summary import METRICS, TIMING_KEYS, metric_value
-from multisource.experiment.jobs import failure_paths
+from multisource.experiment.summary import METRICS, TIMING_KEYS
+from conftest import file_value
+from multisource.failures import failure_paths
 from multisource.experiment.sweep import SweepConfig, plan_sweep, run_sweep
 from multisource.utils.io import read_json, write_text
 from multisource.utils.seed import trial_seed
@@ -101,7 +102,7 @@ def check_summary_matches_files(summary: dict, results, method: str) -> None:
         for trial, i in zip(rec["trials"], range(len(rec["trials"]))):
             report = read_json(results / "drift_digits" / MODEL / method / target / f"trial_{trial}" / "metrics.json")
             for key in METRICS:
-                assert rec["metrics"][key]["values"][i] == metric_value(report, key)
+                assert rec["metrics"][key]["values"][i] == file_value(report, key)
 
 
 def test_failure_is_recorded_and_the_sweep_continues(trained_sources, tmp_path, monkeypatch, capsys):

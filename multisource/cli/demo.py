@@ -31,11 +31,9 @@ def run_demo(args: argparse.Namespace) -> int:
     # The library is imported here, when work starts (see cli/common.py).
     from ..data.card import read_card
     from ..data.drift_digits import build_drift_digits
-    from ..data.loaders import open_dataset
-    from ..experiment.settings import cli_layer, read_settings, resolve_data, resolve_sweep, resolve_training
+    from ..experiment.settings import cli_layer, read_settings, resolve_data, resolve_sweep
     from ..experiment.summary import comparison_markdown, summary_dir
     from ..experiment.sweep import plan_sweep, run_sweep
-    from ..training.all_bins import train_all_bins
     from ..utils.io import read_json
 
     settings = read_settings(args.config)
@@ -44,6 +42,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     data_cfg = resolve_data(settings)
+    sweep_cfg, sweep_opts = resolve_sweep(settings, cli)  # every setting resolved before any work
     if read_card(root) is None:
         print(f"[1/4] Building drifting digits in {root} ...", flush=True)
         build_drift_digits(root, data_cfg, overwrite=root.exists())
@@ -51,33 +50,35 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"[1/4] Drifting digits found in {root}", flush=True)
     stages["data_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    # The sources, the experiments and the summaries are the sweep's stages (experiment.sweep.STAGES), run in
+    # their order by run_sweep with --train_missing, exactly as `run_all.py --train_missing` runs them.
+    sweep_opts = replace(sweep_opts, train_missing=True)
+    plan = plan_sweep(sweep_cfg, sweep_opts)
+    n_targets = len(sweep_cfg.targets or plan.handle.bins)
     print("[2/4] Source models (upstream pretraining once, then one model per era; complete ones are reused)",
           flush=True)
-    src, opts = resolve_training(settings, cli)
-    handle = open_dataset(src.dataset, root)
-    trained = train_all_bins(src, replace(opts, progress=False), handle, handle.bins)
-    for b, r in trained.items():
-        print(f"      {b:<8} {r['status']:<8} {r.get('detail', '')}")
-    failed = [b for b, r in trained.items() if r["status"] == "failed"]
-    if failed:
-        print(f"Source training failed for {failed}; see the log above.")
-        return 1
-    stages["sources_s"] = time.perf_counter() - t0
+    clock = {"t0": time.perf_counter()}
 
-    t0 = time.perf_counter()
-    sweep_cfg, sweep_opts = resolve_sweep(settings, cli)
-    plan = plan_sweep(sweep_cfg, sweep_opts)
-    n_targets = len(sweep_cfg.targets or handle.bins)
-    print(f"[3/4] Sweep: {len(sweep_cfg.methods)} methods x {n_targets} targets x {sweep_cfg.num_trials} trials = "
-          f"{len(plan.jobs)} experiments ({sweep_opts.workers} worker(s); finished ones are skipped)", flush=True)
+    def stage(name: str, detail) -> None:
+        now = time.perf_counter()
+        if name == "sources":
+            for model, outcomes in detail.items():
+                for b, r in outcomes.items():
+                    print(f"      {model} {b:<8} {r.status:<8} {r.detail}", flush=True)
+            if not detail:
+                print("      every source model the experiments need is there", flush=True)
+            stages["sources_s"], clock["t0"] = now - clock["t0"], now
+        elif name == "experiments":
+            print(f"[3/4] Sweep: {len(sweep_cfg.methods)} methods x {n_targets} targets x {sweep_cfg.num_trials} "
+                  f"trials = {len(plan.jobs)} experiments, {len(detail)} to run ({sweep_opts.workers} worker(s); "
+                  "finished ones are skipped)", flush=True)
 
     def progress(job, outcome, i, total):
         acc = f"test acc {outcome.test_accuracy:.3f}" if outcome.test_accuracy is not None else ""
         print(f"      [{i}/{total}] {job.label:<40} {outcome.status} {acc}", flush=True)
 
-    result = run_sweep(plan, sweep_opts, progress=progress)
-    stages["sweep_s"] = time.perf_counter() - t0
+    result = run_sweep(plan, sweep_opts, progress=progress, stage=stage)
+    stages["sweep_s"] = time.perf_counter() - clock["t0"]
     print(f"[4/4] Summary ({len(result.finished)} run, {len(result.skipped)} reused, {len(result.failed)} failed)\n")
     for model in sweep_cfg.models:
         out = summary_dir(sweep_opts.results_path(), plan.handle.info.name, model, sweep_cfg.protocol)

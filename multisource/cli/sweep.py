@@ -76,7 +76,7 @@ class SweepProgress:
                 + (f", {eta}" if remaining else ""))
 
     def __call__(self, job, outcome, n: int, total: int) -> None:
-        from ..experiment.jobs import failure_paths
+        from ..failures import failure_paths
 
         self.total, self.last = total, time.monotonic()
         head = f"[{n}/{total}] {job.label}:"
@@ -107,7 +107,7 @@ def _clock(seconds: float) -> str:
 
 
 def print_result(result) -> None:
-    from ..experiment.jobs import failure_paths
+    from ..failures import failure_paths
 
     print(f"\n{len(result.outcomes)} experiments: {len(result.finished)} finished now, {len(result.skipped)} "
           f"already finished (skipped), {len(result.failed)} failed.")

@@ -57,15 +57,19 @@ def train_baseline_main(argv: list[str] | None = None, *, dataset: str | None = 
 
     def main() -> int:
         from ..data.loaders import open_dataset
-        from ..training.source import train_source
+        from ..training.all_bins import run_source_job
 
         cfg, opts = _resolve(args, {"dataset": dataset} if dataset else {})
         handle = open_dataset(cfg.dataset, opts.data_root)
         handle.check_bins(cfg.bin)
-        report = train_source(cfg, opts, handle)
-        if report:
-            print(f"{report['model']} on {report['dataset']}/{report['bin']}: val acc {report['val_accuracy']:.4f}, "
-                  f"test acc {report['test_accuracy']:.4f} -> {report['checkpoint']}")
+        outcome = run_source_job(cfg, opts, handle, None, raise_errors=True)
+        if outcome.status == "claimed":
+            print(f"{cfg.bin}: {outcome.detail} ({outcome.checkpoint}); nothing was done. Wait for it, or choose "
+                  "another --checkpoint_dir.", file=sys.stderr)
+            return 1
+        if outcome.test_accuracy is not None:  # (a secondary rank of a distributed run reports nothing)
+            print(f"{cfg.model_name} on {handle.info.name}/{cfg.bin}: val acc {outcome.val_accuracy:.4f}, "
+                  f"test acc {outcome.test_accuracy:.4f} -> {outcome.checkpoint}")
         return 0
 
     return run_main(main)
@@ -91,8 +95,8 @@ def train_all_main(argv: list[str] | None = None, *, dataset: str | None = None)
         results = train_all_bins(cfg, opts, handle, bins, force=args.force)
         print(f"\nSource models ({cfg.model_name} on {handle.info.name}):")
         for b, r in results.items():
-            print(f"  {b:<18} {r['status']:<8} {r.get('detail', '')}")
-        failed = [b for b, r in results.items() if r["status"] == "failed"]
+            print(f"  {b:<18} {r.status:<8} {r.detail}")
+        failed = [b for b, r in results.items() if r.status == "failed"]
         if failed:
             print(f"{len(failed)} bin(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1 if failed else 0

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..options import RunOptions
-from . import claims, runner
+from .. import claims
+from ..failures import failure_paths  # noqa: F401  (where an experiment's failure is recorded)
+from . import runner
 from .plan import ExperimentPlan
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,5 @@ def _execute_claimed(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
         log.error("%s failed: %s: %s", plan.label, type(exc).__name__, exc)
         return Outcome.for_plan(plan, "failed", time_s=time.perf_counter() - t0, error_type=type(exc).__name__,
                                 message=str(exc), traceback=traceback.format_exc())
-    return Outcome.for_plan(plan, "finished", test_accuracy=report["test"]["accuracy"],
+    return Outcome.for_plan(plan, "finished", test_accuracy=report.test.accuracy,
                             time_s=time.perf_counter() - t0)
-
-
-def failure_paths(out_dir: Path) -> tuple[Path, Path]:
-    """Where a failed experiment is recorded: beside its (absent) folder, never inside it."""
-    return out_dir.with_name(f"{out_dir.name}.failed.json"), out_dir.with_name(f"{out_dir.name}.traceback.txt")

@@ -24,25 +24,33 @@ from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
 from ..executors import make_executor
 from ..methods import get_method, reference_method
+from ..methods.base import PAPER_METHODS, default_methods  # noqa: F401  (PAPER_METHODS: bench scripts)
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
 from ..options import RunOptions
 from ..paths import model_results_dir
-from ..training.all_bins import train_all_bins
+from ..training.all_bins import SourceOutcome, train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
 from .config import ExperimentConfig
-from .claims import STALE_AFTER_S, claim_path, claimed_elsewhere
-from .jobs import Outcome, execute, failure_paths
+from ..claims import STALE_AFTER_S, claim_path, claimed_elsewhere
+from ..failures import clear_failure, failure_paths, write_failure
+from .jobs import Outcome, execute
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol, protocol_sources
-from .runner import METRICS_FILE, is_finished
+from .record import read_record
+from .runner import is_finished
 from .summary import write_summaries
 
 log = logging.getLogger(__name__)
-PAPER_METHODS = ("ensemble", "fusion", "grasp", "pearl")
-# A sweep without a method list runs the paper's four and the reference rows every comparison needs.
-DEFAULT_METHODS = PAPER_METHODS + ("target_only", "source_finetune")
+# The stages of a sweep in the order they run, declared here once: the sources a pending experiment needs
+# (with --train_missing; the upstream start is made on their first use), the experiments, the summaries. The
+# demo is this sweep with --train_missing after building its data.
+STAGES = ("sources", "experiments", "summaries")
+StageCallback = Callable[[str, Any], None]
+# A sweep without a method list runs every method that does not say why not (methods.default_methods): the
+# paper's four and the reference rows every comparison needs.
+DEFAULT_METHODS = default_methods()
 
 
 class MissingSourceCheckpoints(FileNotFoundError):
@@ -61,7 +69,7 @@ class SweepConfig:
 
     dataset: str = "drift_digits"
     models: tuple[str, ...] = ("tiny-resnet",)
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = field(default_factory=default_methods)
     targets: tuple[str, ...] = ()  # default: every bin of the dataset
     protocol: str = DEFAULT_PROTOCOL  # which bins are a target's sources (experiment/protocols.py)
     num_trials: int = 3
@@ -197,15 +205,15 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
 def config_mismatch(job: ExperimentPlan) -> str | None:
     """Why a finished experiment's recorded config differs from the one asked for (None when it matches)."""
     try:
-        report = read_json(job.out_dir / METRICS_FILE)
-        rec = report["config"]
-    except (OSError, ValueError, KeyError):
+        record = read_record(job.out_dir)
+    except (OSError, ValueError):
         return None
-    c = job.config
+    c, rec = job.config, record.config
     wanted = {"method_config": dataclasses.asdict(job.method_config), "base_seed": c.seed,
               "batch_size": c.batch_size, "image_size": job.image_size, "sources": sorted(job.sources)}
-    found = {**{k: rec.get(k) for k in wanted}, "sources": sorted(rec.get("sources") or [])}
-    recorded_data = report.get("data_fingerprint")
+    found = {"method_config": rec.method_config, "base_seed": rec.base_seed, "batch_size": rec.batch_size,
+             "image_size": rec.image_size, "sources": sorted(rec.sources or [])}
+    recorded_data = record.data_fingerprint
     if recorded_data and job.handle.fingerprint and recorded_data != job.handle.fingerprint:
         wanted["data"], found["data"] = f"build {job.handle.fingerprint}", f"build {recorded_data} (re-imported since)"
     wanted = json.loads(json.dumps(wanted))
@@ -238,11 +246,13 @@ def train_command(dataset: str, model: str, opts: RunOptions, bins: list[str]) -
     return cmd + f" --bins {' '.join(bins)}"
 
 
-def ensure_checkpoints(plan: SweepPlan, opts: RunOptions, jobs: list[ExperimentPlan]) -> list[str]:
-    """Train missing source checkpoints (``--train_missing``) or raise listing them and the command to train them."""
+def ensure_checkpoints(plan: SweepPlan, opts: RunOptions, jobs: list[ExperimentPlan]
+                       ) -> dict[str, dict[str, SourceOutcome]]:
+    """Train missing source checkpoints (``--train_missing``) or raise listing them and the command to train them.
+    Returns {model: {bin: how its training went}} (empty when none was missing)."""
     missing = missing_checkpoints(plan, jobs)
     if not missing:
-        return []
+        return {}
     dataset = plan.config.dataset
     if not opts.train_missing:
         lines = [f"Missing source checkpoints for {dataset}:"]
@@ -251,37 +261,28 @@ def ensure_checkpoints(plan: SweepPlan, opts: RunOptions, jobs: list[ExperimentP
             lines.append(f"  train them with: {train_command(dataset, model, opts, [b for b, _ in items])}")
         lines.append("or re-run this sweep with --train_missing (or pass --checkpoint_dir to existing ones).")
         raise MissingSourceCheckpoints("\n".join(lines))
-    trained = []
+    trained: dict[str, dict[str, SourceOutcome]] = {}
     for model, items in missing.items():
         tcfg = build(SourceTrainConfig, {"image_size": plan.config.image_size, "seed": plan.config.seed},
                      plan.config.source_training, {"dataset": dataset, "model_name": model})
         bins = [b for b, _ in items]
         log.info("Training missing source checkpoints for %s: %s", model, bins)
         results = train_all_bins(tcfg, dataclasses.replace(opts, progress=False), plan.handle, bins)
-        failed = {b: r["detail"] for b, r in results.items() if r["status"] == "failed"}
+        failed = {b: r.detail for b, r in results.items() if r.status == "failed"}
         if failed:
             raise SweepError(f"Training source models failed, so the sweep did not start: {failed}. Fix the "
                              f"cause and re-run, or train them with: {train_command(dataset, model, opts, list(failed))}")
-        trained += [f"{model}/{b}" for b in bins]
+        trained[model] = results
     return trained
 
 
 def record_outcome(job: ExperimentPlan, outcome: Outcome) -> None:
     """Write a failure record, or remove a stale one once the experiment has finished."""
-    record, tb = failure_paths(job.out_dir)
     if outcome.status != "failed":
-        for stale in (record, tb):
-            try:
-                stale.unlink(missing_ok=True)
-            except OSError as exc:  # a read-only copy of results: the finished experiment counts all the same
-                log.warning("Could not remove the old failure record %s (%s); the experiment has finished.",
-                            stale, exc.strerror or exc)
+        clear_failure(job.out_dir)
         return
-    write_text(tb, outcome.traceback or "")
-    write_json(record, {"status": "failed", "error_type": outcome.error_type, "message": outcome.message,
-                        "traceback_file": tb.name, "time_s": outcome.time_s,
-                        "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "config": {**dataclasses.asdict(job.config), "sources": list(job.sources)}})
+    write_failure(job.out_dir, error_type=outcome.error_type, message=outcome.message, traceback=outcome.traceback,
+                  time_s=outcome.time_s, config={**dataclasses.asdict(job.config), "sources": list(job.sources)})
 
 
 def split_finished(jobs: list[ExperimentPlan], overwrite: bool) -> tuple[list[ExperimentPlan], list[ExperimentPlan]]:
@@ -297,14 +298,19 @@ def split_finished(jobs: list[ExperimentPlan], overwrite: bool) -> tuple[list[Ex
 
 
 def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
-              progress: Callable[[ExperimentPlan, Outcome, int, int], None] | None = None) -> SweepResult:
-    """Run every experiment of the sweep that has not finished yet, then write the summaries."""
+              progress: Callable[[ExperimentPlan, Outcome, int, int], None] | None = None,
+              stage: StageCallback | None = None) -> SweepResult:
+    """Run the :data:`STAGES` in order: the missing sources, every experiment that has not finished yet, the
+    summaries. ``progress`` hears of each experiment; ``stage(name, detail)`` of each stage as it starts (for
+    "sources", once it is done, with {model: {bin: SourceOutcome}})."""
     opts = opts or RunOptions()
+    stage = stage or (lambda name, detail: None)
     plan = config if isinstance(config, SweepPlan) else plan_sweep(config, opts)
     jobs = plan.jobs
     done, pending = split_finished(jobs, opts.overwrite)
-    ensure_checkpoints(plan, opts, pending)
+    stage("sources", ensure_checkpoints(plan, opts, pending))
     check_checkpoints(pending)
+    stage("experiments", pending)
     outcomes = {id(j): Outcome.for_plan(j, "skipped") for j in done}
     for j in done:
         record_outcome(j, outcomes[id(j)])
@@ -331,6 +337,7 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
                              skipped_targets=dict(plan.skipped_targets))
         result.logs = write_sweep_logs(plan, opts, outcomes, started)
     if opts.summarize:
+        stage("summaries", None)
         for model in plan.config.models:
             result.summaries[model] = write_summaries(opts.results_path(), plan.config.dataset, model,
                                                       protocol=plan.config.protocol)

@@ -1,38 +1,106 @@
-"""Train one source model per bin: complete bins skipped, failures recorded (not raised), bins in parallel
-through the project's executors (local processes or Ray)."""
+"""Source training as jobs, like experiments: each bin's checkpoint is claimed while it trains (two commands
+sharing a checkpoint folder never train the same bin twice), a failure is recorded beside the checkpoint
+(``<bin>.failed.json`` and ``<bin>.traceback.txt``), complete bins are skipped, so a killed run resumes where it
+stopped, and bins train in parallel through the project's executors (local processes or Ray)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
+from .. import claims
 from ..data.loaders import DatasetHandle
 from ..executors import make_executor
+from ..failures import clear_failure, write_failure
 from ..options import RunOptions
 from .fit import SourceTrainConfig
 from .source import is_complete, source_checkpoint_path, train_source
 from .start import SharedStart, resolve_start
 
 log = logging.getLogger(__name__)
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
-def _train_one(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart) -> dict:
-    """One bin; its failure is returned as a status, never raised, so the other bins go on."""
-    t0 = time.perf_counter()
-    try:
-        report = train_source(cfg, opts, handle, start)
-        return {"status": "trained", "detail": f"test acc {report.get('test_accuracy', float('nan')):.4f} "
-                                               f"({time.perf_counter() - t0:.0f}s)"}
-    except Exception as exc:  # noqa: BLE001  one failing bin must not stop the others; the summary reports it
-        log.error("Training %s failed: %s", cfg.bin, exc)
-        log.debug("%s", traceback.format_exc())
-        return {"status": "failed", "detail": f"{type(exc).__name__}: {exc}"}
+@dataclass
+class SourceOutcome:
+    """How one bin's source training went. ``status``: trained, skipped (complete already), failed, or claimed
+    (another live process is training it)."""
+
+    bin: str
+    status: str
+    checkpoint: str
+    detail: str = ""
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    time_s: float = 0.0
+    error_type: str | None = None
+
+
+def is_secondary_rank() -> bool:
+    """This process is a non-zero rank of a distributed run (Lightning's launcher, torchrun, srun): the run's
+    rank 0 holds the claim and records the outcome for all of them."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in _RANK_VARIABLES)
+
+
+def failure_stem(ckpt: Path) -> Path:
+    """Where a bin's failure is recorded: ``<bin>.failed.json`` beside ``<bin>.ckpt``."""
+    return ckpt.with_suffix("")
+
+
+def run_source_job(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart | None,
+                   *, raise_errors: bool = False) -> SourceOutcome:
+    """Train one bin under its claim; a failure is recorded on disk and returned (or, with ``raise_errors``,
+    raised after it is recorded), never lost."""
+    ckpt = source_checkpoint_path(cfg, opts)
+    if is_secondary_rank():
+        train_source(cfg, opts, handle, start)
+        return SourceOutcome(cfg.bin, "trained", str(ckpt), "(secondary rank)")
+    with claims.holding(ckpt) as held:
+        if not held:
+            owner = claims.read_owner(claims.claim_path(ckpt)) or "another process"
+            return SourceOutcome(cfg.bin, "claimed", str(ckpt), f"being trained by {owner}")
+        t0 = time.perf_counter()
+        try:
+            report = train_source(cfg, opts, handle, start)
+        except Exception as exc:  # noqa: BLE001  recorded (and returned, or re-raised) below
+            write_failure(failure_stem(ckpt), error_type=type(exc).__name__, message=str(exc),
+                          traceback=traceback.format_exc(), time_s=time.perf_counter() - t0,
+                          config={**asdict(cfg), "checkpoint": str(ckpt)})
+            if raise_errors:
+                raise
+            log.error("Training %s failed: %s", cfg.bin, exc)
+            return SourceOutcome(cfg.bin, "failed", str(ckpt), f"{type(exc).__name__}: {exc}",
+                                 time_s=time.perf_counter() - t0, error_type=type(exc).__name__)
+        clear_failure(failure_stem(ckpt))
+        seconds = time.perf_counter() - t0
+        val, test = report.get("val_accuracy"), report.get("test_accuracy")
+        detail = (f"val acc {val:.4f}, test acc {test:.4f} ({seconds:.0f}s)" if None not in (val, test)
+                  else f"({seconds:.0f}s)")
+        return SourceOutcome(cfg.bin, "trained", str(ckpt), detail, val, test, seconds)
+
+
+def wait_for_other_training(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart,
+                            poll_s: float = 1.0) -> SourceOutcome:
+    """Another process claimed the bin: wait until it lets go, then take its checkpoint, or train the bin here
+    when that process left none (it failed or died)."""
+    ckpt = source_checkpoint_path(cfg, opts)
+    log.info("%s is being trained by another process (claim %s); waiting for it.", cfg.bin, claims.claim_path(ckpt))
+    while True:
+        while claims.claimed_elsewhere(ckpt):
+            time.sleep(poll_s)
+        if is_complete(ckpt, handle.fingerprint):
+            return SourceOutcome(cfg.bin, "skipped", str(ckpt), f"trained by another process: {ckpt}")
+        outcome = run_source_job(cfg, opts, handle, start)
+        if outcome.status != "claimed":
+            return outcome
 
 
 def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, bins: list[str], *,
-                   force: bool = False) -> dict[str, dict]:
+                   force: bool = False) -> dict[str, SourceOutcome]:
     """Train each of ``bins`` (checked by the caller); skip complete ones unless ``force``; continue past failures.
 
     Every bin's preconditions are checked, and the sources' shared start resolved (pretrained upstream or drawn
@@ -40,13 +108,13 @@ def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
     the same failure repeated per bin after minutes of work. With ``opts.workers > 1`` or ``opts.executor ==
     "ray"`` bins train in parallel.
     """
-    results: dict[str, dict] = {}
+    results: dict[str, SourceOutcome] = {}
     todo = []
     for b in bins:
         bcfg = replace(cfg, bin=b)
         ckpt = source_checkpoint_path(bcfg, opts)
         if is_complete(ckpt, handle.fingerprint) and not force:
-            results[b] = {"status": "skipped", "detail": f"complete: {ckpt}"}
+            results[b] = SourceOutcome(b, "skipped", str(ckpt), f"complete: {ckpt}")
         else:
             todo.append(bcfg)
     if not todo:
@@ -61,8 +129,13 @@ def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
     else:
         opts = replace(opts, executor="local", workers=1)
     with make_executor(opts) as executor:
-        for i, value in executor.run(_train_one, [(c, opts, handle, start) for c in todo]):
+        for i, value in executor.run(run_source_job, [(c, opts, handle, start) for c in todo]):
             if isinstance(value, BaseException):  # the worker died (killed, out of memory, lost node)
-                value = {"status": "failed", "detail": f"worker failed: {type(value).__name__}: {value}"}
+                value = SourceOutcome(todo[i].bin, "failed", str(source_checkpoint_path(todo[i], opts)),
+                                      f"worker failed: {type(value).__name__}: {value}",
+                                      error_type=type(value).__name__)
             results[todo[i].bin] = value
+    for c in todo:
+        if results[c.bin].status == "claimed":
+            results[c.bin] = wait_for_other_training(c, opts, handle, start)
     return {b: results[b] for b in bins}

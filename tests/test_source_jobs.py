@@ -1,0 +1,102 @@
+"""Source training is a job like an experiment: claimed while it trains, its failure recorded beside the
+checkpoint, and a killed run resumes (complete bins kept, the rest trained) when run again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from multisource import claims
+from multisource.failures import failure_paths
+from multisource.options import RunOptions
+from multisource.training import all_bins
+from multisource.training.fit import SourceTrainConfig
+from multisource.utils.io import read_json
+
+from conftest import PROJECT_ROOT, TINY_MODEL
+
+
+def _job(tmp_path: Path) -> tuple[SourceTrainConfig, RunOptions, Path]:
+    cfg = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL, bin="era_2")
+    opts = RunOptions(results_dir=str(tmp_path))
+    return cfg, opts, all_bins.source_checkpoint_path(cfg, opts)
+
+
+def test_a_failed_bin_is_recorded_beside_its_checkpoint_and_cleared_once_it_trains(tmp_path, monkeypatch):
+    cfg, opts, ckpt = _job(tmp_path)
+
+    def boom(*a, **k):
+        raise RuntimeError("out of disk")
+
+    monkeypatch.setattr(all_bins, "train_source", boom)
+    outcome = all_bins.run_source_job(cfg, opts, handle=None, start=None)
+    record, tb = failure_paths(ckpt.with_suffix(""))
+    assert outcome.status == "failed" and outcome.error_type == "RuntimeError" and "out of disk" in outcome.detail
+    assert record.name == "era_2.failed.json" and record.parent == ckpt.parent
+    failure = read_json(record)
+    assert failure["error_type"] == "RuntimeError" and failure["message"] == "out of disk"
+    assert failure["config"]["bin"] == "era_2" and "RuntimeError: out of disk" in tb.read_text()
+    assert not claims.claim_path(ckpt).exists()  # released after the failure
+    with pytest.raises(RuntimeError, match="out of disk"):  # the single-bin command: recorded, then raised
+        all_bins.run_source_job(cfg, opts, None, None, raise_errors=True)
+    assert record.exists()
+
+    monkeypatch.setattr(all_bins, "train_source", lambda *a, **k: {"val_accuracy": 0.6, "test_accuracy": 0.5})
+    assert all_bins.run_source_job(cfg, opts, None, None).status == "trained"
+    assert not record.exists() and not tb.exists()
+
+
+def test_a_bin_another_live_process_trains_is_not_trained_twice(tmp_path, monkeypatch):
+    cfg, opts, ckpt = _job(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ckpt.parent.mkdir(parents=True)
+        claims.claim_path(ckpt).write_text(f"{claims.HOST}-{other.pid}")
+        calls = []
+        monkeypatch.setattr(all_bins, "train_source", lambda *a, **k: calls.append(1) or {"test_accuracy": 0.5})
+        outcome = all_bins.run_source_job(cfg, opts, None, None)
+        assert outcome.status == "claimed" and str(other.pid) in outcome.detail and not calls
+        # the other process dies without a checkpoint: the waiting run trains the bin itself
+        threading.Timer(1.0, lambda: (other.kill(), other.wait())).start()  # reaped: its pid is gone
+        monkeypatch.setattr(all_bins, "is_complete", lambda *a, **k: False)
+        handle = type("Handle", (), {"fingerprint": None})()
+        waited = all_bins.wait_for_other_training(cfg, opts, handle, None, poll_s=0.1)
+        assert waited.status == "trained" and calls == [1]
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.slow
+def test_killing_source_training_and_running_it_again_resumes(digits_root, tmp_path):
+    args = ["train-all", "--dataset", "drift_digits", "--data_root", str(digits_root), "--results_dir",
+            str(tmp_path), "--model", TINY_MODEL, "--no-pretrained", "--epochs", "2", "--batch_size", "32",
+            "--bins", "era_1", "era_2", "era_3"]
+    ckpts = tmp_path / "drift_digits" / "baselines" / TINY_MODEL
+    proc = subprocess.Popen([sys.executable, "-m", "multisource", *args], cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (ckpts / "era_1.json").is_file():  # era_1 finished: era_2 is training now
+        assert proc.poll() is None and time.monotonic() < deadline, "source training ended before it was killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = (ckpts / "era_1.ckpt").read_bytes()
+    assert not (ckpts / "era_3.json").exists()
+
+    from multisource.training.source import is_complete
+    run = subprocess.run([sys.executable, "-m", "multisource", *args], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = {line.split()[0]: line.split()[1] for line in run.stdout.splitlines() if line.startswith("  era_")}
+    assert lines == {"era_1": "skipped", "era_2": "trained", "era_3": "trained"}  # resumed where it stopped
+    assert (ckpts / "era_1.ckpt").read_bytes() == first  # the finished bin is kept, byte for byte
+    assert all(is_complete(ckpts / f"era_{i}.ckpt") for i in (1, 2, 3))
+    assert not list(ckpts.glob(".*.claim")) and not list(ckpts.glob("*.failed.json"))
