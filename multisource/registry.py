@@ -57,5 +57,9 @@ class Registry(Generic[T]):
     def list(self) -> list[str]:
         return sorted(self._items)
 
+    def registered(self) -> list[str]:
+        """Names in the order they were registered."""
+        return list(self._items)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())

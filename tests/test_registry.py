@@ -91,3 +91,30 @@ def test_failed_registration_leaves_nothing_behind(widgets):
     assert widgets.list() == ["alpha", "beta"]
     widgets.register("gamma", 3, aliases=("g",))  # the name is still free
     assert widgets.get("g") == 3
+
+
+def test_a_new_method_is_in_the_default_sweep_unless_it_says_why_not():
+    from dataclasses import dataclass
+
+    from multisource.experiment.settings import resolve_sweep
+    from multisource.config import Layer
+    from multisource.methods import METHODS, get_method
+    from multisource.methods.base import default_methods, register_method
+
+    @dataclass
+    class Plain:
+        pass
+
+    try:
+        register_method("zz_new", Plain, "a method added by a test")(lambda cfg, pool, target, meter: None)
+        register_method("zz_left_out", Plain, "another", outside_default_sweep="needs a GPU")(
+            lambda cfg, pool, target, meter: None)
+        assert "zz_new" in default_methods() and "zz_left_out" not in default_methods()
+        assert "zz_new" in resolve_sweep(None, Layer())[0].methods
+    finally:
+        for name in ("zz_new", "zz_left_out"):
+            METHODS._items.pop(name, None)
+    # every method left out names its reason; the paper's four and the reference rows are in
+    assert {m for m in METHODS if not get_method(m).outside_default_sweep} == set(default_methods())
+    assert default_methods()[:4] == ("ensemble", "fusion", "grasp", "pearl")
+    assert {"target_only", "source_finetune"} <= set(default_methods())

@@ -30,7 +30,8 @@ from ..methods import get_method, list_methods
 from ..options import RunOptions
 from ..training.fit import SourceTrainConfig
 from .config import ExperimentConfig
-from .sweep import DEFAULT_METHODS, SweepConfig
+from ..methods.base import default_methods
+from .sweep import SweepConfig
 
 SECTIONS: dict[str, type] = {"data": DriftDigitsConfig, "sources": SourceTrainConfig, "sweep": SweepConfig,
                              "run": RunOptions}
@@ -216,7 +217,7 @@ def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, 
     ``sources:`` section is kept for ``--train_missing``."""
     owners = method_flags or {}
     flags = {k for k in cli if k in owners}
-    chosen = [method] if method else (cli.get("methods") or methods_named(file) or list(DEFAULT_METHODS))
+    chosen = [method] if method else (cli.get("methods") or methods_named(file) or list(default_methods()))
     chosen = [get_method(m).name for m in chosen]
     stray = [k for k in flags if not set(owners[k]) & set(chosen)]
     if stray:

@@ -259,7 +259,9 @@ class MethodSpec:
     fine-tuned from one start, so the plan refuses sources that were not; ``deterministic``: it draws no random
     number (no training, no sampling), so a sweep runs it once per target and reports one run, not trials that
     would look like independent seeds; ``reads_sources``: False for a row that reads no source model (it may read
-    their start), whose result a sweep can reuse across protocols when its inputs are the same."""
+    their start), whose result a sweep can reuse across protocols when its inputs are the same;
+    ``outside_default_sweep``: why a sweep without ``--methods`` leaves the method out ("" for none: every method
+    is in the default sweep unless it says why not)."""
 
     name: str
     config_cls: type
@@ -272,6 +274,7 @@ class MethodSpec:
     needs_shared_start: bool = False
     deterministic: bool = False
     reads_sources: bool = True
+    outside_default_sweep: str = ""
 
     def order_of(self, config: Any) -> str:
         return self.source_order(config) if self.source_order else "chronological"
@@ -285,11 +288,11 @@ def register_method(name: str, config_cls: type, description: str = "", *,
                     target_epochs: Callable[[Any, int], int] | None = None,
                     match_budget: Callable[[Any, int], Any] | None = None,
                     needs_shared_start: bool = False, deterministic: bool = False,
-                    reads_sources: bool = True) -> Callable:
+                    reads_sources: bool = True, outside_default_sweep: str = "") -> Callable:
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         METHODS.register(name, MethodSpec(name, config_cls, fn, description, source_order, reference,
                                           target_epochs, match_budget, needs_shared_start, deterministic,
-                                          reads_sources))
+                                          reads_sources, outside_default_sweep))
         return fn
 
     return deco
@@ -297,6 +300,17 @@ def register_method(name: str, config_cls: type, description: str = "", *,
 
 def get_method(name: str) -> MethodSpec:
     return METHODS.get(name)
+
+
+PAPER_METHODS = ("ensemble", "fusion", "grasp", "pearl")
+
+
+def default_methods() -> tuple[str, ...]:
+    """What a sweep runs when no method is named: every registered method that does not say why it is left out
+    (``outside_default_sweep``), the paper's four first, then the rest in the order they were registered."""
+    names = [n for n in METHODS.registered() if not METHODS.get(n).outside_default_sweep]
+    return tuple(sorted(names, key=lambda n: (n not in PAPER_METHODS, PAPER_METHODS.index(n) if n in PAPER_METHODS
+                                              else names.index(n))))
 
 
 def list_methods() -> list[str]:

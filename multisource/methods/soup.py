@@ -18,7 +18,7 @@ from .base import MethodResult, SourcePool, TargetData, register_method
 from .fusion import average_streaming
 from .merge import recalibrate_batchnorm, running_mean_
 from .source_finetune import score_on_val
-from .target_finetune import TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
+from .target_finetune import MERGE_OUTSIDE_DEFAULT, TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
 
 
 @dataclass
@@ -69,7 +69,7 @@ def greedy_soup(pool: SourcePool, target: TargetData, meter) -> tuple[torch.nn.M
 
 @register_method("soup", SoupConfig, "Merge: uniform or greedy soup of the sources (greedy: best on target val first, "
                  "each kept if val accuracy does not drop), optionally fine-tuned.", match_budget=match_finetune_epochs,
-                 needs_shared_start=True)
+                 needs_shared_start=True, outside_default_sweep=MERGE_OUTSIDE_DEFAULT)
 def run(cfg: SoupConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     if cfg.mode == "greedy":
         model, record = greedy_soup(pool, target, meter)

@@ -46,6 +46,12 @@ class TargetFinetuneConfig:
         return FinetuneConfig(epochs=self.epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay)
 
 
+# Why the merging baselines are not in a sweep that names no method: each is one more row on every target,
+# and none is part of the paper's comparison; ``--methods task_arithmetic ties dare soup`` adds them.
+MERGE_OUTSIDE_DEFAULT = ("a model-merging baseline outside the paper's comparison (one more row per target); name it "
+                         "in --methods to run it")
+
+
 def match_finetune_epochs(config: Any, epochs: int) -> Any:
     """``config`` with ``finetune_epochs: matched`` replaced by ``epochs`` (unchanged when it is a number)."""
     return replace(config, finetune_epochs=epochs) if config.finetune_epochs == MATCHED else config

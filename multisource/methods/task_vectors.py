@@ -29,7 +29,7 @@ from ..utils.seed import derive_seed
 from .base import MethodResult, SourcePool, TargetData, register_method
 from .merge import apply_task_vector, dare_drop, disjoint_mean, recalibrate_batchnorm, task_vector_sum, \
     tensor_mean, trim_by_magnitude
-from .target_finetune import TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
+from .target_finetune import MERGE_OUTSIDE_DEFAULT, TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
 
 DEFAULT_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # TIES's disjoint mean is on the scale of one task vector (task arithmetic's sum on that of K): a wider grid.
@@ -169,14 +169,14 @@ def _same(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
 
 @register_method("task_arithmetic", TaskVectorConfig, "Merge: start + lambda x sum of task vectors (lambda on "
                  "target val), optionally fine-tuned.", match_budget=match_finetune_epochs,
-                 needs_shared_start=True)
+                 needs_shared_start=True, outside_default_sweep=MERGE_OUTSIDE_DEFAULT)
 def run_task_arithmetic(cfg: TaskVectorConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     return _run("task_arithmetic", cfg, pool, target, meter, task_vector_sum, _same, MACS_PER_ENTRY["sum"], {})
 
 
 @register_method("ties", TiesConfig, "Merge: TIES (trim per tensor, elect signs, disjoint mean) of task vectors, "
                  "lambda on target val, optionally fine-tuned.", match_budget=match_finetune_epochs,
-                 needs_shared_start=True)
+                 needs_shared_start=True, outside_default_sweep=MERGE_OUTSIDE_DEFAULT)
 def run_ties(cfg: TiesConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     def trim(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
         return trim_by_magnitude(tau, cfg.density)
@@ -187,7 +187,7 @@ def run_ties(cfg: TiesConfig, pool: SourcePool, target: TargetData, meter) -> Me
 
 @register_method("dare", DareConfig, "Merge: DARE (random drop, rescale) then task arithmetic or TIES, lambda on "
                  "target val, optionally fine-tuned.", match_budget=match_finetune_epochs,
-                 needs_shared_start=True)
+                 needs_shared_start=True, outside_default_sweep=MERGE_OUTSIDE_DEFAULT)
 def run_dare(cfg: DareConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     names = pool.names
 
