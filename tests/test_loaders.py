@@ -83,8 +83,8 @@ def test_missing_dataset_folder(tmp_path):
 
 def test_unknown_bin_lists_the_bins(tiny_root):
     handle = open_dataset("drift_digits", tiny_root)
-    with pytest.raises(DataError) as info:
-        handle.split("era_9", "train")
+    with pytest.raises(DataError) as info:  # checked once, where a run is planned
+        handle.check_bins("era_9")
     assert str(info.value) == ("Unknown bin(s) ['era_9'] for dataset drift_digits; its bins are "
                                "['era_1', 'era_2', 'era_3', 'era_4', 'era_5'].")
 
@@ -92,9 +92,12 @@ def test_unknown_bin_lists_the_bins(tiny_root):
 def test_missing_bin_folder_names_path_and_fix(tiny_root):
     handle = open_dataset("drift_digits", tiny_root)
     with pytest.raises(DataError) as info:
-        handle.split("era_3", "train")
+        handle.check_bins("era_3")
     msg = str(info.value)
     assert str(tiny_root / "era_3") in msg and BUILD in msg
+    with pytest.raises(DataError) as info:  # a folder gone after the check is still one clear error
+        handle.split("era_3", "train")
+    assert str(tiny_root / "era_3") in str(info.value) and BUILD in str(info.value)
 
 
 def test_missing_split_folder(tiny_root):
