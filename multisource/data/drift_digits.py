@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
-from tqdm import tqdm
 
 from ..utils.seed import derive_seed
 from ..config import check_range, check_seed
 from ..paths import UPSTREAM
+from ..utils.progress import progress_bar
 from .card import build_card, write_card
 from .raw import building
 from .datasets import get_dataset
@@ -145,7 +145,7 @@ def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.nd
             assignment: dict[str, dict[str, list[int]]], cfg: DriftDigitsConfig, progress: bool = True) -> dict:
     """Every image and the card into ``tmp``."""
     jobs = [(b, s, i) for b in [UPSTREAM, *bins] for s in SPLITS for i in assignment[b][s]]
-    for b, split, i in tqdm(jobs, desc="Rendering drifting digits", unit="digit", leave=False, disable=not progress):
+    for b, split, i in progress_bar(jobs, desc="Rendering drifting digits", unit="digit", leave=False, enabled=progress):
         renders = cfg.train_renders if split == "train" else cfg.eval_renders
         folder = tmp / b / split / info.classes[int(targets[i])]
         folder.mkdir(parents=True, exist_ok=True)

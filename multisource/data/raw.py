@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from PIL import Image
-from tqdm import tqdm
 
 from ..paths import UPSTREAM
 from ..utils.io import current_umask, read_json, write_text
+from ..utils.progress import progress_bar
 from .card import CARD_NAME
 from .folder import DataError
 from .splits import SPLITS
@@ -72,7 +72,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, desc
 
     Threads suffice: Pillow releases the GIL while decoding and resizing, and copying is I/O.
     """
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=len(items), desc=desc, unit=unit, enabled=progress, leave=False, dynamic_ncols=True)
     results: list[Any] = [None] * len(items)
     try:
         if workers <= 1:

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from ..data.loaders import DatasetHandle
 from ..models.factory import data_config, load_checkpoint
@@ -25,6 +24,7 @@ from ..options import RunOptions
 from ..training.fit import evaluate_split
 from ..utils.env import environment
 from ..utils.io import atomic_write, write_json, write_text
+from ..utils.progress import progress_bar
 from .plan import check_source_checkpoint
 from .plots import plot_drift_heatmap
 
@@ -54,7 +54,7 @@ def drift_matrix(handle: DatasetHandle, model: str, opts: RunOptions, bins: Sequ
     """(accuracy matrix rows = source bins, columns = test bins; per-source details). One model resident."""
     device = opts.torch_device()
     matrix, sources = [], {}
-    bar = tqdm(total=len(bins) ** 2, desc="Drift report", unit="eval", disable=not progress, leave=False)
+    bar = progress_bar(total=len(bins) ** 2, desc="Drift report", unit="eval", enabled=progress, leave=False)
     try:
         for b in bins:
             path = opts.source_checkpoint(handle.info.name, model, b)
