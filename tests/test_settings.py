@@ -10,8 +10,9 @@ import pytest
 
 from multisource.cli.demo import demo_main
 from multisource.cli.experiment import experiment_main
+from multisource.cli.own_data import drift_main, import_main
 from multisource.cli.preprocess import drift_digits_main
-from multisource.cli.sweep import sweep_main
+from multisource.cli.sweep import summarize_main, sweep_main
 from multisource.cli.train import train_all_main, train_baseline_main
 from multisource.config import ConfigError, Layer, build, load_yaml
 from multisource.experiment.settings import (cli_layer, read_settings, resolve_data, resolve_experiment,
@@ -34,6 +35,12 @@ COMMANDS = {
                                                          method="grasp", dataset="clear10"),
     "drift_digits_preprocessing": lambda cfg, tmp: drift_digits_main(["--config", cfg, "--output_dir",
                                                                       str(tmp / "d")]),
+    "import_dataset": lambda cfg, tmp: import_main(["--config", cfg, "--folder", str(tmp / "tree"), "--output_dir",
+                                                    str(tmp / "d")]),
+    "drift_report": lambda cfg, tmp: drift_main(["--config", cfg, "--dataset", "drift_digits", "--model",
+                                                 "tiny-resnet", "--results_dir", str(tmp)]),
+    "summarize": lambda cfg, tmp: summarize_main(["--config", cfg, "--dataset", "drift_digits", "--model",
+                                                  "tiny-resnet", "--results_dir", str(tmp)]),
     "demo": lambda cfg, tmp: demo_main(["--config", cfg, "--data_root", str(tmp / "d"), "--results_dir", str(tmp)]),
 }
 BAD_FILES = {  # file text -> what the one-line message must name
@@ -160,3 +167,28 @@ def test_cli_layer_keeps_only_given_values():
 
 def test_source_train_config_is_canonical():
     assert SourceTrainConfig(model_name="test_resnet").model_name == "tiny-resnet"
+
+
+def test_the_importer_reads_its_section_and_flags_win(tmp_path, capsys):
+    from PIL import Image
+
+    tree = tmp_path / "tree"
+    for b in ("2019", "2020"):
+        for c in ("cat", "dog"):
+            (tree / b / c).mkdir(parents=True)
+            for i in range(12):
+                Image.new("RGB", (20, 20), (i * 20, 0, 0) if c == "cat" else (0, i * 20, 0)).save(
+                    tree / b / c / f"{i}.png")
+    cfg = tmp_path / "import.yaml"
+    cfg.write_text("seed: 7\nimport:\n  name: Pets\n  image_size: 16\n  classes: [dog, cat]\n")
+    out = tmp_path / "out"
+    assert import_main(["--config", str(cfg), "--folder", str(tree), "--output_dir", str(out), "--image_size", "20",
+                        "--no_progress"]) == 0
+    from multisource.data.card import read_card
+    card = read_card(out)
+    assert card["dataset"] == "Pets" and card["seed"] == 7 and card["classes"] == ["dog", "cat"]
+    assert card["image_size"] == 20  # the flag wins over the file
+    cfg.write_text("import:\n  image_size: big\n")
+    assert import_main(["--config", str(cfg), "--folder", str(tree), "--output_dir", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "import.image_size" in err and "line 2" in err and not (tmp_path / "o2").exists()

@@ -62,9 +62,9 @@ def run_demo(args: argparse.Namespace) -> int:
     def stage(name: str, detail) -> None:
         now = time.perf_counter()
         if name == "sources":
-            for model, outcomes in detail.items():
-                for b, r in outcomes.items():
-                    print(f"      {model} {b:<8} {r.status:<8} {r.detail}", flush=True)
+            for model, outcomes in detail.items():  # each bin was logged as it finished
+                counts = {s: sum(r.status == s for r in outcomes.values()) for s in ("trained", "skipped", "failed")}
+                print(f"      {model}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), flush=True)
             if not detail:
                 print("      every source model the experiments need is there", flush=True)
             stages["sources_s"], clock["t0"] = now - clock["t0"], now

@@ -28,17 +28,17 @@ def import_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_root", default=None,
                    help="folder that the table's relative image paths start from (default: the table's folder)")
     p.add_argument("--output_dir", required=True, help="where to build the dataset (e.g. datasets/MyData)")
-    p.add_argument("--name", default="", help="the dataset's name; results go under results/<name>/ (default: the "
+    p.add_argument("--name", default=None, help="the dataset's name; results go under results/<name>/ (default: the "
                                               "output folder's name)")
     t = p.add_argument_group("columns and bins")
-    t.add_argument("--path_column", default="path")
-    t.add_argument("--label_column", default="label")
-    t.add_argument("--time_column", default="timestamp",
+    t.add_argument("--path_column", default=None, help="default: path")
+    t.add_argument("--label_column", default=None, help="default: label")
+    t.add_argument("--time_column", default=None,
                    help="ISO dates or datetimes, years, or Unix seconds (default column: timestamp)")
-    t.add_argument("--time_format", default="auto", choices=("auto", "iso", "year", "unix", "excel"),
+    t.add_argument("--time_format", default=None, choices=("auto", "iso", "year", "unix", "excel"),
                    help="how the time column reads: auto (default: ISO text, 4-digit years, or Unix seconds from "
                         "1973 on), iso, year, unix (seconds), excel (serial days since 1899-12-30)")
-    t.add_argument("--bin_column", default="bin", help="explicit bin names, used when --bin_by is not given")
+    t.add_argument("--bin_column", default=None, help="explicit bin names, used when --bin_by is not given")
     t.add_argument("--bin_by", default=None,
                    help="bin by time: year, quarter, month, years:N, edges:1990,2000,2010 (years or ISO dates) or "
                         "quantiles:N (equal-count bins); bins are named by their time range")
@@ -47,27 +47,29 @@ def import_parser() -> argparse.ArgumentParser:
     t.add_argument("--classes", nargs="+", default=None,
                    help="the label order (default: sorted; numerically when every label is a number)")
     o = p.add_argument_group("options")
-    o.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
-    o.add_argument("--link", choices=("copy", "hardlink", "symlink"), default="copy",
+    o.add_argument("--seed", default=None, help="split seed (default 42)")
+    o.add_argument("--link", choices=("copy", "hardlink", "symlink"), default=None,
                    help="copy the images (default) or link them")
-    o.add_argument("--strict", action="store_true",
+    o.add_argument("--strict", action="store_true", default=None,
                    help="refuse missing or unreadable images (default: skip them and list them in the card)")
-    o.add_argument("--drop_small", action="store_true",
+    o.add_argument("--drop_small", action="store_true", default=None,
                    help="leave out bin x class strata under 10 images (default: refuse)")
-    o.add_argument("--image_size", type=int, default=None,
+    o.add_argument("--image_size", default=None,
                    help="training image size recorded in the card (default: the images' own size, the median "
                         "shorter side)")
-    o.add_argument("--upstream", default="none",
+    o.add_argument("--upstream", default=None,
                    help="a pretraining pool every source model starts from: none (default; the tiny models then "
                         "start from one shared random initialisation), earliest (the earliest bin becomes the pool: "
                         "neither a source nor a target) or fraction:F (a stratified share F of every bin's images, "
                         "so the pool has seen every period)")
-    o.add_argument("--no_hflip", dest="hflip", action="store_false",
+    o.add_argument("--no_hflip", dest="hflip", action="store_false", default=None,
                    help="horizontal flips change the meaning of these images (text, digits)")
     o.add_argument("--workers", type=int, default=None, help="threads that check and copy images (default: CPUs, "
                                                              "at most 8)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     o.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")
+    o.add_argument("--config", default=None, help="settings file; its top level and import: section apply "
+                                                  "(flags override it)")
     o.add_argument("--verbose", action="store_true")
     return p
 
@@ -77,18 +79,15 @@ def import_main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def main() -> int:
-        from ..data.importer import ImportConfig, import_folder, import_table
+        from ..data.importer import import_folder, import_table
+        from ..experiment.settings import cli_layer, read_settings, resolve_import
         from ..paths import UPSTREAM
 
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}.")
-        cfg = ImportConfig(name=args.name, bin_by=args.bin_by, bins=tuple(args.bins or ()),
-                           classes=tuple(args.classes or ()), path_column=args.path_column,
-                           label_column=args.label_column, time_column=args.time_column,
-                           time_format=args.time_format,
-                           bin_column=args.bin_column, seed=args.seed, link=args.link, strict=args.strict,
-                           drop_small=args.drop_small, image_size=args.image_size, hflip=args.hflip,
-                           upstream=args.upstream)
+        cli = cli_layer(args, exclude=("config", "verbose", "table", "folder", "image_root", "output_dir", "workers",
+                                       "overwrite", "progress"))
+        cfg = resolve_import(read_settings(args.config), cli)
         out = Path(args.output_dir).expanduser().resolve()
         common = {"workers": args.workers, "overwrite": args.overwrite, "progress": args.progress}
         if args.table:

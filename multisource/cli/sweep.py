@@ -183,16 +183,19 @@ def summarize_main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", "--model_name", "--models", dest="models", nargs="+", required=True)
     p.add_argument("--results_dir", default=None, help="results root (default: <project>/results)")
     p.add_argument("--no_plots", dest="plots", action="store_false", help="skip the PNG plots")
+    p.add_argument("--config", default=None, help="settings file; its run: section's results_dir applies")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def main() -> int:
+        from ..experiment.settings import cli_layer, read_settings, resolve_options
         from ..experiment.summary import write_summaries
-        from ..options import RunOptions
         from ..utils.io import read_json
 
-        root = RunOptions(results_dir=args.results_dir).results_path()
+        opts = resolve_options(read_settings(args.config), cli_layer(args, exclude=("config", "verbose", "dataset",
+                                                                                    "protocol", "models", "plots")))
+        root = opts.results_path()
         for model in args.models:
             paths = write_summaries(root, args.dataset, model, plots=args.plots, protocol=args.protocol)
             print(paths["comparison_md"].read_text(encoding="utf-8"))

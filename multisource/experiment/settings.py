@@ -5,6 +5,7 @@ One grammar for every settings file (``--config FILE``), read the same way by ev
     dataset: drift_digits      # top level: any setting of any stage (dataset, model, seed, batch_size,
     model: tiny-resnet         #   learning_rate, num_workers, ...): it applies to every stage that has it
     data:    {...}             # how the embedded dataset is built (DriftDigitsConfig)
+    import:  {...}             # how your own images are binned and split (ImportConfig)
     sources: {...}             # source training (SourceTrainConfig); alias: source_training
     sweep:   {...}             # targets, num_trials, methods (SweepConfig)
     methods: {grasp: {...}}    # per-method hyper-parameters (a list instead only selects the methods)
@@ -12,7 +13,8 @@ One grammar for every settings file (``--config FILE``), read the same way by ev
 
 A section overrides the top level for its stage. The whole file is checked whichever command reads it, so an
 unknown key, a wrong type or a YAML syntax error anywhere is one line naming the file, the line and the key.
-Commands honour every section that concerns them: training reads ``sources`` and ``run``; an experiment
+Commands honour every section that concerns them: the importer reads ``import``; training ``sources`` and
+``run``; the drift report and ``summarize`` ``run``; an experiment
 ``methods`` and ``run``; a sweep ``sweep``, ``methods``, ``sources`` (for ``--train_missing``) and ``run``;
 the demo all of them.
 """
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 
 from ..config import ConfigError, Layer, build, convert_field, field_names, load_yaml
 from ..data.drift_digits import DriftDigitsConfig
+from ..data.importer import ImportConfig
 from ..executors import EXECUTORS
 from ..methods import get_method, list_methods
 from ..options import RunOptions
@@ -33,15 +36,15 @@ from .config import ExperimentConfig
 from ..methods.base import default_methods
 from .sweep import SweepConfig
 
-SECTIONS: dict[str, type] = {"data": DriftDigitsConfig, "sources": SourceTrainConfig, "sweep": SweepConfig,
-                             "run": RunOptions}
+SECTIONS: dict[str, type] = {"data": DriftDigitsConfig, "import": ImportConfig, "sources": SourceTrainConfig,
+                             "sweep": SweepConfig, "run": RunOptions}
 SECTION_ALIASES = {"source_training": "sources"}
 METHOD_KEYS = ("methods", "method_configs")  # per-method mappings, at the top level or in ``sweep:``
 # The same setting under another name in one stage (the paper's --model_name; a sweep's list of models).
 RENAMES: dict[type, dict[str, str]] = {SourceTrainConfig: {"model": "model_name"},
                                        ExperimentConfig: {"model_name": "model"},
                                        SweepConfig: {"model": "models", "model_name": "models"}}
-STAGES = (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, DriftDigitsConfig)
+STAGES = (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, DriftDigitsConfig, ImportConfig)
 
 
 def _names(cls: type) -> set[str]:
@@ -238,6 +241,11 @@ def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, 
     # A sweep saves no experiment's model unless asked (--save_model, or run: save_model: true): dozens of full
     # models (94 MB each for ResNet-50) that no summary reads. A single experiment keeps saving its model.
     return cfg, resolve_options(file, cli, defaults={"save_model": False})
+
+
+def resolve_import(file: Layer | None, cli: Layer) -> ImportConfig:
+    """How own images are imported: top level < ``import:`` < flags."""
+    return build(ImportConfig, *stage_layers(file, ImportConfig, "import"), _renamed(cli, ImportConfig))
 
 
 def resolve_data(file: Layer | None, cli: Layer | None = None) -> DriftDigitsConfig:

@@ -135,6 +135,8 @@ def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
                                       f"worker failed: {type(value).__name__}: {value}",
                                       error_type=type(value).__name__)
             results[todo[i].bin] = value
+            log.info("Source %s (%d/%d): %s %s", todo[i].bin, len(results) - (len(bins) - len(todo)), len(todo),
+                     value.status, value.detail)
     for c in todo:
         if results[c.bin].status == "claimed":
             results[c.bin] = wait_for_other_training(c, opts, handle, start)
