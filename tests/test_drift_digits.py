@@ -150,8 +150,10 @@ def test_split_stratum_rule_and_determinism():
 
 def test_card_matches_the_files_on_disk(digits_root):
     card = read_card(digits_root)
-    assert card["dataset"] == "drift_digits" and card["seed"] == 42 and card["schema"] == 1
-    assert card["classes"] == CLASSES
+    assert card["dataset"] == "drift_digits" and card["seed"] == 42 and card["schema"] == 2
+    assert card["classes"] == CLASSES and card["bin_order"] == BINS
+    # what a reader needs is in the card itself (the dataset is its card)
+    assert card["image_size"] == 32 and card["hflip"] is False and card["example_group"] == r"^(d\d+)_r\d+$"
     assert card["label_order"] == {c: i for i, c in enumerate(CLASSES)}
     assert list(card["bins"]) == BINS
     assert [card["bins"][b]["era"] for b in BINS] == [1, 2, 3, 4, 5]

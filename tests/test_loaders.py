@@ -187,3 +187,34 @@ def test_example_groups_name_the_digit_each_rendering_shows(tmp_path):
     # renderings of one digit share a group; labels keep equal stems of other classes apart; no match: its own
     assert groups == ["3/d0007", "3/d0007", "3/d0012", "5/d0007", "5/other"]
     assert example_groups(data, get_dataset("clear10").example_group) is None
+
+
+def test_a_built_dataset_is_its_card(tmp_path):
+    """The card's facts win over the registry's: a drifting-digits build at 24 px trains at 24 px, flips stay
+    off and renderings group by the card's pattern; a card of schema 1 (no facts) falls back to the registry."""
+    import json
+
+    from multisource.data.card import CARD_NAME
+    from multisource.data.drift_digits import DriftDigitsConfig, build_drift_digits
+
+    root = tmp_path / "Digits24"
+    build_drift_digits(root, DriftDigitsConfig(image_size=24, train_renders=1, eval_renders=1), progress=False)
+    handle = open_dataset("drift_digits", root)
+    assert (handle.info.image_size, handle.info.hflip, handle.info.example_group) == (24, False, r"^(d\d+)_r\d+$")
+    assert handle.bins == ["era_1", "era_2", "era_3", "era_4", "era_5"] and handle.classes[0] == "0"
+    card = json.loads((root / CARD_NAME).read_text())
+    card["bin_order"] = ["era_1", "era_2", "era_3"]  # a build of fewer bins: the card says which
+    card["image_size"], card["hflip"] = 48, True
+    (root / CARD_NAME).write_text(json.dumps(card))
+    handle = open_dataset("drift_digits", root)
+    assert handle.bins == ["era_1", "era_2", "era_3"] and (handle.info.image_size, handle.info.hflip) == (48, True)
+    for key in ("bin_order", "image_size", "hflip", "example_group"):  # an older card: the registry's facts
+        card.pop(key)
+    card["schema"] = 1
+    (root / CARD_NAME).write_text(json.dumps(card))
+    handle = open_dataset("drift_digits", root)
+    assert (handle.info.image_size, handle.info.hflip, handle.bins[-1]) == (32, False, "era_5")
+    card["example_group"] = "no group here"
+    (root / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="example_group 'no group here' is not a regular expression with a group"):
+        open_dataset("drift_digits", root)

@@ -11,7 +11,9 @@ from ..utils.io import read_json, write_json
 from .splits import SPLITS
 
 CARD_NAME = "dataset_card.json"
-CARD_SCHEMA = 1
+# 2: the card holds what reading the dataset needs (bin_order, image_size, hflip, example_group), for built-in
+# datasets as for imported ones; cards of schema 1 lack some of them and fall back to the registry's entry.
+CARD_SCHEMA = 2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -53,16 +55,24 @@ def card_fingerprint(card: dict[str, Any] | None) -> str | None:
 
 
 def build_card(root: Path, *, dataset: str, classes: list[str], bins: list[str], seed: int,
+               image_size: int | None = None, hflip: bool | None = None, example_group: str | None = None,
                extra: dict[str, Any] | None = None, bin_extra: dict[str, dict] | None = None) -> dict[str, Any]:
+    """The card of the dataset built under ``root``: the facts every reader takes from it (classes, bins in
+    time order, training image size, whether horizontal flips keep the meaning, which images render one
+    example), each split's counts and file-list checksum, and the builder's ``extra`` details."""
     card: dict[str, Any] = {
         "schema": CARD_SCHEMA,
         "dataset": dataset,
         "classes": list(classes),
         "label_order": {c: i for i, c in enumerate(classes)},
+        "bin_order": list(bins),
         "bins": {},
         "seed": seed,
         "built_with": f"multisource {__version__}",
     }
+    for key, value in (("image_size", image_size), ("hflip", hflip), ("example_group", example_group)):
+        if value is not None:
+            card[key] = value
     for b in bins:
         entry: dict[str, Any] = {"splits": {s: split_summary(root, b, s, classes) for s in SPLITS}}
         entry.update((bin_extra or {}).get(b, {}))

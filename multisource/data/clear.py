@@ -244,8 +244,9 @@ def build_clear(name: str, source_dir: Path, output_dir: Path, *, seed: int = 42
         }
         for w in extra["warnings"]:
             log.warning("%s", w)
-        card = build_card(tmp, dataset=info.name, classes=list(info.classes), bins=bins, seed=seed, extra=extra,
-                          bin_extra=bin_details(bins, placements, skipped))
+        card = build_card(tmp, dataset=info.name, classes=list(info.classes), bins=bins, seed=seed,
+                          image_size=info.image_size, hflip=info.hflip, example_group=info.example_group,
+                          extra=extra, bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)
         if cache_size:
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)

@@ -1,13 +1,19 @@
-"""The dataset registry: one entry per time-binned dataset (directory, bins in order, classes).
+"""The dataset registry (how each built-in dataset is built and found) and the dataset cards (what a built
+dataset is).
 
-A dataset is also its card: ``get_dataset(PATH)`` reads the ``dataset_card.json`` of a preprocessed folder (an
-imported dataset, or a built-in one at another place), so no code edit is needed to use a new dataset.
+A built dataset is its card: its ``dataset_card.json`` says its classes, bins in time order, training image
+size, whether flips keep an image's meaning and which images render one example (:func:`card_facts`), for
+built-in datasets as for imported ones, and every reader takes those facts from it. A registered entry says
+them too, for what happens before a build (a sweep's targets, a builder's input) and for folders built before
+cards held them (card schema 1). ``get_dataset(PATH)`` reads the card of a preprocessed folder, so no code edit
+is needed to use a new dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,29 +117,64 @@ def dataset_from_card(folder: str | os.PathLike) -> DatasetInfo:
     card = read_card(root) or {}
     name = str(card.get("dataset") or "")
     if name in DATASETS:
-        info = dataclasses.replace(DATASETS.get(name), root=root)
+        info = dataclasses.replace(DATASETS.get(name), root=root, **card_facts(card, card_path))
     else:
-        bins = card.get("bin_order") or list(card.get("bins") or {})
-        if not name or not bins or not card.get("classes"):
+        facts = card_facts(card, card_path)
+        if not name or not facts.get("bins") or not facts.get("classes"):
             raise ValueError(f"{card_path} lacks 'dataset', 'bins' or 'classes'; re-import the dataset "
                              "(python preprocessing/import_dataset.py ... --overwrite).")
-        check_card_names(card_path, name, bins, card["classes"])
-        size = card.get("image_size") or 224
-        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 8192:
-            raise ValueError(f"{card_path}: image_size {size!r} is not a whole number of pixels in 8..8192; fix the "
-                             "card or re-import the dataset with --image_size.")
-        info = DatasetInfo(name=name, dir_name=root.name, bins=tuple(bins), classes=tuple(card["classes"]),
-                           image_size=size, hflip=bool(card.get("hflip", True)),
+        safe_name(name, f"{card_path}: dataset name", _card_fix(card_path))
+        info = DatasetInfo(**{"image_size": 224, **facts}, name=name, dir_name=root.name,
                            preprocess_script="import_dataset.py", root=root,
                            description=f"Imported dataset ({card.get('binning', 'named bins')}).")
     _CARD_CACHE[cache_key] = info
     return info
 
 
+def _card_fix(card_path: Path) -> str:
+    return f"fix {card_path} or re-import the dataset (python preprocessing/import_dataset.py ... --overwrite)"
+
+
+def card_facts(card: dict, card_path: Path) -> dict:
+    """The facts a reader takes from a dataset's card, as DatasetInfo fields (those the card states): classes,
+    bins in time order, image size, hflip and example group. Each is checked here, once, where it is read: a
+    hand-edited or hostile card is one clear error naming the file."""
+    facts: dict = {}
+    fix = _card_fix(card_path)
+    bins = card.get("bin_order") or list(card.get("bins") or {})
+    classes = card.get("classes")
+    if bins or classes:
+        check_card_names(card_path, card.get("dataset") or "dataset", list(bins) if isinstance(bins, tuple) else bins,
+                         classes if classes is not None else [])
+    if bins:
+        facts["bins"] = tuple(bins)
+    if classes:
+        facts["classes"] = tuple(classes)
+    size = card.get("image_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 8192:
+            raise ValueError(f"{card_path}: image_size {size!r} is not a whole number of pixels in 8..8192; {fix}.")
+        facts["image_size"] = size
+    if card.get("hflip") is not None:
+        if not isinstance(card["hflip"], bool):
+            raise ValueError(f"{card_path}: hflip {card['hflip']!r} is not true or false; {fix}.")
+        facts["hflip"] = card["hflip"]
+    group = card.get("example_group")
+    if group is not None:
+        try:
+            if not isinstance(group, str) or (group and re.compile(group).groups < 1):
+                raise re.error("no group")
+        except re.error:
+            raise ValueError(f"{card_path}: example_group {group!r} is not a regular expression with a group; "
+                             f"{fix}.") from None
+        facts["example_group"] = group
+    return facts
+
+
 def check_card_names(card_path: Path, name: object, bins: object, classes: object) -> None:
     """A card's dataset name, bins and classes become folder names (results/<name>/..., <root>/<bin>/...): each must
     be one plain name, or a hand-edited or hostile card could write or read outside the chosen folders."""
-    fix = f"fix {card_path} or re-import the dataset (python preprocessing/import_dataset.py ... --overwrite)"
+    fix = _card_fix(card_path)
     if not isinstance(bins, list) or not isinstance(classes, list):
         raise ValueError(f"{card_path}: 'bins' and 'classes' must be lists of names; {fix}.")
     safe_name(name, f"{card_path}: dataset name", fix)

@@ -154,6 +154,7 @@ def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.nd
             style = upstream_style(cfg, rng) if b == UPSTREAM else era_style(bins.index(b), len(bins), cfg, rng)
             render_digit(images[i], style, cfg.image_size, rng).save(folder / f"d{i:04d}_r{r}.png", optimize=False)
     card = build_card(tmp, dataset="drift_digits", classes=list(info.classes), bins=bins, seed=cfg.seed,
+                      image_size=cfg.image_size, hflip=info.hflip, example_group=info.example_group,
                       extra={"config": cfg.__dict__, "source": "sklearn.datasets.load_digits (1797 8x8 digits)"},
                       bin_extra={b: {"era": k + 1} for k, b in enumerate(bins)})
     card[UPSTREAM] = build_card(tmp, dataset="drift_digits", classes=list(info.classes), bins=[UPSTREAM],

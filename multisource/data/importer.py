@@ -439,6 +439,7 @@ def import_rows(rows: pd.DataFrame, output_dir: Path, cfg: ImportConfig, *, sour
         place_files(tmp, placements, cfg.link, workers=workers, progress=progress)
         write_manifests(tmp, placements)
         card = build_card(tmp, dataset=name, classes=classes, bins=bins, seed=cfg.seed,
+                          image_size=cfg.image_size or sizes["native_size"], hflip=cfg.hflip, example_group="",
                           extra=card_extra(cfg, source, bins, classes, placements, skipped, small, sizes),
                           bin_extra=bin_extra(bins_meta, bins, skipped))
         if pooled:
@@ -481,11 +482,8 @@ def card_extra(cfg: ImportConfig, source: dict, bins: list[str], classes: list[s
         "source": source,
         "import": {k: v for k, v in asdict(cfg).items() if k not in ("name",)},
         "binning": str(cfg.rule) if cfg.rule else "named bins",
-        "bin_order": bins,
-        "image_size": cfg.image_size or sizes["native_size"],
         "image_sizes": sizes,
         "upstream_rule": cfg.upstream,
-        "hflip": cfg.hflip,
         "split_rule": "per bin x class, over the images that decode, sorted by source path: shuffle with the seed "
                       "(stratum '<bin>/<class>'), train = floor(0.8 n), val = floor(0.1 n), test = rest",
         "file_naming": "the source file name (with a hash of its source path when two in a stratum share it); "

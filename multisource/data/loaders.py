@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .card import card_fingerprint, list_images, read_card
-from .datasets import DatasetInfo, get_dataset
+from .card import CARD_NAME, card_fingerprint, list_images, read_card
+from .datasets import DatasetInfo, card_facts, get_dataset
 from .folder import BinSplitDataset, DataError
 from .splits import SPLITS
 from .packed import open_packed  # the fast path, used when a valid cache exists
@@ -103,9 +104,9 @@ def open_dataset(name: str, data_root: str | Path | None = None) -> DatasetHandl
         raise DataError(f"Dataset folder {root} for '{info.name}' does not exist. Build it with: "
                         f"{info.build_command()} (or pass --data_root to the dataset's folder).")
     card = read_card(root)
-    classes = list(card["classes"]) if card and card.get("classes") else list(info.classes)
-    bins = [b for b in info.bins if not card or b in card.get("bins", {})] if card else list(info.bins)
-    return DatasetHandle(info=info, root=root, classes=classes, bins=bins or list(info.bins), card=card)
+    if card:  # the built dataset is its card: its facts win over the registry's (kept for schema-1 cards)
+        info = dataclasses.replace(info, **card_facts(card, root / CARD_NAME))
+    return DatasetHandle(info=info, root=root, classes=list(info.classes), bins=list(info.bins), card=card)
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,

@@ -189,8 +189,9 @@ def build_yearbook(source_dir: Path, output_dir: Path, *, label: str = "gender",
             extra["decade_boundaries"] = {
                 b: {"earlier_decade": f"year < {y}", "later_decade": f"year >= {y}"}
                 for b, y in DECADE_BOUNDARIES.items()}
-        card = build_card(tmp, dataset=info.name, classes=classes, bins=bins, seed=seed, extra=extra,
-                          bin_extra=bin_details(bins, placements, skipped))
+        card = build_card(tmp, dataset=info.name, classes=classes, bins=bins, seed=seed,
+                          image_size=info.image_size, hflip=info.hflip, example_group=info.example_group,
+                          extra=extra, bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)
         if cache_size:
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)
