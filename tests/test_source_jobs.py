@@ -100,3 +100,34 @@ def test_killing_source_training_and_running_it_again_resumes(digits_root, tmp_p
     assert (ckpts / "era_1.ckpt").read_bytes() == first  # the finished bin is kept, byte for byte
     assert all(is_complete(ckpts / f"era_{i}.ckpt") for i in (1, 2, 3))
     assert not list(ckpts.glob(".*.claim")) and not list(ckpts.glob("*.failed.json"))
+
+
+def test_a_bin_completed_by_another_process_meanwhile_is_taken_not_trained_again(tmp_path, monkeypatch):
+    cfg, opts, ckpt = _job(tmp_path)
+    monkeypatch.setattr(all_bins, "is_complete", lambda *a, **k: True)  # finished after train-all listed it
+
+    def must_not_train(*a, **k):
+        raise AssertionError("a complete bin was trained again")
+
+    monkeypatch.setattr(all_bins, "train_source", must_not_train)
+    outcome = all_bins.run_source_job(cfg, opts, None, None, force=False)
+    assert outcome.status == "skipped" and "another process" in outcome.detail
+    assert not claims.claim_path(ckpt).exists()
+
+
+def test_a_distributed_run_refuses_a_bin_another_command_holds(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    cfg, opts, ckpt = _job(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ckpt.parent.mkdir(parents=True)
+        claims.claim_path(ckpt).write_text(f"{claims.HOST}-{other.pid}")
+        with pytest.raises(RuntimeError, match="a distributed run cannot wait for it"):
+            all_bins.run_source_job(cfg, replace(opts, num_nodes=2), None, None)
+    finally:
+        other.kill()
+        other.wait()
+    assert all_bins.is_distributed(replace(opts, devices="0,1")) and not all_bins.is_distributed(opts)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")  # a secondary rank under MPI
+    assert all_bins.is_secondary_rank()

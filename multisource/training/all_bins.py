@@ -22,7 +22,9 @@ from .source import is_complete, source_checkpoint_path, train_source
 from .start import SharedStart, resolve_start
 
 log = logging.getLogger(__name__)
-_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+# Where each launcher Lightning supports says a process's rank (Lightning's own, torchrun, SLURM, MPI, LSF).
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                   "JSM_NAMESPACE_RANK")
 
 
 @dataclass
@@ -51,18 +53,43 @@ def failure_stem(ckpt: Path) -> Path:
     return ckpt.with_suffix("")
 
 
+def is_distributed(opts: RunOptions) -> bool:
+    """Training runs on several processes (devices or nodes): every rank must train the same bins in the same
+    order, so such a run never defers a bin another command holds (it refuses it instead)."""
+    if is_secondary_rank() or opts.num_nodes > 1:
+        return True
+    devices = opts.devices
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    text = str(devices).strip()
+    if text == "auto":
+        import torch
+        return opts.device not in ("cpu",) and torch.cuda.device_count() > 1
+    return text == "-1" or len([d for d in text.split(",") if d.strip()]) > 1
+
+
 def run_source_job(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart | None,
-                   *, raise_errors: bool = False) -> SourceOutcome:
+                   *, raise_errors: bool = False, force: bool = True) -> SourceOutcome:
     """Train one bin under its claim; a failure is recorded on disk and returned (or, with ``raise_errors``,
-    raised after it is recorded), never lost."""
+    raised after it is recorded), never lost. Without ``force``, a bin another process completed meanwhile is
+    taken as it is (checked again under the claim, as an experiment is)."""
     ckpt = source_checkpoint_path(cfg, opts)
-    if is_secondary_rank():
+    fingerprint = getattr(handle, "fingerprint", None)
+    if is_secondary_rank():  # rank 0 holds the claim; every rank trains the bins rank 0 trains, in its order
+        if not force and is_complete(ckpt, fingerprint):
+            return SourceOutcome(cfg.bin, "skipped", str(ckpt), f"complete: {ckpt}")
         train_source(cfg, opts, handle, start)
         return SourceOutcome(cfg.bin, "trained", str(ckpt), "(secondary rank)")
     with claims.holding(ckpt) as held:
         if not held:
             owner = claims.read_owner(claims.claim_path(ckpt)) or "another process"
+            if is_distributed(opts):
+                raise RuntimeError(f"{cfg.bin} is being trained into {ckpt.parent} by {owner}; a distributed run "
+                                   "cannot wait for it (its ranks must train the same bins in order). Wait for it "
+                                   "to finish, or choose another --checkpoint_dir.")
             return SourceOutcome(cfg.bin, "claimed", str(ckpt), f"being trained by {owner}")
+        if not force and is_complete(ckpt, fingerprint):  # finished by another process since the listing
+            return SourceOutcome(cfg.bin, "skipped", str(ckpt), f"trained by another process: {ckpt}")
         t0 = time.perf_counter()
         try:
             report = train_source(cfg, opts, handle, start)
@@ -83,6 +110,12 @@ def run_source_job(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
         return SourceOutcome(cfg.bin, "trained", str(ckpt), detail, val, test, seconds)
 
 
+def _run_listed(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart,
+                force: bool) -> SourceOutcome:
+    """A bin of train_all_bins's list (an executor task): trained unless complete by now (or ``force``)."""
+    return run_source_job(cfg, opts, handle, start, force=force)
+
+
 def wait_for_other_training(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart,
                             poll_s: float = 1.0) -> SourceOutcome:
     """Another process claimed the bin: wait until it lets go, then take its checkpoint, or train the bin here
@@ -94,9 +127,10 @@ def wait_for_other_training(cfg: SourceTrainConfig, opts: RunOptions, handle: Da
             time.sleep(poll_s)
         if is_complete(ckpt, handle.fingerprint):
             return SourceOutcome(cfg.bin, "skipped", str(ckpt), f"trained by another process: {ckpt}")
-        outcome = run_source_job(cfg, opts, handle, start)
+        outcome = run_source_job(cfg, opts, handle, start, force=False)
         if outcome.status != "claimed":
             return outcome
+        time.sleep(poll_s)  # a fresh claim under this very tag (a restarted container) is held until stale
 
 
 def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, bins: list[str], *,
@@ -129,7 +163,7 @@ def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
     else:
         opts = replace(opts, executor="local", workers=1)
     with make_executor(opts) as executor:
-        for i, value in executor.run(run_source_job, [(c, opts, handle, start) for c in todo]):
+        for i, value in executor.run(_run_listed, [(c, opts, handle, start, force) for c in todo]):
             if isinstance(value, BaseException):  # the worker died (killed, out of memory, lost node)
                 value = SourceOutcome(todo[i].bin, "failed", str(source_checkpoint_path(todo[i], opts)),
                                       f"worker failed: {type(value).__name__}: {value}",

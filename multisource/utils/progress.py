@@ -32,5 +32,7 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, stre
     instead of a redraw many times a second."""
     stream = stream or sys.stderr
     if not stream.isatty():
-        kwargs.update(file=LineStream(stream), mininterval=LOG_INTERVAL_S, dynamic_ncols=False, ncols=100)
+        # maxinterval too: tqdm's monitor thread would otherwise redraw every 10 s
+        kwargs.update(file=LineStream(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S,
+                      dynamic_ncols=False, ncols=100)
     return tqdm(iterable, disable=not enabled, **kwargs)
