@@ -239,7 +239,8 @@ def test_p_value_and_intervals_are_the_same_for_2_and_6_identical_trials(tmp_pat
         ens = comp["paired_vs_reference"]["ensemble"]
         results.append((ens["p_value"], ens["p_value_holm"], {t: e["ci95"] for t, e in ens["per_target"].items()}))
         md = (root / DATASET / MODEL / "summaries" / "comparison.md").read_text()
-        assert "ensemble vs grasp on era_1" in md and "distinguishable" in md
+        lo, hi = ens["per_target"]["era_1"]["ci95"]  # the paired table's cell: difference [interval]
+        assert f"| ensemble | {ens['per_target']['era_1']['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]" in md
     (p2, h2, ci2), (p6, h6, ci6) = results
     assert p2 is not None and p6 == pytest.approx(p2, rel=1e-9) and h6 == pytest.approx(h2, rel=1e-9)
     assert {t: pytest.approx(v) for t, v in ci2.items()} == ci6
@@ -254,7 +255,7 @@ def test_two_targets_print_no_p_value(tmp_path):
     assert comp["paired_vs_reference"]["ensemble"]["p_value"] is None
     row = [line for line in paths["comparison_md"].read_text().splitlines() if line.startswith("| ensemble |")][0]
     assert row.rstrip(" |").endswith("(-)")  # the difference is shown, no p-value
-    assert "no p-value (2 target(s)" in paths["comparison_md"].read_text()
+    assert "No p-value over targets: 2 target(s)" in paths["comparison_md"].read_text()
 
 
 def test_information_labels_merge_varying_counts_into_ranges_and_keep_kinds_apart():
@@ -292,3 +293,42 @@ def test_trials_with_other_settings_are_named_not_silently_pooled_as_seeds(resul
     comp = read_json(paths["comparison_json"])
     assert comp["settings_differ"] == {"grasp": {"era_4": ["method_config", "sources"]}}
     assert "grasp on era_4 (method_config, sources)" in paths["comparison_md"].read_text()
+
+
+def test_the_comparison_opens_with_the_newest_bin_answer(tmp_path):
+    """Ranked by test accuracy on the newest target, with 95% intervals, cost, and which methods the paired
+    intervals cannot tell apart from the best."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+
+    def predictions(share_right: float, seed: int) -> np.ndarray:
+        right = np.zeros(400, bool)  # exactly that share right, on examples drawn with the seed
+        right[np.random.default_rng(seed).permutation(400)[:round(share_right * 400)]] = True
+        return np.where(right, labels, (labels + 1) % 10)
+
+    shares = {"grasp": 0.90, "fusion": 0.89, "ensemble": 0.60}
+    for method, share in shares.items():
+        for target in TARGETS:  # era_4 is the newest of the two
+            for trial in (1, 2):
+                _write_with_predictions(tmp_path, method, target, trial, labels.tolist(),
+                                        predictions(share, 100 * list(shares).index(method) + 10 * TARGETS.index(target) + trial).tolist())
+    paths = write_summaries(tmp_path, DATASET, MODEL, plots=False)
+    comp = read_json(paths["comparison_json"])
+    answer = comp["newest_bin"]
+    assert answer["target"] == "era_4" and answer["best"] == "grasp"
+    ranked = [r["method"] for r in answer["methods"]]
+    assert ranked == ["grasp", "fusion", "ensemble"]
+    rows = {r["method"]: r for r in answer["methods"]}
+    for method, r in rows.items():
+        acc = r["accuracy"]
+        half = 1.96 * math.sqrt(acc * (1 - acc) / 400)  # the normal approximation, as an independent check
+        lo, hi = r["ci95"]
+        assert lo < acc < hi and abs((hi - lo) / 2 - half) < 0.35 * half, (method, r["ci95"], half)
+    assert rows["fusion"]["tied_with_best"] is True and rows["ensemble"]["tied_with_best"] is False
+    assert answer["tied_with_best"] == ["grasp", "fusion"]
+    assert rows["ensemble"]["difference_ci95"][1] < 0 < rows["fusion"]["difference_ci95"][1]
+    md = paths["comparison_md"].read_text()
+    assert md.index("## Which method for the newest bin (era_4)?") < md.index("| method | n |")
+    first = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    assert "| grasp |" in first and "| best |" in first
+    assert "grasp and fusion cannot be told apart" in md

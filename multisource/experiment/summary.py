@@ -29,6 +29,7 @@ from ..measure.statistics import MIN_TARGETS, holm, paired_bootstrap_difference,
 from ..utils.seed import derive_seed
 from .record import METRICS_FILE, SCHEMA_VERSION, ExperimentRecord, RecordProblem, StageScores, read_record
 from .runner import is_finished, read_predictions
+from .answers import answer_markdown, newest_bin_answer
 from .table import MethodRow, comparison_frame, comparison_row, markdown_table  # noqa: F401  (comparison_frame: API)
 
 SUMMARY_SCHEMA_VERSION = 2
@@ -372,9 +373,10 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
     for m, p_holm in holm({m: p.get("p_value") for m, p in paired.items()}).items():
         paired[m]["p_value_holm"] = p_holm
     rows = [comparison_row(MethodRow(m, s, targets, paired.get(m))) for m, s in summaries.items()]
+    answer = newest_bin_answer(targets, summaries, correct)
     return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
             "protocol": protocol, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
-            "methods": rows, "reference": reference, "paired_vs_reference": paired,
+            "newest_bin": answer, "methods": rows, "reference": reference, "paired_vs_reference": paired,
             "settings_differ": {m: {t: r["settings_differ"] for t, r in s["targets"].items() if r.get("settings_differ")}
                                 for m, s in summaries.items()
                                 if any(r.get("settings_differ") for r in s["targets"].values())},
@@ -444,29 +446,51 @@ def _dataset_name(key: str) -> str:
         return key
 
 
-def distinguishability_lines(comp: dict) -> list[str]:
-    """In words: which per-target differences to the reference the test examples can tell apart."""
-    lines = []
-    for method, p in comp["paired_vs_reference"].items():
-        for target, e in (p.get("per_target") or {}).items():
-            if e.get("ci95") is None:
-                verdict = "no interval (predictions missing)"
+def paired_table(comp: dict) -> list[str]:
+    """Every method's difference to the reference, one row per method and one column per target (with its paired
+    95% interval on the same test examples; * when it excludes 0), and over targets (the Holm-corrected p, or why
+    there is none)."""
+    paired = comp["paired_vs_reference"]
+    if not paired:
+        return []
+    head = ["method", *comp["targets"], "over targets"]
+    lines = [f"Paired differences to {comp['reference']} (test accuracy; 95% interval on the same test examples, "
+             "* where it excludes 0):", "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    reasons = []
+    for method, p in paired.items():
+        cells = []
+        for target in comp["targets"]:
+            e = (p.get("per_target") or {}).get(target)
+            if e is None:
+                cells.append("-")
+            elif e.get("ci95") is None:
+                cells.append(f"{e['mean_difference']:+.4f} (no interval)")
             else:
                 lo, hi = e["ci95"]
-                verdict = (f"distinguishable (95% interval [{lo:+.4f}, {hi:+.4f}] excludes 0)" if e["distinguishable"]
-                           else f"not distinguishable (95% interval [{lo:+.4f}, {hi:+.4f}] includes 0)")
-            lines.append(f"  - {method} vs {comp['reference']} on {target}: {e['mean_difference']:+.4f}, {verdict}")
+                cells.append(f"{e['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]{'*' if e['distinguishable'] else ''}")
         over = p.get("over_targets") or {}
-        if over.get("p_value") is None and over.get("reason"):
-            lines.append(f"  - {method} over targets: no p-value ({over['reason']})")
-    return (["- per target, on the same test examples:"] + lines) if lines else []
+        if p.get("mean_difference") is None:
+            cells.append("-")
+        else:
+            cells.append(f"{p['mean_difference']:+.4f} (p {_fmt(p.get('p_value_holm'), '.3g')})")
+            if over.get("p_value") is None and over.get("reason"):
+                reasons.append(over["reason"])
+        lines.append("| " + " | ".join([method, *cells]) + " |")
+    if reasons:
+        lines += ["", f"No p-value over targets: {reasons[0]}."]
+    return lines
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def comparison_markdown(comp: dict) -> str:
     """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
     merged = any(r.get("accuracy_before_finetune_mean") is not None for r in comp["methods"])  # merges ran
     lines = [f"# {comp['dataset']} / {comp['model']}: method comparison (protocol: "
-             f"{comp.get('protocol', DEFAULT_PROTOCOL)})", "", *markdown_table(comp)]
+             f"{comp.get('protocol', DEFAULT_PROTOCOL)})", "", *answer_markdown(comp.get("newest_bin")),
+             f"## Every method over {len(comp['targets'])} target(s)", "", *markdown_table(comp)]
     notes = comp["notes"]
     before = (" Before fine-tuning: the merging methods' test accuracy of the merged model before target "
               "fine-tuning (the same as the final one when they fine-tune 0 epochs; '-' for methods that do not "
@@ -475,7 +499,7 @@ def comparison_markdown(comp: dict) -> str:
               f"- cost: {notes['cost']}", f"- budget: {notes['budget']}",
               f"- Δ vs {comp['reference']}: {notes['paired_vs_reference']} The table's p is the Holm-corrected "
               f"p-value over targets ('-' below {MIN_TARGETS} targets or when the differences do not vary).",
-              *distinguishability_lines(comp)]
+              "", *paired_table(comp), ""]
     mixed = [f"{m} on {t} ({', '.join(k)})" for m, s in (comp.get("settings_differ") or {}).items()
              for t, k in s.items()]
     if mixed:

@@ -97,6 +97,37 @@ def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], seed: int,
             "f1_macro_ci95": _interval(stats.bootstrap(groups_drawn, macro_f1, **kw))}
 
 
+def _mean_interval(values: np.ndarray, seed: int, resamples: int, groups: Sequence | None) -> dict:
+    """The mean of per-example ``values`` with a percentile bootstrap 95% interval that resamples examples (or
+    whole ``groups`` of them, see :func:`bootstrap_intervals`); a constant has an interval of zero width."""
+    grouped = _group_index(groups, len(values))
+    units = len(values) if grouped is None else grouped[1]
+    out = {"mean": float(values.mean()), "n_examples": int(len(values)), "ci95": None}
+    if grouped is not None:
+        out["n_groups"] = units
+    if units >= 2 and np.ptp(values) > 0:
+        kw = dict(confidence_level=CONFIDENCE, n_resamples=resamples, method="percentile",
+                  random_state=np.random.default_rng(seed), vectorized=True)
+        if grouped is None:
+            res = stats.bootstrap((values,), np.mean, **kw)
+        else:
+            index, count = grouped
+            total, size = _per_group(values, index, count), _per_group(np.ones_like(values), index, count)
+            res = stats.bootstrap((np.arange(count),), lambda g, axis=-1: total[g].sum(axis) / size[g].sum(axis),
+                                  **kw)
+        out["ci95"] = _interval(res)
+    elif units >= 2:
+        out["ci95"] = [float(values.mean())] * 2  # identical on every example: no sampling spread
+    return out
+
+
+def accuracy_interval(correct: np.ndarray, seed: int, resamples: int = RESAMPLES,
+                      groups: Sequence | None = None) -> list[float] | None:
+    """A 95% percentile bootstrap interval of accuracy from 0/1 correctness (rows: trials, averaged per example;
+    columns: test examples), resampling examples (or whole ``groups``); None below two examples."""
+    return _mean_interval(np.atleast_2d(np.asarray(correct, dtype=float)).mean(0), seed, resamples, groups)["ci95"]
+
+
 def paired_bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, seed: int,
                                 resamples: int = RESAMPLES, groups: Sequence | None = None) -> dict:
     """Accuracy of A minus B on the same test examples (rows: trials, averaged; columns: examples), with a
@@ -106,25 +137,8 @@ def paired_bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, se
     b = np.atleast_2d(np.asarray(correct_b, dtype=float)).mean(0)
     if a.shape != b.shape:
         raise ValueError(f"paired comparison needs the same test examples, got {a.shape} and {b.shape}")
-    diff = a - b
-    grouped = _group_index(groups, len(diff))
-    units = len(diff) if grouped is None else grouped[1]
-    out = {"mean_difference": float(diff.mean()), "n_examples": int(len(diff)), "ci95": None}
-    if grouped is not None:
-        out["n_groups"] = units
-    if units >= 2 and np.ptp(diff) > 0:
-        kw = dict(confidence_level=CONFIDENCE, n_resamples=resamples, method="percentile",
-                  random_state=np.random.default_rng(seed), vectorized=True)
-        if grouped is None:
-            res = stats.bootstrap((diff,), np.mean, **kw)
-        else:
-            index, count = grouped
-            total, size = _per_group(diff, index, count), _per_group(np.ones_like(diff), index, count)
-            res = stats.bootstrap((np.arange(count),), lambda g, axis=-1: total[g].sum(axis) / size[g].sum(axis),
-                                  **kw)
-        out["ci95"] = _interval(res)
-    elif units >= 2:
-        out["ci95"] = [float(diff.mean())] * 2  # identical on every example: no sampling spread
+    found = _mean_interval(a - b, seed, resamples, groups)
+    out = {"mean_difference": found.pop("mean"), **found}
     out["distinguishable"] = bool(out["ci95"] is not None and (out["ci95"][0] > 0 or out["ci95"][1] < 0))
     return out
 
