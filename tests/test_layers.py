@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "multisource"
 PROJECT_ROOT = PACKAGE.parent
 # Higher number = higher layer. A module may import its own layer or lower ones, never a higher one.
@@ -117,6 +119,12 @@ def test_console_command_lists_and_dispatches(capsys):
     assert all(c in out for c in ("preprocess NAME", "train-all", "sweep", "summarize", "demo", "generate"))
     assert main(["nonsense"]) == 2 and "unknown command 'nonsense'" in capsys.readouterr().err
     assert main(["preprocess", "mnist"]) == 2
+    from multisource.data.datasets import DATASETS
+
+    for name in DATASETS.list():  # every dataset's registry entry names the command that builds it
+        with pytest.raises(SystemExit) as done:
+            main(["preprocess", name, "--help"])
+        assert done.value.code == 0 and "--output_dir" in capsys.readouterr().out, name
 
 
 def test_generated_files_equal_the_registries():

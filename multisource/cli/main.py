@@ -11,15 +11,23 @@ Each subcommand takes exactly the flags of the script it stands for (``multisour
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Callable
 
-from . import demo, experiment, generated, own_data, preprocess, preprocess_real, sweep, train
+from ..data.datasets import DATASETS
+from . import demo, experiment, generated, own_data, sweep, train
 
+
+def build_command(target: str) -> Callable[[list[str]], int]:
+    """The builder command a registry entry names ("module:function"), imported when it runs."""
+    module, _, function = target.partition(":")
+    return lambda argv: getattr(importlib.import_module(module), function)(argv)
+
+
+# `multisource preprocess NAME`: every registered dataset that names the command building it.
 PREPROCESS: dict[str, Callable[[list[str]], int]] = {
-    "drift_digits": preprocess.drift_digits_main, "clear10": preprocess_real.clear10_main,
-    "clear100": preprocess_real.clear100_main, "yearbook": preprocess_real.yearbook_main,
-}
+    name: build_command(DATASETS.get(name).build_cli) for name in DATASETS.registered() if DATASETS.get(name).build_cli}
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (train.train_baseline_main, "train one source model on one bin"),
     "train-all": (train.train_all_main, "train one source model per bin (complete ones skipped)"),
