@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -76,7 +77,36 @@ def model_results_dir(results_dir: Path, dataset: str, model: str, protocol: str
     return base / "protocols" / safe_name(protocol.replace(":", "-"), "Protocol")
 
 
+VARIANT_SEP = "@"  # a variant's folder: <method>@<tag> (a shell glob would misread the row label's brackets)
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+def tag_problem(tag: object) -> str | None:
+    """Why ``tag`` cannot name a variant of a method (None if it can)."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        return ("a tag is 1-40 letters, digits, '_', '-' or '.', starting with a letter or digit "
+                "(e.g. --tag nearest)")
+    return None
+
+
+def variant_folder(method: str, tag: str = "") -> str:
+    """The results folder of a method's variant: ``grasp``, or ``grasp@nearest`` for ``--tag nearest``."""
+    return method if not tag else f"{method}{VARIANT_SEP}{tag}"
+
+
+def variant_label(method: str, tag: str = "") -> str:
+    """A variant's row in the comparison: ``grasp``, or ``grasp[nearest]``."""
+    return method if not tag else f"{method}[{tag}]"
+
+
+def split_variant(folder: str) -> tuple[str, str]:
+    """(method, tag) of a results folder name (tag "" for the method itself)."""
+    method, _, tag = folder.partition(VARIANT_SEP)
+    return method, tag
+
+
 def experiment_dir(results_dir: Path, dataset: str, model: str, method: str, target: str, trial: int,
-                   protocol: str = "leave-one-out") -> Path:
-    return (model_results_dir(results_dir, dataset, model, protocol) / safe_name(method, "Method name")
-            / safe_name(target, "Target bin") / f"trial_{int(trial)}")
+                   protocol: str = "leave-one-out", tag: str = "") -> Path:
+    return (model_results_dir(results_dir, dataset, model, protocol)
+            / safe_name(variant_folder(method, tag), "Method name") / safe_name(target, "Target bin")
+            / f"trial_{int(trial)}")

@@ -175,3 +175,27 @@ def test_finished_experiment_is_kept_and_failed_rerun_leaves_it(trained_sources,
     assert (out / "metrics.json").read_bytes() == before  # the finished result survived the failed re-run
     assert [p.name for p in out.parent.iterdir()] == ["trial_1"]  # and no staging folder is left
     assert first.test.accuracy == json.loads(before)["test"]["accuracy"]
+
+
+def test_a_variant_runs_beside_the_method_and_both_are_rows_of_one_comparison(trained_sources, tmp_path, capsys):
+    """--tag names a variant: its own folder (<method>@<tag>), never a conflict with the method's finished
+    results, and its own row <method>[<tag>] in the comparison, paired with the others."""
+    from multisource.cli.experiment import experiment_main
+    from multisource.cli.sweep import summarize_main
+
+    base = ["--dataset", "drift_digits", "--model", "tiny-resnet", "--target", "era_3", "--sources", "era_2", "era_4",
+            "--data_root", str(trained_sources["data_root"]), "--checkpoint_dir",
+            str(trained_sources["checkpoint_dir"]), "--results_dir", str(tmp_path), "--no-save-model"]
+    for extra in ([], ["--voting", "hard", "--tag", "hard-vote"]):
+        assert experiment_main([*base, "--method", "ensemble", *extra]) == 0
+    assert experiment_main([*base, "--method", "grasp", "--initial_epochs", "1", "--finetune_epochs", "1"]) == 0
+    root = tmp_path / "drift_digits" / "tiny-resnet"
+    tagged = json.loads((root / "ensemble@hard-vote" / "era_3" / "trial_1" / "metrics.json").read_text())
+    assert tagged["config"]["tag"] == "hard-vote" and tagged["config"]["method_config"]["voting"] == "hard"
+    assert (root / "ensemble" / "era_3" / "trial_1" / "metrics.json").is_file()
+    capsys.readouterr()
+    assert summarize_main(["--dataset", "drift_digits", "--model", "tiny-resnet", "--results_dir", str(tmp_path),
+                           "--no_plots"]) == 0
+    md = capsys.readouterr().out
+    assert "| ensemble[hard-vote] |" in md and "| ensemble |" in md and "| grasp |" in md
+    assert experiment_main([*base, "--method", "ensemble", "--tag", "no/slash"]) == 2

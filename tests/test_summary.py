@@ -332,3 +332,27 @@ def test_the_comparison_opens_with_the_newest_bin_answer(tmp_path):
     first = next(line for line in md.splitlines() if line.startswith("| 1 |"))
     assert "| grasp |" in first and "| best |" in first
     assert "grasp and fusion cannot be told apart" in md
+
+
+def test_a_tagged_variant_is_its_own_row_paired_with_the_others(results):
+    from multisource.config import ConfigError
+    from multisource.experiment.config import ExperimentConfig
+    from multisource.paths import experiment_dir
+
+    for target, accs in (("era_2", [0.70, 0.72]), ("era_4", [0.95, 0.93])):
+        for trial, acc in enumerate(accs, 1):
+            report = fake_report("grasp", target, trial, acc)
+            report["config"]["tag"] = "nearest"
+            write_json(experiment_dir(results, DATASET, MODEL, "grasp", target, trial, tag="nearest") / "metrics.json",
+                       report)
+    assert (results / DATASET / MODEL / "grasp@nearest" / "era_2" / "trial_1" / "metrics.json").is_file()
+    paths = write_summaries(results, DATASET, MODEL, plots=False)
+    comp = read_json(paths["comparison_json"])
+    rows = {r["method"]: r for r in comp["methods"]}
+    assert rows["grasp[nearest]"]["per_target_accuracy"]["era_4"] == pytest.approx(0.94)
+    paired = comp["paired_vs_reference"]["grasp[nearest]"]  # against the untagged reference, per target
+    assert paired["per_target"]["era_2"]["mean_difference"] == pytest.approx(0.71 - np.mean(ACC[("grasp", "era_2")]))
+    assert paths["grasp[nearest]"].name == "grasp@nearest.json" and "| grasp[nearest] |" in paths[
+        "comparison_md"].read_text()
+    with pytest.raises(ConfigError, match="a tag is 1-40 letters"):
+        ExperimentConfig(target="era_2", tag="../x")

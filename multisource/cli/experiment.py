@@ -42,6 +42,9 @@ def add_shared_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default=None,
                    help="which bins are a target's sources: leave-one-out (default, every other bin), past (only "
                         "earlier bins) or window:N (the N latest earlier bins)")
+    p.add_argument("--tag", default=None,
+                   help="name these settings as a variant of the method: results under <method>@<tag>/, its own "
+                        "row <method>[<tag>] in the comparison, paired with every other row")
     p.add_argument("--seed", default=None, help="base seed (default 42); trial k derives its own")
     p.add_argument("--batch_size", default=None, help="default 32")
     p.add_argument("--image_size", default=None, help="default: the dataset's")

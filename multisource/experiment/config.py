@@ -9,6 +9,7 @@ from ..config import ConfigError, check_range, check_seed
 from ..data.datasets import get_dataset
 from ..methods import get_method
 from ..models.factory import resolve_model
+from ..paths import tag_problem
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 
 
@@ -29,6 +30,9 @@ class ExperimentConfig:
     # Run a method that combines parameters on sources fine-tuned from different starts (refused otherwise).
     allow_mixed_starts: bool = False
     method_config: Any = field(default_factory=dict)  # the method's config dataclass, or a mapping of its fields
+    # Names a variant of the method (other settings, say --source_order nearest-first): kept apart on disk
+    # (<method>@<tag>/) and its own row, <method>[<tag>], in the comparison, paired with every other row.
+    tag: str = ""
 
     def __post_init__(self) -> None:
         self.sources = tuple(self.sources or ())
@@ -44,6 +48,8 @@ class ExperimentConfig:
                               "target's own source model. Remove it from --sources.")
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"--sources lists a bin twice: {list(self.sources)}.")
+        if self.tag and (problem := tag_problem(self.tag)):
+            raise ConfigError(f"--tag {self.tag!r}: {problem}.", field="tag")
         self.dataset = get_dataset(self.dataset).key
         self.protocol = canonical_protocol(self.protocol)
         self.model = resolve_model(self.model).name

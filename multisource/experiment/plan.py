@@ -18,7 +18,7 @@ from ..methods.base import order_sources, resolve_budget
 from ..methods.inputs import make_config
 from ..models.checkpoint import CheckpointError, read_checkpoint_meta
 from ..options import RunOptions
-from ..paths import experiment_dir
+from ..paths import experiment_dir, variant_label
 from ..training.start import common_start
 from ..utils.seed import trial_seed
 from .config import ExperimentConfig
@@ -39,7 +39,7 @@ class ExperimentPlan:
     @property
     def label(self) -> str:
         c = self.config
-        return f"{c.model} {c.method} {c.target} trial {c.trial}"
+        return f"{c.model} {variant_label(c.method, c.tag)} {c.target} trial {c.trial}"
 
 
 def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHandle | None = None,
@@ -60,7 +60,7 @@ def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHand
     sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
     checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
     out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial,
-                         cfg.protocol)
+                         cfg.protocol, cfg.tag)
     return ExperimentPlan(cfg, method_config, handle, tuple(sources), checkpoints, seed,
                           cfg.image_size or handle.info.image_size, out)
 

@@ -192,6 +192,7 @@ class RunSettings(Part):
     precision_requested: str | None = checked(anything)
     start_fingerprint: str | None = checked(anything)
     sources: list[str] | None = checked(texts)
+    tag: str | None = checked(text)  # the variant (--tag), "" or absent for the method itself
 
 
 @dataclass

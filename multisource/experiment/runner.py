@@ -29,7 +29,7 @@ from ..methods.inputs import source_pool, target_data
 from ..models.checkpoint import save_checkpoint
 from ..models.factory import count_parameters
 from ..options import RunOptions
-from ..paths import model_results_dir
+from ..paths import model_results_dir, variant_folder
 from ..training.start import StartMismatch, common_start
 from ..training.loop import predict
 from ..utils.env import environment
@@ -198,7 +198,7 @@ def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord | Non
     base = model_results_dir(opts.results_path(), plan.handle.info.name, c.model)
     dirs = [base] + (sorted(p for p in (base / "protocols").iterdir() if p.is_dir())
                      if (base / "protocols").is_dir() else [])
-    for other in (d / c.method / c.target / f"trial_{c.trial}" for d in dirs):
+    for other in (d / variant_folder(c.method, c.tag) / c.target / f"trial_{c.trial}" for d in dirs):
         if other == plan.out_dir or not is_finished(other):
             continue
         try:

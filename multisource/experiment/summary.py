@@ -21,7 +21,7 @@ from scipy import stats
 from ..data.datasets import get_dataset
 from ..methods import METHODS, reference_method
 from ..models.factory import resolve_model
-from ..paths import model_results_dir
+from ..paths import model_results_dir, split_variant, tag_problem, variant_folder, variant_label
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 from ..utils.io import atomic_write, read_json, write_json, write_text
 from .plots import plot_accuracy_per_target, plot_accuracy_vs_cost
@@ -109,7 +109,10 @@ def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT
     found: dict[str, dict[str, list]] = {}
     if not base.is_dir():
         return found
-    for mdir in sorted(p for p in base.iterdir() if p.is_dir() and p.name in METHODS):
+    for mdir in sorted(p for p in base.iterdir() if p.is_dir() and split_variant(p.name)[0] in METHODS):
+        method, tag = split_variant(mdir.name)
+        if tag and tag_problem(tag):
+            continue
         finished, failed = [], []
         for tdir in sorted(p for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for run in sorted(tdir.glob("trial_*")):
@@ -136,9 +139,15 @@ def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT
                                    "record_file": str(run / METRICS_FILE), "config": {"trial": trial_number}})
                 elif run.name.endswith(".failed.json") and not is_finished(tdir / run.name[:-len(".failed.json")]):
                     failed.append({**_read_or_empty(run), "target": tdir.name, "record_file": str(run)})
-        if finished or failed:
-            found[METHODS.canonical(mdir.name)] = {"finished": finished, "failed": failed}
+        if finished or failed:  # a variant (--tag) is a row of its own: grasp[nearest]
+            found[variant_label(METHODS.canonical(method), tag)] = {"finished": finished, "failed": failed}
     return found
+
+
+def _label_parts(label: str) -> tuple[str, str]:
+    """(method, tag) of a comparison row's label (``grasp[nearest]`` -> ``("grasp", "nearest")``)."""
+    method, _, tag = label.partition("[")
+    return method, tag.rstrip("]")
 
 
 def invalid_result(run: Path, target: str, trial: int | None, problem: str) -> dict:
@@ -421,7 +430,7 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
     for method, runs in found.items():
         summaries[method] = method_summary(key, model, method, runs["finished"], runs["failed"])
         summaries[method].update(dataset=dataset, protocol=protocol)
-        paths[method] = write_json(out / f"{method}.json", summaries[method])
+        paths[method] = write_json(out / f"{variant_folder(*_label_parts(method))}.json", summaries[method])
     correct = {m: correctness(runs["finished"]) for m, runs in found.items()}
     comp = comparison(key, model, summaries, correct, protocol)
     comp["dataset"] = dataset

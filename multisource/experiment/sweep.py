@@ -28,7 +28,7 @@ from ..methods.base import PAPER_METHODS, default_methods  # noqa: F401  (PAPER_
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
 from ..options import RunOptions
-from ..paths import model_results_dir
+from ..paths import model_results_dir, tag_problem
 from ..training.all_bins import SourceOutcome, train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
@@ -77,6 +77,7 @@ class SweepConfig:
     batch_size: int = 32
     image_size: int | None = None
     allow_mixed_starts: bool = False  # see ExperimentConfig
+    tag: str = ""  # names this sweep's methods as variants (ExperimentConfig.tag): <method>[<tag>] rows
     method_configs: dict[str, Any] = field(default_factory=dict)
     source_training: dict = field(default_factory=dict)
 
@@ -86,6 +87,8 @@ class SweepConfig:
         self.models = tuple(resolve_model(m).name for m in _as_tuple(self.models))
         self.methods = tuple(get_method(m).name for m in _as_tuple(self.methods))
         self.targets = _as_tuple(self.targets)
+        if self.tag and (problem := tag_problem(self.tag)):
+            raise ConfigError(f"--tag {self.tag!r}: {problem}.", field="tag")
         check_range(self, "num_trials", 1)
         check_seed(self)
         check_range(self, "batch_size", 1)
@@ -194,7 +197,7 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
                                            sources=sources_of[target], protocol=config.protocol, trial=trial,
                                            seed=config.seed, batch_size=config.batch_size,
                                            image_size=config.image_size,
-                                           allow_mixed_starts=config.allow_mixed_starts)
+                                           allow_mixed_starts=config.allow_mixed_starts, tag=config.tag)
                     jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
     if not jobs:
         raise ConfigError(f"No experiments to run: {'; '.join(skipped.values())}. Choose later --targets or "
