@@ -79,15 +79,21 @@ def import_main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def main() -> int:
-        from ..data.importer import import_folder, import_table
-        from ..experiment.settings import cli_layer, read_settings, resolve_import
+        from ..config import Layer, build
+        from ..data.importer import ImportConfig, import_folder, import_table
         from ..paths import UPSTREAM
 
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}.")
-        cli = cli_layer(args, exclude=("config", "verbose", "table", "folder", "image_root", "output_dir", "workers",
-                                       "overwrite", "progress"))
-        cfg = resolve_import(read_settings(args.config), cli)
+        not_settings = ("config", "verbose", "table", "folder", "image_root", "output_dir", "workers", "overwrite",
+                        "progress")
+        cli = Layer({k: v for k, v in vars(args).items() if v is not None and k not in not_settings}, flag=True)
+        if args.config:  # the whole settings grammar (it loads every stage's classes, torch included: seconds)
+            from ..experiment.settings import read_settings, resolve_import
+
+            cfg = resolve_import(read_settings(args.config), cli)
+        else:  # the flags alone, converted and checked by the same build()
+            cfg = build(ImportConfig, cli)
         out = Path(args.output_dir).expanduser().resolve()
         common = {"workers": args.workers, "overwrite": args.overwrite, "progress": args.progress}
         if args.table:
