@@ -87,7 +87,8 @@ def plot_accuracy_per_target(comp: dict, path: Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{comp['dataset']} / {comp['model']}: accuracy per target (error bars: std over trials)")
-    ax.legend(fontsize=8, ncol=min(4, len(rows)))
+    # Beside the axes, never over them: inside, the legend hid the bars of the best methods near 1.0.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _save(fig, path)
 
 
