@@ -325,6 +325,10 @@ def test_the_comparison_opens_with_the_newest_bin_answer(tmp_path):
         lo, hi = r["ci95"]
         assert lo < acc < hi and abs((hi - lo) / 2 - half) < 0.35 * half, (method, r["ci95"], half)
     assert rows["fusion"]["tied_with_best"] is True and rows["ensemble"]["tied_with_best"] is False
+    table = {r["method"]: r for r in comp["methods"]}  # one interval per (method, target) everywhere
+    assert all(table[m]["per_target_accuracy_ci95"]["era_4"] == rows[m]["ci95"] for m in rows)
+    lo, hi = table["grasp"]["per_target_accuracy_ci95"]["era_2"]
+    assert lo < table["grasp"]["per_target_accuracy"]["era_2"] < hi
     assert answer["tied_with_best"] == ["grasp", "fusion"]
     assert rows["ensemble"]["difference_ci95"][1] < 0 < rows["fusion"]["difference_ci95"][1]
     md = paths["comparison_md"].read_text()

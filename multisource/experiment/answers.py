@@ -13,16 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from ..measure.statistics import accuracy_interval, paired_bootstrap_difference
+from ..measure.statistics import paired_bootstrap_difference
 from ..utils.seed import derive_seed
 
 COSTS = ("max_models_resident", "time_s", "target_epochs")
 
 
 def newest_bin_answer(targets: list[str], summaries: dict[str, dict],
-                      correct: dict[str, dict[str, tuple[np.ndarray, np.ndarray | None]]]) -> dict[str, Any] | None:
+                      correct: dict[str, dict[str, tuple[np.ndarray, np.ndarray | None]]],
+                      intervals: dict[str, dict[str, list[float] | None]]) -> dict[str, Any] | None:
     """The ranked methods on ``targets[-1]`` (None when no method has a result there). ``correct``: per method,
-    target -> (trials x test examples 0/1 correctness, each example's group or None)."""
+    target -> (trials x test examples 0/1 correctness, each example's group or None); ``intervals``: per method,
+    target -> the 95% interval of its accuracy (the summary's, so every table and figure shows the same one)."""
     if not targets:
         return None
     newest = targets[-1]
@@ -32,9 +34,7 @@ def newest_bin_answer(targets: list[str], summaries: dict[str, dict],
         if not found or not found["num_trials"]:
             continue
         metrics = found["metrics"]
-        a, groups = correct.get(method, {}).get(newest, (None, None))
-        ci = (accuracy_interval(a, seed=derive_seed(0, "newest", method, newest), groups=groups)
-              if a is not None else None)
+        ci = intervals.get(method, {}).get(newest)
         rows.append({"method": method, "accuracy": metrics["test_accuracy"]["mean"], "ci95": ci,
                      "trials": found["num_trials"],
                      **{k: metrics[k]["max" if k == "max_models_resident" else "mean"] for k in COSTS}})

@@ -73,20 +73,25 @@ def _count(v: float | None) -> str:
 
 
 def plot_accuracy_per_target(comp: dict, path: Path) -> Path:
-    """Grouped bars: mean test accuracy per target (error bars: std over trials), one colour per method."""
+    """Grouped bars: mean test accuracy per target, one colour per method; error bars: the 95% bootstrap
+    interval over the target's test examples (the one the comparison reports), none where predictions are
+    missing."""
     targets, rows = comp["targets"], comp["methods"]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(targets) + 2), 3.8))
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(targets))
     for i, r in enumerate(rows):
         means = [_nan(r["per_target_accuracy"].get(t)) for t in targets]
-        stds = [_nan(r["per_target_accuracy_std"].get(t)) for t in targets]
-        stds = [0.0 if np.isnan(s) else s for s in stds]
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=r["method"])
+        cis = [(r.get("per_target_accuracy_ci95") or {}).get(t) for t in targets]
+        below = [0.0 if ci is None or np.isnan(m) else max(0.0, m - ci[0]) for m, ci in zip(means, cis)]
+        above = [0.0 if ci is None or np.isnan(m) else max(0.0, ci[1] - m) for m, ci in zip(means, cis)]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=[below, above], capsize=2,
+               label=r["method"])
     ax.set_xticks(x, targets, rotation=20 if len(targets) > 5 else 0)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"{comp['dataset']} / {comp['model']}: accuracy per target (error bars: std over trials)")
+    ax.set_title(f"{comp['dataset']} / {comp['model']}: accuracy per target (error bars: 95% bootstrap "
+                 "intervals over test examples)")
     # Beside the axes, never over them: inside, the legend hid the bars of the best methods near 1.0.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _save(fig, path)

@@ -25,7 +25,7 @@ from ..paths import model_results_dir, split_variant, tag_problem, variant_folde
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 from ..utils.io import atomic_write, read_json, write_json, write_text
 from .plots import plot_accuracy_per_target, plot_accuracy_vs_cost
-from ..measure.statistics import MIN_TARGETS, holm, paired_bootstrap_difference, paired_test_over_targets
+from ..measure.statistics import MIN_TARGETS, accuracy_interval, holm, paired_bootstrap_difference, paired_test_over_targets
 from ..utils.seed import derive_seed
 from .record import METRICS_FILE, SCHEMA_VERSION, ExperimentRecord, RecordProblem, StageScores, read_record
 from .runner import is_finished, read_predictions
@@ -142,6 +142,14 @@ def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT
         if finished or failed:  # a variant (--tag) is a row of its own: grasp[nearest]
             found[variant_label(METHODS.canonical(method), tag)] = {"finished": finished, "failed": failed}
     return found
+
+
+def accuracy_intervals(correct: dict[str, dict[str, tuple[np.ndarray, np.ndarray | None]]]
+                       ) -> dict[str, dict[str, list[float] | None]]:
+    """method -> target -> 95% bootstrap interval of its test accuracy over the target's test examples (renderings
+    of one example resampled together), from the saved predictions; one seed per (method, target)."""
+    return {m: {t: accuracy_interval(a, seed=derive_seed(0, "accuracy", m, t), groups=g) for t, (a, g) in by.items()}
+            for m, by in correct.items()}
 
 
 def _label_parts(label: str) -> tuple[str, str]:
@@ -381,8 +389,9 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
               for m, s in summaries.items() if m != reference}
     for m, p_holm in holm({m: p.get("p_value") for m, p in paired.items()}).items():
         paired[m]["p_value_holm"] = p_holm
-    rows = [comparison_row(MethodRow(m, s, targets, paired.get(m))) for m, s in summaries.items()]
-    answer = newest_bin_answer(targets, summaries, correct)
+    intervals = accuracy_intervals(correct)
+    rows = [comparison_row(MethodRow(m, s, targets, paired.get(m), intervals.get(m))) for m, s in summaries.items()]
+    answer = newest_bin_answer(targets, summaries, correct, intervals)
     return {"schema_version": SUMMARY_SCHEMA_VERSION, "kind": "comparison", "dataset": dataset, "model": model,
             "protocol": protocol, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "targets": targets,
             "newest_bin": answer, "methods": rows, "reference": reference, "paired_vs_reference": paired,

@@ -21,6 +21,7 @@ class MethodRow:
     summary: dict
     targets: list[str]
     paired: dict | None  # None for the reference method itself
+    intervals: dict[str, list[float] | None] | None = None  # target -> 95% bootstrap interval of its accuracy
 
     def over_targets(self, metric: str) -> float | None:
         return self.summary["overall"]["mean_over_targets"][metric]["mean"]
@@ -108,6 +109,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("per_target_accuracy", lambda m: m.per_target("test_accuracy"), "{target}", number(".4f"),
            per_target=True, csv_name="accuracy_{target}"),
     Column("per_target_accuracy_std", lambda m: m.per_target("test_accuracy", "std"), per_target=True,
+           in_csv=False),
+    # over the target's test examples (trials averaged per example): what the figures' error bars show
+    Column("per_target_accuracy_ci95", lambda m: {t: (m.intervals or {}).get(t) for t in m.targets}, per_target=True,
            in_csv=False),
     Column("accuracy_before_finetune_mean", lambda m: m.over_targets("test_accuracy_before_finetune"),
            "before fine-tuning", number(".4f"), shown=_merged),
