@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ..utils.io import read_json, write_json
 
@@ -89,7 +89,6 @@ class Part:
     """A section of the record: declared fields (checked when read) plus ``extra``, every other key as found."""
 
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    KEY: ClassVar[str] = ""
 
     @classmethod
     def from_json(cls: type[P], data: Any, where: str) -> P:
@@ -173,7 +172,7 @@ class InformationUsed(Part):
     """What the method read, as the runner observed it."""
 
     num_source_models: int | None = checked(count)
-    pretrained_start: bool | None = checked(anything)
+    pretrained_start: str | bool | None = checked(anything)  # the start's file (or a flag in older records)
     source_data: list[str] = checked(texts, default=None)
     target_data: list[str] = checked(texts, default=None)
 
