@@ -99,6 +99,15 @@ def variant_label(method: str, tag: str = "") -> str:
     return method if not tag else f"{method}[{tag}]"
 
 
+def split_label(label: str) -> tuple[str, str]:
+    """(method, tag) of a row label or a settings file's method key: ``grasp[nearest]`` -> ``("grasp", "nearest")``,
+    ``grasp`` -> ``("grasp", "")``."""
+    if label.endswith("]") and "[" in label:
+        method, _, tag = label[:-1].partition("[")
+        return method, tag
+    return label, ""
+
+
 def split_variant(folder: str) -> tuple[str, str]:
     """(method, tag) of a results folder name (tag "" for the method itself)."""
     method, _, tag = folder.partition(VARIANT_SEP)

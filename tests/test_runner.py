@@ -199,3 +199,21 @@ def test_a_variant_runs_beside_the_method_and_both_are_rows_of_one_comparison(tr
     md = capsys.readouterr().out
     assert "| ensemble[hard-vote] |" in md and "| ensemble |" in md and "| grasp |" in md
     assert experiment_main([*base, "--method", "ensemble", "--tag", "no/slash"]) == 2
+
+
+def test_a_sweep_runs_the_variants_its_settings_file_declares(trained_sources, tmp_path, capsys):
+    from multisource.cli.sweep import sweep_main
+
+    cfg = tmp_path / "variants.yaml"
+    cfg.write_text("methods:\n  ensemble: {voting: soft}\n  ensemble[hard]: {voting: hard}\n")
+    assert sweep_main(["--config", str(cfg), "--dataset", "drift_digits", "--model", "tiny-resnet", "--targets",
+                       "era_3", "era_5", "--data_root", str(trained_sources["data_root"]), "--checkpoint_dir",
+                       str(trained_sources["checkpoint_dir"]), "--results_dir", str(tmp_path / "r")]) == 0
+    root = tmp_path / "r" / "drift_digits" / "tiny-resnet"
+    hard = json.loads((root / "ensemble@hard" / "era_5" / "trial_1" / "metrics.json").read_text())
+    soft = json.loads((root / "ensemble" / "era_5" / "trial_1" / "metrics.json").read_text())
+    assert hard["config"]["method_config"]["voting"] == "hard" and hard["config"]["tag"] == "hard"
+    assert soft["config"]["method_config"]["voting"] == "soft"
+    rows = {r["method"] for r in json.loads((root / "summaries" / "comparison.json").read_text())["methods"]}
+    assert rows == {"ensemble", "ensemble[hard]"}
+    assert "| ensemble[hard] |" in (root / "summaries" / "comparison.md").read_text()

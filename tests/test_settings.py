@@ -192,3 +192,20 @@ def test_the_importer_reads_its_section_and_flags_win(tmp_path, capsys):
     assert import_main(["--config", str(cfg), "--folder", str(tree), "--output_dir", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert "import.image_size" in err and "line 2" in err and not (tmp_path / "o2").exists()
+
+
+def test_a_settings_file_declares_variants_that_inherit_the_methods_settings(tmp_path):
+    cfg = tmp_path / "variants.yaml"
+    cfg.write_text("methods:\n  grasp: {initial_epochs: 2, learning_rate: 1e-3}\n"
+                   "  grasp[nearest]: {source_order: nearest-first}\n  ensemble: {}\n")
+    sweep, _ = resolve_sweep(read_settings(cfg), Layer())
+    assert sweep.methods == ("grasp", "grasp[nearest]", "ensemble")
+    base, variant = sweep.method_configs["grasp"], sweep.method_configs["grasp[nearest]"]
+    assert (base.source_order, base.initial_epochs) == ("chronological", 2)
+    assert (variant.source_order, variant.initial_epochs, variant.learning_rate) == ("nearest-first", 2, 1e-3)
+    cfg.write_text("methods:\n  grasp[no/pe]: {}\n")
+    with pytest.raises(ConfigError, match="the variant's tag 'no/pe'"):
+        read_settings(cfg)
+    cfg.write_text("methods:\n  grasp[nearest]: {alignment_treshold: 0.1}\n")
+    with pytest.raises(ConfigError, match="alignment_treshold"):
+        read_settings(cfg)

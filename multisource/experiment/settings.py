@@ -34,6 +34,7 @@ from ..options import RunOptions
 from ..training.fit import SourceTrainConfig
 from .config import ExperimentConfig
 from ..methods.base import default_methods
+from ..paths import split_label, tag_problem, variant_label
 from .sweep import SweepConfig
 
 SECTIONS: dict[str, type] = {"data": DriftDigitsConfig, "import": ImportConfig, "sources": SourceTrainConfig,
@@ -98,10 +99,13 @@ def _check_methods(layer: Layer, key: str) -> None:
         return
     section = layer.sub(key)
     for name in section:
+        method, tag = split_label(str(name))  # grasp[nearest]: a variant of grasp (its own row, tag nearest)
         try:
-            spec = get_method(name)
+            spec = get_method(method)
         except KeyError as exc:
             raise ConfigError(f"{section.where(name)}: {exc.args[0]}") from None
+        if tag and (problem := tag_problem(tag)):
+            raise ConfigError(f"{section.where(name)}: the variant's tag {tag!r}: {problem}.")
         _check_values(section.sub(name), spec.config_cls)
 
 
@@ -161,15 +165,18 @@ def method_layers(file: Layer | None, method: str) -> list[Layer]:
     ``method_configs.<m>`` (at the top level, then in ``sweep:``)."""
     if file is None:
         return []
-    cls = get_method(method).config_cls
+    base, tag = split_label(method)
+    cls = get_method(base).config_cls
     layers = [_renamed(_top(file), cls)]
-    for holder in (file, file.sub("sweep") if "sweep" in file else None):
-        for key in METHOD_KEYS:
-            if holder is not None and isinstance(holder.get(key), Mapping):
-                section = holder.sub(key)
-                for name in section:
-                    if get_method(name).name == method:
-                        layers.append(section.sub(name))
+    for wanted in ("", tag) if tag else ("",):  # a variant: the method's own settings, then the variant's
+        for holder in (file, file.sub("sweep") if "sweep" in file else None):
+            for key in METHOD_KEYS:
+                if holder is not None and isinstance(holder.get(key), Mapping):
+                    section = holder.sub(key)
+                    for name in section:
+                        found, found_tag = split_label(str(name))
+                        if get_method(found).name == get_method(base).name and found_tag == wanted:
+                            layers.append(section.sub(name))
     return layers
 
 
@@ -199,7 +206,7 @@ def resolve_training(file: Layer | None, cli: Layer, fixed: Mapping[str, Any] | 
 
 def resolve_method_config(file: Layer | None, method: str, cli: Layer | None = None) -> Any:
     """The method's config dataclass, built once from the file's layers and the flags."""
-    cls = get_method(method).config_cls
+    cls = get_method(split_label(method)[0]).config_cls
     return build(cls, *method_layers(file, method), _renamed(cli, cls) if cli else None)
 
 
@@ -221,8 +228,8 @@ def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, 
     owners = method_flags or {}
     flags = {k for k in cli if k in owners}
     chosen = [method] if method else (cli.get("methods") or methods_named(file) or list(default_methods()))
-    chosen = [get_method(m).name for m in chosen]
-    stray = [k for k in flags if not set(owners[k]) & set(chosen)]
+    chosen = [variant_label(get_method(split_label(m)[0]).name, split_label(m)[1]) for m in chosen]
+    stray = [k for k in flags if not set(owners[k]) & {split_label(m)[0] for m in chosen}]
     if stray:
         owning = sorted({m for k in stray for m in owners[k]})
         raise ConfigError(f"Flag(s) {['--' + k for k in stray]} apply to {owning}, which this sweep does not run "

@@ -28,7 +28,7 @@ from ..methods.base import PAPER_METHODS, default_methods  # noqa: F401  (PAPER_
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
 from ..options import RunOptions
-from ..paths import model_results_dir, tag_problem
+from ..paths import model_results_dir, split_label, tag_problem, variant_label
 from ..training.all_bins import SourceOutcome, train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
@@ -85,7 +85,15 @@ class SweepConfig:
         self.dataset = get_dataset(self.dataset).key
         self.protocol = canonical_protocol(self.protocol)
         self.models = tuple(resolve_model(m).name for m in _as_tuple(self.models))
-        self.methods = tuple(get_method(m).name for m in _as_tuple(self.methods))
+        labels = [split_label(m) for m in _as_tuple(self.methods)]  # grasp[nearest]: a variant of grasp
+        self.methods = tuple(variant_label(get_method(m).name, t) for m, t in labels)
+        for _, t in labels:
+            if t and (problem := tag_problem(t)):
+                raise ConfigError(f"Variant tag {t!r}: {problem}.", field="methods")
+        if self.tag and any(t for _, t in labels):
+            raise ConfigError(f"--tag {self.tag!r} names every method of the sweep as one variant, but the methods "
+                              f"already name variants ({', '.join(m for m in self.methods if '[' in m)}); use one "
+                              "or the other.", field="tag")
         self.targets = _as_tuple(self.targets)
         if self.tag and (problem := tag_problem(self.tag)):
             raise ConfigError(f"--tag {self.tag!r}: {problem}.", field="tag")
@@ -106,7 +114,8 @@ class SweepConfig:
         if unknown:
             raise ConfigError(f"targets {unknown} are not bins of {get_dataset(self.dataset).name}; its bins are "
                               f"{list(bins)}. Name some of them, or use 'all' or 'newest'.", "targets")
-        self.method_configs = {get_method(m).name: v for m, v in (self.method_configs or {}).items()}
+        self.method_configs = {variant_label(get_method(split_label(m)[0]).name, split_label(m)[1]): v
+                               for m, v in (self.method_configs or {}).items()}
 
 
 TARGET_WORDS = {"all": "every bin", "newest": "the newest bin (the deployable question)"}
@@ -175,7 +184,7 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
     handle = open_dataset(config.dataset, opts.data_root)
     handle.check_bins(*(config.targets or handle.bins))  # present in this build of the dataset
     targets = [b for b in handle.bins if b in config.targets] if config.targets else list(handle.bins)
-    method_configs = {m: make_config(m, config.method_configs.get(m)) for m in config.methods}
+    method_configs = {m: make_config(split_label(m)[0], config.method_configs.get(m)) for m in config.methods}
     reference = reference_method()  # a ``matched`` budget follows this sweep's reference config
     reference_config = method_configs.get(reference) or make_config(reference, config.method_configs.get(reference))
     sources_of = {t: tuple(protocol_sources(handle.bins, t, config.protocol)) for t in targets}  # chronological
@@ -183,7 +192,7 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
                for t, s in sources_of.items() if not s}
     for t, why in skipped.items():
         log.info("Target %s skipped: %s", t, why)
-    once = [m for m in config.methods if get_method(m).deterministic and config.num_trials > 1]
+    once = [m for m in config.methods if get_method(split_label(m)[0]).deterministic and config.num_trials > 1]
     if once:
         log.info("%s draw no random numbers: one run per target (not %d identical trials).", ", ".join(once),
                  config.num_trials)
@@ -193,11 +202,13 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
             trials = 1 if method in once else config.num_trials
             for target in (t for t in targets if t not in skipped):
                 for trial in range(1, trials + 1):
-                    cfg = ExperimentConfig(dataset=config.dataset, model=model, method=method, target=target,
+                    base, variant = split_label(method)
+                    cfg = ExperimentConfig(dataset=config.dataset, model=model, method=base, target=target,
                                            sources=sources_of[target], protocol=config.protocol, trial=trial,
                                            seed=config.seed, batch_size=config.batch_size,
                                            image_size=config.image_size,
-                                           allow_mixed_starts=config.allow_mixed_starts, tag=config.tag)
+                                           allow_mixed_starts=config.allow_mixed_starts,
+                                           tag=variant or config.tag)
                     jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
     if not jobs:
         raise ConfigError(f"No experiments to run: {'; '.join(skipped.values())}. Choose later --targets or "
