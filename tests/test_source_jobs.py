@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,12 +54,22 @@ def test_a_failed_bin_is_recorded_beside_its_checkpoint_and_cleared_once_it_trai
     assert not record.exists() and not tb.exists()
 
 
-def test_a_bin_another_live_process_trains_is_not_trained_twice(tmp_path, monkeypatch):
-    cfg, opts, ckpt = _job(tmp_path)
+@contextmanager
+def claimed_by_another_process(ckpt: Path):
+    """The bin of ``ckpt`` claimed by a live process on this machine (yielded; killed afterwards)."""
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        ckpt.parent.mkdir(parents=True)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
         claims.claim_path(ckpt).write_text(f"{claims.HOST}-{other.pid}")
+        yield other
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_bin_another_live_process_trains_is_not_trained_twice(tmp_path, monkeypatch):
+    cfg, opts, ckpt = _job(tmp_path)
+    with claimed_by_another_process(ckpt) as other:
         calls = []
         monkeypatch.setattr(all_bins, "train_source", lambda *a, **k: calls.append(1) or {"test_accuracy": 0.5})
         outcome = all_bins.run_source_job(cfg, opts, None, None)
@@ -69,9 +80,6 @@ def test_a_bin_another_live_process_trains_is_not_trained_twice(tmp_path, monkey
         handle = type("Handle", (), {"fingerprint": None})()
         waited = all_bins.wait_for_other_training(cfg, opts, handle, None, poll_s=0.1)
         assert waited.status == "trained" and calls == [1]
-    finally:
-        other.kill()
-        other.wait()
 
 
 @pytest.mark.slow
@@ -119,15 +127,9 @@ def test_a_distributed_run_refuses_a_bin_another_command_holds(tmp_path, monkeyp
     from dataclasses import replace
 
     cfg, opts, ckpt = _job(tmp_path)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        ckpt.parent.mkdir(parents=True)
-        claims.claim_path(ckpt).write_text(f"{claims.HOST}-{other.pid}")
+    with claimed_by_another_process(ckpt):
         with pytest.raises(RuntimeError, match="a distributed run cannot wait for it"):
             all_bins.run_source_job(cfg, replace(opts, num_nodes=2), None, None)
-    finally:
-        other.kill()
-        other.wait()
     assert all_bins.is_distributed(replace(opts, devices="0,1")) and not all_bins.is_distributed(opts)
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")  # a secondary rank under MPI
     assert all_bins.is_secondary_rank()
