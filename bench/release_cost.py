@@ -62,7 +62,7 @@ def main() -> int:
         del net
 
         def pool(collect: bool) -> SourcePool:
-            p = SourcePool(paths, model_name=model, classes=classes, image_size=32, device=torch.device("cpu"))
+            p = SourcePool(paths, model=resolve_model(model), classes=classes, image_size=32, device=torch.device("cpu"))
             p.collect_garbage = collect
             return p
 

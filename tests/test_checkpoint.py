@@ -54,7 +54,8 @@ def test_metadata_is_stored_beside_the_weights(saved):
 
 def test_expected_model_and_classes_are_checked(saved):
     _, path = saved
-    loaded, _ = load_checkpoint(path, expected_model="test_resnet", expected_classes=CLASSES)  # alias is fine
+    # the caller hands down the canonical name its plan resolved (an alias was resolved there, once)
+    loaded, _ = load_checkpoint(path, expected_model="tiny-resnet", expected_classes=CLASSES)
     assert loaded.fc.out_features == 10
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path, expected_model="tiny-vit")

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..config import ConfigError
 from ..measure.flops import forward_macs
 from ..models.checkpoint import CheckpointError, LazyCheckpoint, StateTensors
-from ..models.factory import load_checkpoint, resolve_model
+from ..models.factory import load_checkpoint
+from ..models.registry import ModelSpec
 from ..registry import Registry
 from ..training.start import SharedStart, common_start, model_from_start, saved_here
 
@@ -103,10 +104,12 @@ class SourcePool:
     """Source models by bin, loaded from their checkpoints only when asked for (one at a time if the method
     allows), registered as resident while held, and freed on release."""
 
-    def __init__(self, checkpoints: dict[str, Path], *, model_name: str, classes: Sequence[str],
+    def __init__(self, checkpoints: dict[str, Path], *, model: ModelSpec, classes: Sequence[str],
                  image_size: int | None, device: torch.device, residency: Any | None = None) -> None:
         self.checkpoints = dict(checkpoints)
-        self.model_name, self.classes, self.image_size = model_name, list(classes), image_size
+        # The model is resolved once by whoever builds the pool; loads compare against its canonical name.
+        self.model, self.model_name = model, model.name
+        self.classes, self.image_size = list(classes), image_size
         self.device = device
         self.residency = residency
         self._held: dict[str, nn.Module] = {}
@@ -143,7 +146,7 @@ class SourcePool:
 
     def _lazy(self, path: str | Path) -> LazyCheckpoint:
         ckpt = LazyCheckpoint(path)
-        if resolve_model(ckpt.meta["model_name"]).name != resolve_model(self.model_name).name:
+        if ckpt.meta["model_name"] != self.model_name:
             raise CheckpointError(f"Checkpoint {path} holds model '{ckpt.meta['model_name']}', not "
                                   f"'{self.model_name}'; use the checkpoints of one model (--model / --checkpoint_dir).")
         return ckpt

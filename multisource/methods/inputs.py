@@ -17,7 +17,7 @@ from ..data.batch_augment import BatchAugment, DeviceBatches, UInt8Crops
 from ..data.loaders import DatasetHandle, make_loader, open_dataset, split_loader
 from ..data.transforms import make_transform
 from ..measure.meter import Meter
-from ..models.factory import data_config_for
+from ..models.factory import data_config_for, resolve_model
 from .base import MethodResult, ReadLoader, SourcePool, TargetData, get_method, resolve_budget
 
 
@@ -66,7 +66,7 @@ def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_r
 def source_pool(checkpoints: Mapping[str, str | Path], target: TargetData, *, model: str,
                 residency: Any | None = None) -> SourcePool:
     """A pool over ``{bin: checkpoint}`` in the given order."""
-    return SourcePool({b: Path(p) for b, p in checkpoints.items()}, model_name=model, classes=target.classes,
+    return SourcePool({b: Path(p) for b, p in checkpoints.items()}, model=resolve_model(model), classes=target.classes,
                       image_size=target.image_size, device=target.device, residency=residency)
 
 

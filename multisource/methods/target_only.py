@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import check_range
-from ..models.factory import resolve_model
+from ..models.registry import ModelSpec
 from ..training.loop import FinetuneConfig
 from .base import MethodResult, SourcePool, TargetData, register_method
 from .target_finetune import MATCHED, TargetFinetuneConfig, finetune_on_target, match_finetune_epochs
@@ -31,8 +31,8 @@ class TargetOnlyConfig(TargetFinetuneConfig):
         check_range(self, "head_lr_multiplier", 0)
         check_range(self, "warmup_epochs", 0)
 
-    def finetune_for(self, model_name: str) -> FinetuneConfig:
-        rate = self.learning_rate if self.learning_rate is not None else resolve_model(model_name).learning_rate
+    def finetune_for(self, model: ModelSpec) -> FinetuneConfig:
+        rate = self.learning_rate if self.learning_rate is not None else model.learning_rate
         return FinetuneConfig(epochs=self.epochs, learning_rate=rate, weight_decay=self.weight_decay,
                               head_lr_multiplier=self.head_lr_multiplier, warmup_epochs=self.warmup_epochs)
 
@@ -43,7 +43,7 @@ class TargetOnlyConfig(TargetFinetuneConfig):
 def run(cfg: TargetOnlyConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     with meter.phase("load"):
         model = pool.load_start()
-    ft = cfg.finetune_for(pool.model_name)
+    ft = cfg.finetune_for(pool.model)
     fit = finetune_on_target(model, target, ft, meter, desc="target_only", macs_key="target_only")
     record = {"start": pool.start_loaded, "learning_rate": ft.learning_rate, "epochs": ft.epochs,
               "best_epoch": fit.best_epoch, "best_val_accuracy": fit.best_val_accuracy}

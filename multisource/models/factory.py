@@ -261,10 +261,11 @@ def download_pretrained(name: str) -> str:
 def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
                     expected_classes: Sequence[str] | None = None, image_size: int | None = None,
                     device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the checkpoint's architecture and load its weights strictly."""
+    """Rebuild the checkpoint's architecture and load its weights strictly. ``expected_model`` is a canonical
+    name (resolved once by the caller's plan); checkpoints written by this project hold canonical names."""
     payload = read_checkpoint(path)
     name = payload["model_name"]
-    if expected_model is not None and resolve_model(expected_model).name != resolve_model(name).name:
+    if expected_model is not None and expected_model != name:
         raise CheckpointError(f"Checkpoint {path} holds model '{name}', but '{expected_model}' was asked for; "
                               "use the checkpoint of the right model (--model / --checkpoint_dir).")
     classes = list(payload["classes"])
