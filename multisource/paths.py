@@ -67,14 +67,37 @@ def checkpoint_path(results_dir: Path, dataset: str, model: str, bin_name: str) 
     return baseline_dir(results_dir, dataset, model) / f"{safe_name(bin_name, 'Bin')}.ckpt"
 
 
-def model_results_dir(results_dir: Path, dataset: str, model: str, protocol: str = "leave-one-out") -> Path:
+def model_results_dir(results_dir: Path, dataset: str, model: str, protocol: str = "leave-one-out",
+                      fraction: float = 1.0) -> Path:
     """Where one protocol's experiments, summaries and sweep logs of (dataset, model) live: the paper's
     leave-one-out directly under ``<dataset>/<model>/``, any other under ``<dataset>/<model>/protocols/<name>/``
-    (``window:3`` -> ``window-3``), so results of two protocols never mix."""
+    (``window:3`` -> ``window-3``), so results of two protocols never mix. A label budget below the whole
+    target (``fraction`` < 1) is kept apart below that: ``.../budgets/fraction-0.05/``."""
     base = Path(results_dir) / safe_name(dataset, "Dataset name") / safe_name(model, "Model name")
-    if protocol == "leave-one-out":
-        return base
-    return base / "protocols" / safe_name(protocol.replace(":", "-"), "Protocol")
+    if protocol != "leave-one-out":
+        base = base / "protocols" / safe_name(protocol.replace(":", "-"), "Protocol")
+    return base if fraction == 1 else base / BUDGETS / budget_folder(fraction)
+
+
+BUDGETS = "budgets"  # <protocol's folder>/budgets/fraction-<F>/: the results of one label budget
+
+
+def budget_folder(fraction: float) -> str:
+    """``fraction-0.05`` for a label budget of 5% of the target's train and val images."""
+    return f"fraction-{float(fraction):g}"
+
+
+def budget_fractions(protocol_dir: Path) -> list[float]:
+    """The label budgets below 1 whose folders exist under a protocol's folder, ascending."""
+    found = []
+    for p in (protocol_dir / BUDGETS).glob("fraction-*") if (protocol_dir / BUDGETS).is_dir() else ():
+        try:
+            value = float(p.name.removeprefix("fraction-"))
+        except ValueError:
+            continue
+        if p.is_dir() and 0 < value < 1 and p.name == budget_folder(value):
+            found.append(value)
+    return sorted(found)
 
 
 VARIANT_SEP = "@"  # a variant's folder: <method>@<tag> (a shell glob would misread the row label's brackets)
@@ -115,7 +138,7 @@ def split_variant(folder: str) -> tuple[str, str]:
 
 
 def experiment_dir(results_dir: Path, dataset: str, model: str, method: str, target: str, trial: int,
-                   protocol: str = "leave-one-out", tag: str = "") -> Path:
-    return (model_results_dir(results_dir, dataset, model, protocol)
+                   protocol: str = "leave-one-out", tag: str = "", fraction: float = 1.0) -> Path:
+    return (model_results_dir(results_dir, dataset, model, protocol, fraction)
             / safe_name(variant_folder(method, tag), "Method name") / safe_name(target, "Target bin")
             / f"trial_{int(trial)}")

@@ -70,6 +70,10 @@ def build_parser(method: str | None, table: dict) -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, help="target bin (held out)")
     p.add_argument("--sources", nargs="+", default=None, help="source bins (default: the protocol's)")
     p.add_argument("--trial", default=None, help="trial number k >= 1 (default 1)")
+    p.add_argument("--target_fraction", default=None, metavar="F",
+                   help="label budget: use this share (0 < F <= 1) of the target's train and val images, a "
+                        "stratified seeded subsample, the same for every method of a trial (default 1; results "
+                        "under budgets/fraction-F/)")
     add_shared_experiment_flags(p)
     return p
 

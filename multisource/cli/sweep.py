@@ -38,6 +38,10 @@ def build_parser(method: str | None = None, dataset: str | None = None) -> tuple
     p.add_argument("--targets", nargs="+", default=None,
                    help="target bins, 'all' (default: every bin) or 'newest' (the last bin in time order)")
     p.add_argument("--num_trials", default=None, help="trials per target (default 3)")
+    p.add_argument("--target_fractions", "--target_fraction", dest="target_fractions", nargs="+", default=None,
+                   metavar="F", help="label budgets: run every experiment at each share of the target's train and "
+                                     "val images (e.g. 0.05 0.25 1; default 1) and write the data-efficiency "
+                                     "summary over them")
     add_shared_experiment_flags(p)
     add_executor_options(p)
     g = p.add_argument_group("sweep")
@@ -119,8 +123,9 @@ def print_result(result) -> None:
     for model, paths in result.summaries.items():
         md = paths.get("comparison_md")
         print(f"\nSummaries for {model}: {md.parent if md else '-'}")
-        if md:
-            print(md.read_text(encoding="utf-8"))
+        for name in ("comparison_md", "data_efficiency_md"):
+            if paths.get(name):
+                print(paths[name].read_text(encoding="utf-8"))
 
 
 def sweep_main(argv: list[str] | None = None, *, method: str | None = None, dataset: str | None = None) -> int:
@@ -190,14 +195,25 @@ def summarize_main(argv: list[str] | None = None) -> int:
 
     def main() -> int:
         from ..experiment.settings import cli_layer, read_settings, resolve_options
-        from ..experiment.summary import write_summaries
+        from ..experiment.efficiency import budgets_on_disk, write_data_efficiency
+        from ..experiment.protocols import canonical_protocol
+        from ..experiment.summary import _dataset_name, write_summaries
+        from ..models.factory import resolve_model
         from ..utils.io import read_json
 
         opts = resolve_options(read_settings(args.config), cli_layer(args, exclude=("config", "verbose", "dataset",
                                                                                     "protocol", "models", "plots")))
-        root = opts.results_path()
+        root, protocol = opts.results_path(), canonical_protocol(args.protocol)
         for model in args.models:
-            paths = write_summaries(root, args.dataset, model, plots=args.plots, protocol=args.protocol)
+            # every label budget on disk gets its summaries; with budgets below 1, the data-efficiency summary
+            budgets = budgets_on_disk(root, _dataset_name(args.dataset), resolve_model(model).name, protocol) or [1.0]
+            paths: dict = {}
+            for fraction in budgets:
+                paths.update(write_summaries(root, args.dataset, model, plots=args.plots, protocol=protocol,
+                                             fraction=fraction))
+            if budgets != [1.0]:
+                paths.update(write_data_efficiency(root, args.dataset, model, protocol, plots=args.plots))
+                print(paths["data_efficiency_md"].read_text(encoding="utf-8"))
             print(paths["comparison_md"].read_text(encoding="utf-8"))
             print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
             damaged = [f for name, p in paths.items() if p.suffix == ".json" and name != "comparison_json"

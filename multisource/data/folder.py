@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,6 +55,15 @@ class BinSplitDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def restricted(self, indices: Sequence[int]) -> "BinSplitDataset":
+        """The same split holding only the examples at ``indices`` (in that order): a label budget's subsample
+        with this dataset's transform and interface."""
+        sub = copy.copy(self)
+        sub.samples = [self.samples[i] for i in indices]
+        sub.targets = [label for _, label in sub.samples]
+        sub._cache = None if self._cache is None else {}
+        return sub
 
     def load_image(self, index: int) -> Image.Image:
         path = self.samples[index][0]

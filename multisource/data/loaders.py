@@ -125,6 +125,12 @@ def split_loader(handle: DatasetHandle, bin_name: str, split: str, data_cfg: Dat
     """Loader for one bin's split; train transforms and shuffling for the train split unless told otherwise."""
     is_train = (split == "train") if train is None else train
     ds = handle.split(bin_name, split, make_transform(data_cfg, is_train))
+    return split_dataset_loader(ds, batch_size=batch_size, train=is_train, num_workers=num_workers, seed=seed)
+
+
+def split_dataset_loader(ds: Dataset, *, batch_size: int, train: bool, num_workers: int = 0,
+                         seed: int = 0) -> DataLoader:
+    """Loader for one split's dataset (possibly a label budget's subsample of it)."""
     # A training batch of a single image breaks BatchNorm in train mode: drop a last batch of exactly one.
-    return make_loader(ds, batch_size=batch_size, train=is_train, num_workers=num_workers, seed=seed,
-                       drop_last=is_train and len(ds) % batch_size == 1)
+    return make_loader(ds, batch_size=batch_size, train=train, num_workers=num_workers, seed=seed,
+                       drop_last=train and len(ds) % batch_size == 1)

@@ -153,6 +153,11 @@ class PackedDataset(BinSplitDataset):
         state["_pixels"] = None  # never pickle the mapped pixels into spawned workers
         return state
 
+    def restricted(self, indices: Sequence[int]) -> "PackedDataset":
+        sub = super().restricted(indices)
+        sub._shapes, sub._offsets = self._shapes[list(indices)], self._offsets[list(indices)]
+        return sub
+
     def load_array(self, index: int) -> np.ndarray:
         """The image's stored pixels, ``H x W x 3`` uint8 (a copy out of the mapped file)."""
         if self._pixels is None:

@@ -13,6 +13,15 @@ from ..paths import tag_problem
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 
 
+def fraction_problem(value: object) -> str | None:
+    """Why ``value`` is not a label budget (None when it is one): a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "a label budget is a number in (0, 1], e.g. 0.05 for 5% of the target's train and val images"
+    if not 0 < value <= 1:
+        return "a label budget is a share of the target's train and val images, in (0, 1] (1: all of them)"
+    return None
+
+
 @dataclass
 class ExperimentConfig:
     """Names are made canonical on construction (aliases resolved once), so lower layers use them as they are."""
@@ -33,6 +42,9 @@ class ExperimentConfig:
     # Names a variant of the method (other settings, say --source_order nearest-first): kept apart on disk
     # (<method>@<tag>/) and its own row, <method>[<tag>], in the comparison, paired with every other row.
     tag: str = ""
+    # A label budget: the share of the target's train and val images the method may use (a stratified, seeded
+    # subsample, the same for every method of a trial; the test split is whole). Results under budgets/.
+    target_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         self.sources = tuple(self.sources or ())
@@ -50,6 +62,9 @@ class ExperimentConfig:
             raise ConfigError(f"--sources lists a bin twice: {list(self.sources)}.")
         if self.tag and (problem := tag_problem(self.tag)):
             raise ConfigError(f"--tag {self.tag!r}: {problem}.", field="tag")
+        if problem := fraction_problem(self.target_fraction):
+            raise ConfigError(f"--target_fraction {self.target_fraction!r}: {problem}.", field="target_fraction")
+        self.target_fraction = float(self.target_fraction)
         self.dataset = get_dataset(self.dataset).key
         self.protocol = canonical_protocol(self.protocol)
         self.model = resolve_model(self.model).name

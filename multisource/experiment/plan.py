@@ -39,7 +39,8 @@ class ExperimentPlan:
     @property
     def label(self) -> str:
         c = self.config
-        return f"{c.model} {variant_label(c.method, c.tag)} {c.target} trial {c.trial}"
+        budget = "" if c.target_fraction == 1 else f" at {c.target_fraction:g} of its labels"
+        return f"{c.model} {variant_label(c.method, c.tag)} {c.target}{budget} trial {c.trial}"
 
 
 def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHandle | None = None,
@@ -60,7 +61,7 @@ def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHand
     sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
     checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
     out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial,
-                         cfg.protocol, cfg.tag)
+                         cfg.protocol, cfg.tag, cfg.target_fraction)
     return ExperimentPlan(cfg, method_config, handle, tuple(sources), checkpoints, seed,
                           cfg.image_size or handle.info.image_size, out)
 

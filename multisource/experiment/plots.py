@@ -15,8 +15,11 @@ import numpy as np  # noqa: E402
 from ..utils.io import atomic_write  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, pdf: bool = False) -> Path:
+    """The figure as ``path`` (PNG) and, for a paper's figures (``pdf``), beside it as vector PDF."""
     out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    if pdf:
+        atomic_write(path.with_suffix(".pdf"), lambda p: fig.savefig(p, format="pdf", bbox_inches="tight"))
     plt.close(fig)
     return out
 
@@ -143,3 +146,42 @@ def plot_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[
     fig.colorbar(im, ax=ax, label="test accuracy")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_data_efficiency(eff: dict, path: Path) -> Path:
+    """Test accuracy against the target train images a label budget leaves (log scale), one line per method with
+    its 95% intervals: the mean over targets first, then each target. PNG and PDF."""
+    panels = ["over targets", *eff["targets"]]
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols + 2.2, 3.3 * rows_n), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in eff["rows"]))
+    for ax, panel in zip(axes.flat, panels):
+        ticks: set[float] = set()
+        for i, m in enumerate(methods):
+            pts = sorted((r["target_train_images"], r["accuracy"], r["ci95"]) for r in eff["rows"]
+                         if r["method"] == m and r["target"] == panel and r["target_train_images"]
+                         and r["accuracy"] is not None)
+            if not pts:
+                continue
+            ticks.update(p[0] for p in pts)
+            # each method a little apart in x, so intervals at one budget do not hide each other
+            shift = 1 + 0.025 * (i - (len(methods) - 1) / 2)
+            xs, ys = [p[0] * shift for p in pts], [p[1] for p in pts]
+            below = [0.0 if p[2] is None else max(0.0, p[1] - p[2][0]) for p in pts]
+            above = [0.0 if p[2] is None else max(0.0, p[2][1] - p[1]) for p in pts]
+            ax.errorbar(xs, ys, yerr=[below, above], marker="o", ms=3, capsize=2, label=m)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [f"{t:.0f}" for t in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("target train images", fontsize=8)
+        ax.set_ylabel("test accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle(f"{eff['dataset']} / {eff['model']}: accuracy against the label budget (95% intervals)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, pdf=True)

@@ -164,7 +164,11 @@ class FlopCount(Part):
 @dataclass
 class TargetBudget(Part):
     target_epochs: float | None = checked(cost)
-    target_train_images: float | None = checked(cost)
+    target_train_images: float | None = checked(cost)  # images trained on, summed over epochs
+    # The label budget: its share and the train / val images the method could use (absent before budgets).
+    target_fraction: float | None = checked(share)
+    target_train_split: int | None = checked(count)
+    target_val_split: int | None = checked(count)
 
 
 @dataclass
@@ -175,6 +179,7 @@ class InformationUsed(Part):
     pretrained_start: str | bool | None = checked(anything)  # the start's file (or a flag in older records)
     source_data: list[str] = checked(texts, default=None)
     target_data: list[str] = checked(texts, default=None)
+    target_fraction: float | None = checked(share)  # of the target's train and val images (label budget)
 
 
 @dataclass
@@ -192,6 +197,7 @@ class RunSettings(Part):
     start_fingerprint: str | None = checked(anything)
     sources: list[str] | None = checked(texts)
     tag: str | None = checked(text)  # the variant (--tag), "" or absent for the method itself
+    target_fraction: float | None = checked(share)  # the label budget (absent: 1, the whole target)
 
 
 @dataclass

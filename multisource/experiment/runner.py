@@ -29,7 +29,7 @@ from ..methods.inputs import source_pool, target_data
 from ..models.checkpoint import save_checkpoint
 from ..models.factory import count_parameters
 from ..options import RunOptions
-from ..paths import model_results_dir, variant_folder
+from ..paths import BUDGETS, budget_folder, model_results_dir, variant_folder
 from ..training.start import StartMismatch, common_start
 from ..training.loop import predict
 from ..utils.env import environment
@@ -76,7 +76,8 @@ def information_used(pool, target) -> dict[str, Any]:
             "loaded_checkpoints": [str(pool.checkpoints[n]) for n in loaded],
             "pretrained_start": pool.start_loaded,
             "source_data": sorted({r.split(":")[1] for r in reads if r.startswith("source:")}),
-            "target_data": [r.split(":")[1] for r in reads if r.startswith("target:")]}
+            "target_data": [r.split(":")[1] for r in reads if r.startswith("target:")],
+            "target_fraction": target.fraction}
 
 
 def write_predictions(path: Path, labels: torch.Tensor, predictions: torch.Tensor,
@@ -183,6 +184,7 @@ def _same_inputs(found: ExperimentRecord, plan: ExperimentPlan, opts: RunOptions
     return (found.data_fingerprint == plan.handle.fingerprint and found.seed == plan.seed
             and config.method_config == json.loads(json.dumps(asdict(plan.method_config)))
             and config.batch_size == plan.config.batch_size and config.image_size == plan.image_size
+            and (config.target_fraction or 1.0) == plan.config.target_fraction
             and config.precision == opts.precision_on(device.type) and found.environment.device == str(device)
             and (found.extra.get("options") or {}).get("batch_augment") == opts.batch_augment
             and config.start_fingerprint is not None and config.start_fingerprint == start_fingerprint(plan))
@@ -196,8 +198,9 @@ def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord | Non
         return None
     c = plan.config
     base = model_results_dir(opts.results_path(), plan.handle.info.name, c.model)
-    dirs = [base] + (sorted(p for p in (base / "protocols").iterdir() if p.is_dir())
-                     if (base / "protocols").is_dir() else [])
+    protocol_dirs = [base] + (sorted(p for p in (base / "protocols").iterdir() if p.is_dir())
+                              if (base / "protocols").is_dir() else [])
+    dirs = [d if c.target_fraction == 1 else d / BUDGETS / budget_folder(c.target_fraction) for d in protocol_dirs]
     for other in (d / variant_folder(c.method, c.tag) / c.target / f"trial_{c.trial}" for d in dirs):
         if other == plan.out_dir or not is_finished(other):
             continue
@@ -239,7 +242,8 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
     meter = Meter(device)
     target = target_data(handle, cfg.target, model=cfg.model, batch_size=cfg.batch_size,
                          num_workers=opts.num_workers, device=device, precision=opts.precision_on(device.type),
-                         seed=plan.seed, image_size=plan.image_size, batch_augment=opts.batch_augment)
+                         seed=plan.seed, image_size=plan.image_size, batch_augment=opts.batch_augment,
+                         target_fraction=cfg.target_fraction)
     pool = source_pool(plan.checkpoints, target, model=cfg.model, residency=meter.models)
     log.info("%s on %s/%s: target %s, sources %s, trial %d (seed %d), device %s", method, handle.info.name,
              cfg.model, cfg.target, list(plan.sources), cfg.trial, plan.seed, device)
@@ -284,7 +288,10 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
         val=SplitScores.from_json(val, "val"), test=SplitScores.from_json(test, "test"),
         stages={n: StageScores.from_json(s, f"stages.{n}") for n, s in stages.items()},
         time=TimeCost.from_json(costs["time"], "time"), memory=MemoryCost.from_json(costs["memory"], "memory"),
-        flops=FlopCount.from_json(costs["flops"], "flops"), budget=TargetBudget.from_json(costs["budget"], "budget"),
+        flops=FlopCount.from_json(costs["flops"], "flops"),
+        budget=TargetBudget.from_json({**costs["budget"], "target_fraction": cfg.target_fraction,
+                                       "target_train_split": target.train_size(),
+                                       "target_val_split": len(target.val.dataset)}, "budget"),
         extra={"options": {**asdict(opts), "data_root": str(handle.root)},
                "checkpoints": {b: str(p) for b, p in plan.checkpoints.items()},
                "params": {**params, "transferred": transferred}, "record": result.record,

@@ -44,7 +44,8 @@ METHOD_KEYS = ("methods", "method_configs")  # per-method mappings, at the top l
 # The same setting under another name in one stage (the paper's --model_name; a sweep's list of models).
 RENAMES: dict[type, dict[str, str]] = {SourceTrainConfig: {"model": "model_name"},
                                        ExperimentConfig: {"model_name": "model"},
-                                       SweepConfig: {"model": "models", "model_name": "models"}}
+                                       SweepConfig: {"model": "models", "model_name": "models",
+                                                     "target_fraction": "target_fractions"}}
 STAGES = (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, DriftDigitsConfig, ImportConfig)
 
 

@@ -94,18 +94,19 @@ def metric_value(record: ExperimentRecord, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def summary_dir(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT_PROTOCOL) -> Path:
-    return model_results_dir(Path(results_dir), dataset, model, protocol) / "summaries"
+def summary_dir(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT_PROTOCOL,
+                fraction: float = 1.0) -> Path:
+    return model_results_dir(Path(results_dir), dataset, model, protocol, fraction) / "summaries"
 
 
-def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT_PROTOCOL
+def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT_PROTOCOL, fraction: float = 1.0
             ) -> dict[str, dict[str, list]]:
     """{method: {"finished": [ExperimentRecord, ...], "failed": [failure record, ...]}} of one protocol from disk.
 
     A trial folder whose metrics.json is unreadable or incomplete is listed as failed (never silently dropped),
     and so is one holding a value no summary may average (:class:`RecordProblem`) or one recorded under another
-    protocol (a moved folder)."""
-    base = model_results_dir(Path(results_dir), dataset, model, protocol)
+    protocol or label budget (a moved folder)."""
+    base = model_results_dir(Path(results_dir), dataset, model, protocol, fraction)
     found: dict[str, dict[str, list]] = {}
     if not base.is_dir():
         return found
@@ -125,13 +126,15 @@ def collect(results_dir: Path, dataset: str, model: str, protocol: str = DEFAULT
                         failed.append(invalid_result(run, tdir.name, trial_number, str(e)))
                         continue
                     found_protocol = record.config.protocol or DEFAULT_PROTOCOL
-                    if found_protocol == protocol:
+                    found_fraction = record.config.target_fraction or 1.0
+                    if found_protocol == protocol and found_fraction == fraction:
                         finished.append(record)
                     else:
+                        ran = (f"protocol {found_protocol}, not {protocol}" if found_protocol != protocol else
+                               f"label budget {found_fraction:g}, not {fraction:g}")
                         failed.append({"error_type": "ProtocolMismatch", "target": tdir.name,
-                                       "message": f"{run} was run under protocol {found_protocol}, not {protocol}; "
-                                                  "move it back or re-run it", "record_file": str(run / METRICS_FILE),
-                                       "config": {"trial": record.trial}})
+                                       "message": f"{run} was run under {ran}; move it back or re-run it",
+                                       "record_file": str(run / METRICS_FILE), "config": {"trial": record.trial}})
                 elif run.is_dir():
                     failed.append({"error_type": "UnreadableResult", "target": tdir.name,
                                    "message": f"{run / METRICS_FILE} is missing, unreadable or incomplete; re-run "
@@ -417,32 +420,26 @@ def comparison(dataset: str, model: str, summaries: dict[str, dict], correct: di
 
 
 def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bool = True,
-                    protocol: str = DEFAULT_PROTOCOL) -> dict[str, Path]:
-    """Rebuild every summary of (dataset, model) under one protocol from the metrics.json files; returns
-    {name: path}. ``dataset`` is a registered name or an imported dataset's folder (or its bare name)."""
+                    protocol: str = DEFAULT_PROTOCOL, fraction: float = 1.0) -> dict[str, Path]:
+    """Rebuild every summary of (dataset, model) under one protocol and label budget from the metrics.json
+    files; returns {name: path}. ``dataset`` is a registered name or an imported dataset's folder (or its bare
+    name)."""
     key, model, protocol = dataset, resolve_model(model).name, canonical_protocol(protocol)
     dataset = _dataset_name(key)
     results_dir = Path(results_dir)
-    found = collect(results_dir, dataset, model, protocol)
+    found = collect(results_dir, dataset, model, protocol, fraction)
     if not found:
+        budget = "" if fraction == 1 else f" --target_fractions {fraction:g}"
         raise FileNotFoundError(f"No {protocol} experiment results under "
-                                f"{model_results_dir(results_dir, dataset, model, protocol)}; run a sweep first "
-                                f"(python experiments/run_all.py --dataset {key} --model {model} --protocol "
-                                f"{protocol}).")
-    if not dataset_bins(key):  # a bare imported name: the records know the dataset's folder (its bin order)
-        recorded = [r.config.dataset for runs in found.values() for r in runs["finished"]]
-        key = next((k for k in recorded if isinstance(k, str) and k and dataset_bins(k)), key)
-    screen_results(found, dataset_bins(key))
-    out = summary_dir(results_dir, dataset, model, protocol)
+                                f"{model_results_dir(results_dir, dataset, model, protocol, fraction)}; run a sweep "
+                                f"first (python experiments/run_all.py --dataset {key} --model {model} --protocol "
+                                f"{protocol}{budget}).")
+    key = screened_key(key, found)
+    out = summary_dir(results_dir, dataset, model, protocol, fraction)
     paths: dict[str, Path] = {}
-    summaries = {}
-    for method, runs in found.items():
-        summaries[method] = method_summary(key, model, method, runs["finished"], runs["failed"])
-        summaries[method].update(dataset=dataset, protocol=protocol)
-        paths[method] = write_json(out / f"{variant_folder(*_label_parts(method))}.json", summaries[method])
-    correct = {m: correctness(runs["finished"]) for m, runs in found.items()}
-    comp = comparison(key, model, summaries, correct, protocol)
-    comp["dataset"] = dataset
+    summaries, correct, comp = compare_collected(key, model, found, protocol, fraction)
+    for method, summary in summaries.items():
+        paths[method] = write_json(out / f"{variant_folder(*_label_parts(method))}.json", summary)
     if plots and any(r["num_experiments"] for r in comp["methods"]):
         comp["plots"] = {"accuracy_per_target": "accuracy_per_target.png", "accuracy_vs_cost": "accuracy_vs_cost.png"}
         paths["accuracy_per_target"] = plot_accuracy_per_target(comp, out / "accuracy_per_target.png")
@@ -452,6 +449,29 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
     paths["comparison_csv"] = atomic_write(out / "comparison.csv", lambda p: frame.to_csv(p, index=False))
     paths["comparison_md"] = write_text(out / "comparison.md", comparison_markdown(comp))
     return paths
+
+
+def screened_key(key: str, found: dict[str, dict[str, list]]) -> str:
+    """The dataset key whose bin order the summaries follow (a bare imported name: the folder its records name),
+    after moving results for bins the dataset does not have to the failed lists (:func:`screen_results`)."""
+    if not dataset_bins(key):
+        recorded = [r.config.dataset for runs in found.values() for r in runs["finished"]]
+        key = next((k for k in recorded if isinstance(k, str) and k and dataset_bins(k)), key)
+    screen_results(found, dataset_bins(key))
+    return key
+
+
+def compare_collected(key: str, model: str, found: dict[str, dict[str, list]], protocol: str,
+                      fraction: float = 1.0) -> tuple[dict[str, dict], dict[str, dict], dict]:
+    """(per-method summaries, per-example correctness, comparison) of what :func:`collect` found."""
+    summaries = {}
+    for method, runs in found.items():
+        summaries[method] = method_summary(key, model, method, runs["finished"], runs["failed"])
+        summaries[method].update(dataset=_dataset_name(key), protocol=protocol)
+    correct = {m: correctness(runs["finished"]) for m, runs in found.items()}
+    comp = comparison(key, model, summaries, correct, protocol)
+    comp["dataset"], comp["target_fraction"] = _dataset_name(key), fraction
+    return summaries, correct, comp
 
 
 def _dataset_name(key: str) -> str:
@@ -506,8 +526,10 @@ def _fmt(value: Any, spec: str) -> str:
 def comparison_markdown(comp: dict) -> str:
     """The comparison table as Markdown (printed at the end of a sweep and written to comparison.md)."""
     merged = any(r.get("accuracy_before_finetune_mean") is not None for r in comp["methods"])  # merges ran
+    fraction = comp.get("target_fraction") or 1
+    budget = "" if fraction == 1 else f"; label budget: {fraction:g} of each target's train and val images"
     lines = [f"# {comp['dataset']} / {comp['model']}: method comparison (protocol: "
-             f"{comp.get('protocol', DEFAULT_PROTOCOL)})", "", *answer_markdown(comp.get("newest_bin")),
+             f"{comp.get('protocol', DEFAULT_PROTOCOL)}{budget})", "", *answer_markdown(comp.get("newest_bin")),
              f"## Every method over {len(comp['targets'])} target(s)", "", *markdown_table(comp)]
     notes = comp["notes"]
     before = (" Before fine-tuning: the merging methods' test accuracy of the merged model before target "

@@ -10,6 +10,7 @@ on. Results are read back from the metrics.json files, so every executor gives t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -28,11 +29,12 @@ from ..methods.base import PAPER_METHODS, default_methods  # noqa: F401  (PAPER_
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
 from ..options import RunOptions
-from ..paths import model_results_dir, split_label, tag_problem, variant_label
+from ..paths import budget_folder, model_results_dir, split_label, tag_problem, variant_label
 from ..training.all_bins import SourceOutcome, train_all_bins
 from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
-from .config import ExperimentConfig
+from .config import ExperimentConfig, fraction_problem
+from .efficiency import write_data_efficiency
 from ..claims import STALE_AFTER_S, claim_path, claimed_elsewhere
 from ..failures import clear_failure, failure_paths, write_failure
 from .jobs import Outcome, execute
@@ -78,6 +80,9 @@ class SweepConfig:
     image_size: int | None = None
     allow_mixed_starts: bool = False  # see ExperimentConfig
     tag: str = ""  # names this sweep's methods as variants (ExperimentConfig.tag): <method>[<tag>] rows
+    # Label budgets (ExperimentConfig.target_fraction): every experiment at each share of the target's train and
+    # val images, kept apart on disk, and a data-efficiency summary over them.
+    target_fractions: tuple[float, ...] = (1.0,)
     method_configs: dict[str, Any] = field(default_factory=dict)
     source_training: dict = field(default_factory=dict)
 
@@ -97,12 +102,17 @@ class SweepConfig:
         self.targets = _as_tuple(self.targets)
         if self.tag and (problem := tag_problem(self.tag)):
             raise ConfigError(f"--tag {self.tag!r}: {problem}.", field="tag")
+        self.target_fractions = tuple(_as_tuple(self.target_fractions)) or (1.0,)
+        for f in self.target_fractions:
+            if problem := fraction_problem(f):
+                raise ConfigError(f"--target_fractions {f!r}: {problem}.", field="target_fractions")
+        self.target_fractions = tuple(sorted(float(f) for f in self.target_fractions))
         check_range(self, "num_trials", 1)
         check_seed(self)
         check_range(self, "batch_size", 1)
         if self.image_size is not None:
             check_range(self, "image_size", 8)
-        for name in ("models", "methods", "targets"):
+        for name in ("models", "methods", "targets", "target_fractions"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(f"SweepConfig.{name} lists a value twice: {list(values)}.")
@@ -197,19 +207,17 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
         log.info("%s draw no random numbers: one run per target (not %d identical trials).", ", ".join(once),
                  config.num_trials)
     jobs = []
-    for model in config.models:
-        for method in config.methods:
-            trials = 1 if method in once else config.num_trials
-            for target in (t for t in targets if t not in skipped):
-                for trial in range(1, trials + 1):
-                    base, variant = split_label(method)
-                    cfg = ExperimentConfig(dataset=config.dataset, model=model, method=base, target=target,
-                                           sources=sources_of[target], protocol=config.protocol, trial=trial,
-                                           seed=config.seed, batch_size=config.batch_size,
-                                           image_size=config.image_size,
-                                           allow_mixed_starts=config.allow_mixed_starts,
-                                           tag=variant or config.tag)
-                    jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
+    for model, fraction, method in itertools.product(config.models, config.target_fractions, config.methods):
+        trials = 1 if method in once else config.num_trials
+        for target in (t for t in targets if t not in skipped):
+            for trial in range(1, trials + 1):
+                base, variant = split_label(method)
+                cfg = ExperimentConfig(dataset=config.dataset, model=model, method=base, target=target,
+                                       sources=sources_of[target], protocol=config.protocol, trial=trial,
+                                       seed=config.seed, batch_size=config.batch_size, image_size=config.image_size,
+                                       allow_mixed_starts=config.allow_mixed_starts, tag=variant or config.tag,
+                                       target_fraction=fraction)
+                jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
     if not jobs:
         raise ConfigError(f"No experiments to run: {'; '.join(skipped.values())}. Choose later --targets or "
                           "another --protocol.")
@@ -353,9 +361,23 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
     if opts.summarize:
         stage("summaries", None)
         for model in plan.config.models:
-            result.summaries[model] = write_summaries(opts.results_path(), plan.config.dataset, model,
-                                                      protocol=plan.config.protocol)
+            result.summaries[model] = sweep_summaries(plan.config, model, opts)
     return result
+
+
+def sweep_summaries(config: SweepConfig, model: str, opts: RunOptions) -> dict[str, Path]:
+    """The summaries of each label budget the sweep ran (the largest one's under their plain names, the others'
+    prefixed ``fraction-<F>/``) and, with several budgets, the data-efficiency summary over them."""
+    fractions = config.target_fractions
+    paths: dict[str, Path] = {}
+    for fraction in fractions:
+        written = write_summaries(opts.results_path(), config.dataset, model, protocol=config.protocol,
+                                  fraction=fraction)
+        prefix = "" if fraction == fractions[-1] else f"{budget_folder(fraction)}/"
+        paths.update({prefix + name: p for name, p in written.items()})
+    if len(fractions) > 1 or fractions[0] < 1:
+        paths.update(write_data_efficiency(opts.results_path(), config.dataset, model, protocol=config.protocol))
+    return paths
 
 
 def wait_for_other_run(job: ExperimentPlan, opts: RunOptions, since: datetime, poll_s: float = 1.0) -> Outcome:

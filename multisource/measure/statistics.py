@@ -166,3 +166,28 @@ def holm(p_values: dict[str, float | None]) -> dict[str, float | None]:
         running = max(running, min(1.0, (m - i) * p))
         adjusted[k] = running
     return adjusted
+
+
+def mean_over_targets_interval(correct_by_target: Sequence[tuple[np.ndarray, Sequence | None]], seed: int,
+                               resamples: int = RESAMPLES) -> list[float] | None:
+    """A 95% percentile bootstrap interval of the mean over targets of each target's test accuracy: each
+    target's test examples (or whole ``groups`` of them) are resampled on their own, a stratified bootstrap, so
+    the interval is the test sets' sampling spread of that mean (targets fixed, trials averaged per example).
+    ``correct_by_target``: per target, 0/1 correctness (rows: trials; columns: examples) and its groups or None.
+    None without targets or below two units in some target."""
+    if not correct_by_target:
+        return None
+    rng = np.random.default_rng(seed)
+    total = np.zeros(resamples)
+    for correct, groups in correct_by_target:
+        values = np.atleast_2d(np.asarray(correct, dtype=float)).mean(0)
+        grouped = _group_index(groups, len(values))
+        sums, sizes = ((values, np.ones_like(values)) if grouped is None else
+                       (_per_group(values, *grouped), _per_group(np.ones_like(values), *grouped)))
+        if len(sums) < 2:
+            return None
+        draw = rng.integers(0, len(sums), size=(resamples, len(sums)))
+        total += sums[draw].sum(1) / sizes[draw].sum(1)
+    means = total / len(correct_by_target)
+    low, high = np.percentile(means, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return [float(low), float(high)]

@@ -6,6 +6,6 @@ Each method is a registry entry: a config dataclass plus ``run(config, pool, tar
 """
 
 from .base import (METHODS, MethodResult, MethodSpec, SourcePool, TargetData, get_method, list_methods,  # noqa: F401
-                   reference_method)
+                   no_transfer_method, reference_method)
 from . import ensemble, fusion, grasp, pearl, soup, source_finetune, target_only, task_vectors  # noqa: F401,E402  (registers)
 from .inputs import run_method, source_pool, target_data  # noqa: F401,E402

@@ -68,6 +68,7 @@ class TargetData:
     split_dataset: Callable[[str, str, bool], Dataset] | None = None
     reads: set[str] = field(default_factory=set)
     bins: tuple[str, ...] = ()  # the dataset's bins in time order (distances in time between bins)
+    fraction: float = 1.0  # the label budget train and val hold (a stratified subsample below 1; test is whole)
     _macs: dict = field(default_factory=dict, repr=False)
 
     def distance(self, bin_name: str) -> int:
@@ -318,6 +319,15 @@ def default_methods() -> tuple[str, ...]:
 
 def list_methods() -> list[str]:
     return METHODS.list()
+
+
+def no_transfer_method() -> str:
+    """The row that learns from the target alone (the one registered with ``reads_sources=False``): what a
+    transfer method must beat for combining past models to pay off."""
+    found = [n for n in METHODS.list() if not METHODS.get(n).reads_sources]
+    if len(found) != 1:
+        raise RuntimeError(f"Exactly one method must be registered with reads_sources=False, found {found}.")
+    return found[0]
 
 
 def reference_method() -> str:

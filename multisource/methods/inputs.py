@@ -14,10 +14,12 @@ import torch
 
 from ..config import build
 from ..data.batch_augment import BatchAugment, DeviceBatches, UInt8Crops
-from ..data.loaders import DatasetHandle, make_loader, open_dataset, split_loader
+from ..data.loaders import DatasetHandle, make_loader, open_dataset, split_dataset_loader
+from ..data.splits import label_budget_indices
 from ..data.transforms import make_transform
 from ..measure.meter import Meter
 from ..models.factory import data_config_for, resolve_model
+from ..utils.seed import derive_seed
 from .base import MethodResult, ReadLoader, SourcePool, TargetData, get_method, resolve_budget
 
 
@@ -32,35 +34,47 @@ def make_config(method: str, values: Mapping[str, Any] | Any | None = None) -> A
 def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_root: str | Path | None = None,
                 batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu",
                 precision: str = "32", seed: int = 0, image_size: int | None = None,
-                batch_augment: bool = False) -> TargetData:
+                batch_augment: bool = False, target_fraction: float = 1.0) -> TargetData:
     """The target bin's loaders (train with train transforms and seeded shuffling; val/test for evaluation).
 
     Every loader notes in ``TargetData.reads`` when it is iterated: "target:<split>" for the target's splits,
     "source:<bin>:<split>" for another bin's data, so a result records the information its method used.
     ``batch_augment``: the target's train batches arrive as uint8 crops and get their colour jitter and
-    normalisation on ``device``, per batch (data/batch_augment.py; the same distribution, for feeding a GPU)."""
+    normalisation on ``device``, per batch (data/batch_augment.py; the same distribution, for feeding a GPU).
+    ``target_fraction`` < 1: the target's train and val splits are a label budget's stratified subsample
+    (data/splits.py), drawn from ``seed`` and the target alone, so every method of a trial sees the same images;
+    the test split is whole."""
     handle = dataset if isinstance(dataset, DatasetHandle) else open_dataset(dataset, data_root)
     image_size = image_size or handle.info.image_size
     dcfg = data_config_for(model, image_size, hflip=handle.info.hflip)
     reads: set[str] = set()
+    kept: dict[str, list[int]] = {}  # the label budget's subsample of the target's train and val, drawn once
+
+    def split_dataset(bin_name: str, split: str, augment: bool | None):
+        """One split with train (augment) or eval transforms, or none (None: raw images for UInt8Crops)."""
+        ds = handle.split(bin_name, split, None if augment is None else make_transform(dcfg, augment))
+        if bin_name != target or split == "test" or target_fraction == 1:
+            return ds  # the test split is never subsampled: every budget is scored on the same examples
+        if split not in kept:  # from (trial seed, target, split) only: the same for every method
+            kept[split] = label_budget_indices(ds.targets, target_fraction,
+                                               derive_seed(seed, "label-budget", target, split))
+        return ds.restricted(kept[split])
 
     def loader(bin_name: str, split: str) -> ReadLoader:
         name = f"target:{split}" if bin_name == target else f"source:{bin_name}:{split}"
         if batch_augment and bin_name == target and split == "train":
-            crops = UInt8Crops(handle.split(bin_name, split), dcfg, train=True)
+            crops = UInt8Crops(split_dataset(bin_name, split, None), dcfg, train=True)
             plain = make_loader(crops, batch_size=batch_size, train=True, num_workers=num_workers, seed=seed,
                                 drop_last=len(crops) % batch_size == 1)
             return ReadLoader(DeviceBatches(plain, BatchAugment(dcfg, train=True), torch.device(device)), reads, name)
-        return ReadLoader(split_loader(handle, bin_name, split, dcfg, batch_size=batch_size,
-                                       num_workers=num_workers, seed=seed), reads, name)
-
-    def split_dataset(bin_name: str, split: str, augment: bool):
-        return handle.split(bin_name, split, make_transform(dcfg, augment))
+        ds = split_dataset(bin_name, split, split == "train")
+        return ReadLoader(split_dataset_loader(ds, batch_size=batch_size, train=split == "train",
+                                               num_workers=num_workers, seed=seed), reads, name)
 
     return TargetData(bin=target, classes=handle.classes, train=loader(target, "train"), val=loader(target, "val"),
                       test=loader(target, "test"), device=torch.device(device), precision=precision,
                       image_size=image_size, seed=seed, bin_loader=loader, split_dataset=split_dataset, reads=reads,
-                      bins=tuple(handle.bins))
+                      bins=tuple(handle.bins), fraction=float(target_fraction))
 
 
 def source_pool(checkpoints: Mapping[str, str | Path], target: TargetData, *, model: str,
