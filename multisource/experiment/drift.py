@@ -136,5 +136,7 @@ def write_drift_report(handle: DatasetHandle, model: str, opts: RunOptions, bins
              "csv": atomic_write(out / "drift_report.csv", lambda p: frame.to_csv(p)),
              "md": write_text(out / "drift_report.md", drift_markdown(report)),
              "png": plot_drift_heatmap(matrix, bins, out / "drift_report.png",
-                                       f"{handle.info.name} / {model}: test accuracy")}
+                                       f"{handle.info.name} / {model}: test accuracy",
+                                       counts=[handle.split_count(b, "test") for b in bins]),
+             "pdf": out / "drift_report.pdf"}
     return paths

@@ -1,5 +1,8 @@
-"""PNG figures (matplotlib, headless): per experiment (confusion matrices, training curves) and per sweep
-(accuracy per target and method, accuracy vs cost)."""
+"""Figures (matplotlib, headless): per experiment (confusion matrices, training curves; PNG) and per sweep (accuracy
+per target, over time, vs cost, against the label budget; the drift heatmap; PNG and PDF for a paper).
+
+Each ``figure_*`` builds the figure and each ``plot_*`` saves it, so a test can check the built figure's texts
+for overlaps (:func:`overlapping_texts`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.text  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..utils.io import atomic_write  # noqa: E402
@@ -41,67 +45,172 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     return _save(fig, path)
 
 
-def plot_training_curves(history: Sequence[dict], path: Path, title: str) -> Path:
-    """Validation accuracy (and training loss where recorded) over every epoch of every step, in order."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+def figure_training_curves(history: Sequence[dict], title: str):
+    """Validation accuracy (and training loss where recorded) over every epoch of every step, in order; a dotted
+    line where a step (a source, an adapter, the fine-tuning) starts, named in the legend."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    handles = []
     if history:
         xs = list(range(len(history)))
-        ax.plot(xs, [h.get("val_accuracy") for h in history], marker="o", ms=3, label="val accuracy")
+        handles += ax.plot(xs, [_nan(h.get("val_accuracy")) for h in history], marker="o", ms=3,
+                           label="val accuracy")
         losses = [h.get("train_loss") for h in history]
         if any(v is not None for v in losses):
             ax2 = ax.twinx()
-            ax2.plot(xs, [v if v is not None else float("nan") for v in losses], color="tab:red", alpha=0.6,
-                     label="train loss")
+            handles += ax2.plot(xs, [_nan(v) for v in losses], color="tab:red", alpha=0.6, label="train loss")
             ax2.set_ylabel("train loss")
-        starts = [i for i, h in enumerate(history) if h.get("epoch") == 0]
-        for i in starts:
-            ax.axvline(i, color="grey", lw=0.5, ls=":")
-            ax.text(i, 1.0, str(history[i].get("source", history[i].get("step", ""))), fontsize=6, rotation=90,
-                    va="top")
+        starts = [i for i, h in enumerate(history) if i == 0 or h.get("step") != history[i - 1].get("step")]
+        for n, i in enumerate(starts):
+            line = ax.axvline(i - 0.5, color="grey", lw=0.8, ls=":", label="a step starts" if n == 0 else None)
+            if n == 0:
+                handles.append(line)
+        if len(starts) <= 12:  # the step's name above the plot, where it starts (more would crowd)
+            for i in starts:
+                h = history[i]
+                ax.annotate(_short(str(h.get("source", h.get("step", "")))), (i - 0.5, 1.02),
+                            xycoords=("data", "axes fraction"), fontsize=6, rotation=60, ha="left", va="bottom")
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0), borderaxespad=0.0)
     else:
         ax.text(0.5, 0.5, "no training (method does not fine-tune)", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("epoch (all steps in order; dotted lines start a step)")
+    ax.set_xlabel("epoch (all steps in order)")
     ax.set_ylabel("val accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    return _save(fig, path)
+    ax.set_title(title, pad=28 if history else None)
+    return fig
+
+
+def plot_training_curves(history: Sequence[dict], path: Path, title: str) -> Path:
+    return _save(figure_training_curves(history, title), path)
+
+
+def _short(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def wrap_label(label: str, width: int = 13) -> str:
+    """A bin name broken into lines of about ``width`` characters at its ``_`` (a date range
+    ``2004-01-01_to_2006-12-31`` becomes two lines), so long names stay readable side by side."""
+    if len(label) <= width:
+        return label
+    lines, line = [], ""
+    for part in label.split("_"):
+        piece = part if not line else f"{line}_{part}"
+        if line and len(piece) > width:
+            lines.append(line + "_")
+            line = part
+        else:
+            line = piece
+    return "\n".join([*lines, line])
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts of ``fig`` whose drawn boxes overlap (tick labels, titles, axis labels,
+    annotations, legend entries): an unreadable figure."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ticks, drawn = set(), []  # a tick label outside its axis's view limits is not drawn
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            slack = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                labels = (tick.label1, tick.label2)
+                ticks.update(map(id, labels))
+                if lo - slack <= tick.get_loc() <= hi + slack:
+                    drawn += [t for t in labels if t.get_visible()]
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if id(t) not in ticks and t.get_visible()] + drawn
+    texts = [t for t in texts if t.get_text().strip() and t.get_figure() is not None]
+    boxes = [(t.get_text(), t.get_window_extent(renderer).expanded(0.98, 0.9)) for t in texts]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
 
 
 def _nan(v: float | None) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _count(v: float | None) -> str:
-    return "?" if v is None else str(int(v))
+def _models(v: float | None) -> str:
+    return "? models" if v is None else f"{int(v)} model{'' if int(v) == 1 else 's'}"
 
 
-def plot_accuracy_per_target(comp: dict, path: Path) -> Path:
+def _errors(means: Sequence[float], cis: Sequence[list | None]) -> list[list[float]]:
+    """Error bar lengths below and above each mean from its 95% interval (none where there is no interval)."""
+    below = [0.0 if ci is None or np.isnan(m) else max(0.0, m - ci[0]) for m, ci in zip(means, cis)]
+    above = [0.0 if ci is None or np.isnan(m) else max(0.0, ci[1] - m) for m, ci in zip(means, cis)]
+    return [below, above]
+
+
+def _legend_beside(ax, **kw) -> None:
+    # Beside the axes, never over them: inside, the legend hid the bars of the best methods near 1.0.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
+
+
+def _target_ticks(ax, targets: Sequence[str]) -> None:
+    labels = [wrap_label(t) for t in targets]
+    ax.set_xticks(range(len(targets)), labels, fontsize=8 if len(targets) <= 8 else 7)
+
+
+def _width_for(targets: Sequence[str], per_target: float) -> float:
+    """A figure wide enough that every target's (wrapped) label has its own room."""
+    longest = max((max(len(line) for line in wrap_label(t).split("\n")) for t in targets), default=4)
+    return max(6.0, len(targets) * max(per_target, 0.085 * longest + 0.3) + 2.8)
+
+
+def figure_accuracy_per_target(comp: dict):
     """Grouped bars: mean test accuracy per target, one colour per method; error bars: the 95% bootstrap
     interval over the target's test examples (the one the comparison reports), none where predictions are
     missing."""
     targets, rows = comp["targets"], comp["methods"]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(targets) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(_width_for(targets, 0.25 * len(rows) + 0.4), 4.0))
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(targets))
     for i, r in enumerate(rows):
         means = [_nan(r["per_target_accuracy"].get(t)) for t in targets]
         cis = [(r.get("per_target_accuracy_ci95") or {}).get(t) for t in targets]
-        below = [0.0 if ci is None or np.isnan(m) else max(0.0, m - ci[0]) for m, ci in zip(means, cis)]
-        above = [0.0 if ci is None or np.isnan(m) else max(0.0, ci[1] - m) for m, ci in zip(means, cis)]
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=[below, above], capsize=2,
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=_errors(means, cis), capsize=2,
                label=r["method"])
-    ax.set_xticks(x, targets, rotation=20 if len(targets) > 5 else 0)
+    _target_ticks(ax, targets)
+    ax.set_xlabel("target bin")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"{comp['dataset']} / {comp['model']}: accuracy per target (error bars: 95% bootstrap "
-                 "intervals over test examples)")
-    # Beside the axes, never over them: inside, the legend hid the bars of the best methods near 1.0.
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    return _save(fig, path)
+    ax.set_title(f"{comp['dataset']} / {comp['model']}: accuracy per target\n(error bars: 95% bootstrap intervals "
+                 "over test examples)", fontsize=10)
+    _legend_beside(ax)
+    return fig
 
 
-def plot_accuracy_vs_cost(comp: dict, path: Path) -> Path:
-    """Mean accuracy over targets against peak memory, resident model memory and total compute, per method.
+def plot_accuracy_per_target(comp: dict, path: Path) -> Path:
+    return _save(figure_accuracy_per_target(comp), path, pdf=True)
+
+
+def figure_accuracy_over_time(comp: dict):
+    """Test accuracy on each target bin in time order, one line per method with its 95% bootstrap intervals, and
+    chance (one over the number of classes): the picture of temporal drift."""
+    targets, rows = comp["targets"], comp["methods"]
+    fig, ax = plt.subplots(figsize=(_width_for(targets, 1.0), 4.0))
+    x = np.arange(len(targets))
+    for i, r in enumerate(rows):
+        means = [_nan(r["per_target_accuracy"].get(t)) for t in targets]
+        cis = [(r.get("per_target_accuracy_ci95") or {}).get(t) for t in targets]
+        shift = 0.06 * (i - (len(rows) - 1) / 2)  # methods a little apart, so intervals do not hide each other
+        ax.errorbar(x + shift, means, yerr=_errors(means, cis), marker="o", ms=4, capsize=2, label=r["method"])
+    if comp.get("num_classes"):
+        ax.axhline(1 / comp["num_classes"], color="grey", ls="--", lw=1, label=f"chance (1/{comp['num_classes']})")
+    _target_ticks(ax, targets)
+    ax.set_xlabel("target bin (in time order)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{comp['dataset']} / {comp['model']}: accuracy over time (95% bootstrap intervals)", fontsize=10)
+    _legend_beside(ax)
+    return fig
+
+
+def plot_accuracy_over_time(comp: dict, path: Path) -> Path:
+    return _save(figure_accuracy_over_time(comp), path, pdf=True)
+
+
+def figure_accuracy_vs_cost(comp: dict):
+    """Mean accuracy over targets against peak memory, resident model memory and total compute, per method: one
+    marker per method, named in one legend beside the panels (labels on the points overlapped).
 
     On CPU the peak is the process's RSS (interpreter and libraries included); the resident model bytes show
     what the method itself holds (O(K) for ensemble/fusion, O(1) for GRASP)."""
@@ -109,46 +218,62 @@ def plot_accuracy_vs_cost(comp: dict, path: Path) -> Path:
     panels = (("peak_memory_bytes", 2**20, "peak memory (MiB)"),
               ("resident_model_bytes", 2**20, "max resident model memory (MiB)"),
               ("flops_total_macs", 1e9, "total compute (GMACs)"))
+    markers = "osD^v<>pPX*h"
     for ax, (key, scale, label) in zip(axes, panels):
         xs = [_nan(r[key]) / scale for r in comp["methods"]]
-        for r in comp["methods"]:
+        for i, r in enumerate(comp["methods"]):
             x, y = _nan(r[key]) / scale, _nan(r["accuracy_mean"])
             err = 0.0 if r["accuracy_std"] is None else r["accuracy_std"]
-            ax.errorbar([x], [y], yerr=[err], fmt="o", capsize=3, label=r["method"])
-            if not (np.isnan(x) or np.isnan(y)):
-                ax.annotate(f"{r['method']} ({_count(r['max_models_resident'])} models)", (x, y), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+            ax.errorbar([x], [y], yerr=[err], fmt=markers[i % len(markers)], capsize=3,
+                        label=f"{r['method']} ({_models(r['max_models_resident'])} resident)")
         if any(np.isfinite(xs)):
-            ax.set_xlim(0, 1.45 * np.nanmax(xs) or 1.0)
+            ax.set_xlim(0, 1.15 * np.nanmax(xs) or 1.0)
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (mean over targets)")
         ax.set_ylim(0, 1.05)
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].set_ylabel("test accuracy (mean over targets ± std)")
+    _legend_beside(axes[-1])
     fig.suptitle(f"{comp['dataset']} / {comp['model']}: accuracy vs cost")
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
-def plot_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[str], path: Path, title: str) -> Path:
-    """Test accuracy of each bin's source model (rows) on each bin (columns), with the values written in."""
+def plot_accuracy_vs_cost(comp: dict, path: Path) -> Path:
+    return _save(figure_accuracy_vs_cost(comp), path, pdf=True)
+
+
+def figure_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[str], title: str,
+                         counts: Sequence[int] | None = None):
+    """Test accuracy of each bin's source model (rows) on each bin (columns), with the values written in and,
+    under each test bin, its number of test images (``counts``)."""
     m = np.array([[_nan(v) for v in row] for row in matrix], dtype=float)
-    size = max(4.0, 0.7 * len(bins) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    size = max(4.0, 0.75 * len(bins) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
     im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(bins)), bins, rotation=45, ha="right")
-    ax.set_yticks(range(len(bins)), bins)
-    ax.set_xlabel("test bin")
+    xlabels = [wrap_label(b) + ("" if counts is None else f"\nn={counts[j]}") for j, b in enumerate(bins)]
+    ax.set_xticks(range(len(bins)), xlabels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(bins)), [_short(b, 28) for b in bins], fontsize=7)
+    ax.set_xlabel("test bin" + ("" if counts is None else " (n: its test images)"))
     ax.set_ylabel("source model's bin")
     for i in range(len(bins)):
         for j in range(len(bins)):
             if np.isfinite(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7 if len(bins) > 8 else 8,
                         color="black" if m[i, j] > 0.6 else "white", fontweight="bold" if i == j else None)
     fig.colorbar(im, ax=ax, label="test accuracy")
-    ax.set_title(title)
-    return _save(fig, path)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[str], path: Path, title: str,
+                       counts: Sequence[int] | None = None) -> Path:
+    return _save(figure_drift_heatmap(matrix, bins, title, counts), path, pdf=True)
 
 
 def plot_data_efficiency(eff: dict, path: Path) -> Path:
+    return _save(figure_data_efficiency(eff), path, pdf=True)
+
+
+def figure_data_efficiency(eff: dict):
     """Test accuracy against the target train images a label budget leaves (log scale), one line per method with
     its 95% intervals: the mean over targets first, then each target. PNG and PDF."""
     panels = ["over targets", *eff["targets"]]
@@ -184,4 +309,4 @@ def plot_data_efficiency(eff: dict, path: Path) -> Path:
     fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     fig.suptitle(f"{eff['dataset']} / {eff['model']}: accuracy against the label budget (95% intervals)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path, pdf=True)
+    return fig

@@ -24,13 +24,13 @@ from ..models.factory import resolve_model
 from ..paths import model_results_dir, split_variant, tag_problem, variant_folder, variant_label
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 from ..utils.io import atomic_write, read_json, write_json, write_text
-from .plots import plot_accuracy_per_target, plot_accuracy_vs_cost
+from .plots import plot_accuracy_over_time, plot_accuracy_per_target, plot_accuracy_vs_cost
 from ..measure.statistics import MIN_TARGETS, accuracy_interval, holm, paired_bootstrap_difference, paired_test_over_targets
 from ..utils.seed import derive_seed
 from .record import METRICS_FILE, SCHEMA_VERSION, ExperimentRecord, RecordProblem, StageScores, read_record
 from .runner import is_finished, read_predictions
 from .answers import answer_markdown, newest_bin_answer
-from .table import MethodRow, comparison_frame, comparison_row, markdown_table  # noqa: F401  (comparison_frame: API)
+from .table import MethodRow, comparison_frame, comparison_row, latex_table, markdown_table  # noqa: F401  (comparison_frame: API)
 
 SUMMARY_SCHEMA_VERSION = 2
 _NO_STAGE = StageScores()
@@ -441,13 +441,15 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
     for method, summary in summaries.items():
         paths[method] = write_json(out / f"{variant_folder(*_label_parts(method))}.json", summary)
     if plots and any(r["num_experiments"] for r in comp["methods"]):
-        comp["plots"] = {"accuracy_per_target": "accuracy_per_target.png", "accuracy_vs_cost": "accuracy_vs_cost.png"}
-        paths["accuracy_per_target"] = plot_accuracy_per_target(comp, out / "accuracy_per_target.png")
-        paths["accuracy_vs_cost"] = plot_accuracy_vs_cost(comp, out / "accuracy_vs_cost.png")
+        figures = {"accuracy_per_target": plot_accuracy_per_target, "accuracy_over_time": plot_accuracy_over_time,
+                   "accuracy_vs_cost": plot_accuracy_vs_cost}
+        comp["plots"] = {name: f"{name}.png" for name in figures}  # each with its PDF beside it
+        paths.update({name: plot(comp, out / f"{name}.png") for name, plot in figures.items()})
     paths["comparison_json"] = write_json(out / "comparison.json", comp)
     frame = comparison_frame(comp)
     paths["comparison_csv"] = atomic_write(out / "comparison.csv", lambda p: frame.to_csv(p, index=False))
     paths["comparison_md"] = write_text(out / "comparison.md", comparison_markdown(comp))
+    paths["comparison_tex"] = write_text(out / "comparison.tex", latex_table(comp))
     return paths
 
 
@@ -471,6 +473,8 @@ def compare_collected(key: str, model: str, found: dict[str, dict[str, list]], p
     correct = {m: correctness(runs["finished"]) for m, runs in found.items()}
     comp = comparison(key, model, summaries, correct, protocol)
     comp["dataset"], comp["target_fraction"] = _dataset_name(key), fraction
+    matrices = [r.test.confusion_matrix for runs in found.values() for r in runs["finished"]]
+    comp["num_classes"] = next((len(m) for m in matrices if m), None)  # for the chance line
     return summaries, correct, comp
 
 
