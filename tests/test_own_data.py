@@ -102,6 +102,24 @@ def test_two_protocols_never_mix_in_one_summary(own, capsys):
     assert summary["failed"][0]["error_type"] == "ProtocolMismatch"
     shutil.rmtree(moved)
 
+    # side by side: the targets both protocols have, each protocol's mean from the files, the paired difference
+    assert summarize_main(["--dataset", str(own["data"]), "--model", MODEL, "--results_dir", str(results),
+                           "--protocols", "leave-one-out", "past", "--no_plots"]) == 0
+    assert "protocols side by side" in capsys.readouterr().out
+    sbs = read_json(results / "MyDigits" / MODEL / "summaries" / "protocols_leave-one-out_vs_past.json")
+    assert sbs["shared_targets"] == ["2020", "2021"]
+    accuracy = {p: np.mean([read_json(d / "ensemble" / t / "trial_1" / "metrics.json")["test"]["accuracy"]
+                            for t in ("2020", "2021")])
+                for p, d in (("leave-one-out", results / "MyDigits" / MODEL),
+                             ("past", results / "MyDigits" / MODEL / "protocols" / "past"))}
+    row = next(r for r in sbs["rows"] if r["method"] == "ensemble")
+    for p in ("leave-one-out", "past"):
+        assert row[p]["accuracy"] == pytest.approx(accuracy[p])
+        assert row[p]["ci95"][0] <= row[p]["accuracy"] <= row[p]["ci95"][1]
+    diff = row["vs_leave-one-out"]["past"]
+    assert diff["mean_difference"] == pytest.approx(accuracy["past"] - accuracy["leave-one-out"])
+    assert set(diff["per_target"]) == {"2020", "2021"} and all(e["ci95"] for e in diff["per_target"].values())
+
 
 def test_drift_report_matches_the_sources_own_accuracies_and_clears_numbers(own, capsys):
     assert drift_main(["--dataset", str(own["data"]), "--model", MODEL, "--results_dir", str(own["results"]),

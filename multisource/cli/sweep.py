@@ -185,6 +185,9 @@ def summarize_main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True, help="a registered dataset or an imported dataset's folder")
     p.add_argument("--protocol", default="leave-one-out",
                    help="the protocol whose results to summarize (leave-one-out, past, window:N)")
+    p.add_argument("--protocols", nargs="+", default=None, metavar="PROTOCOL",
+                   help="put these protocols side by side (e.g. leave-one-out past): each method's accuracy under "
+                        "each and the difference to the first, paired on the same test examples")
     p.add_argument("--model", "--model_name", "--models", dest="models", nargs="+", required=True)
     p.add_argument("--results_dir", default=None, help="results root (default: <project>/results)")
     p.add_argument("--no_plots", dest="plots", action="store_false", help="skip the PNG plots")
@@ -202,8 +205,19 @@ def summarize_main(argv: list[str] | None = None) -> int:
         from ..utils.io import read_json
 
         opts = resolve_options(read_settings(args.config), cli_layer(args, exclude=("config", "verbose", "dataset",
-                                                                                    "protocol", "models", "plots")))
+                                                                                    "protocol", "protocols", "models",
+                                                                                    "plots")))
         root, protocol = opts.results_path(), canonical_protocol(args.protocol)
+        if args.protocols:
+            from ..experiment.side_by_side import write_side_by_side
+
+            for model in args.models:
+                for each in args.protocols:
+                    write_summaries(root, args.dataset, model, plots=args.plots, protocol=each)
+                paths = write_side_by_side(root, args.dataset, model, args.protocols)
+                print(paths["protocols_md"].read_text(encoding="utf-8"))
+                print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
+            return 0
         for model in args.models:
             # every label budget on disk gets its summaries; with budgets below 1, the data-efficiency summary
             budgets = budgets_on_disk(root, _dataset_name(args.dataset), resolve_model(model).name, protocol) or [1.0]
