@@ -75,6 +75,41 @@ def test_pearl_one_hot_full_rank_adapter_equals_the_source_layer():
     assert svd_initialise(low, "src", source, 1, scaling=1.0)["relative_error"] > 0.1  # rank 1 cannot hold it
 
 
+@pytest.mark.parametrize("adapt_head", [False, True])
+def test_pearl_full_rank_one_hot_composed_model_is_that_source(trained_sources, target, adapt_head):
+    """The oracle: at full rank with all composition weight on source k and the composed rest, PEARL's model gives
+    source k's own predictions (BatchNorm statistics, biases and head included); keeping the base's rest does
+    not."""
+    bins = ["era_1", "era_3", "era_4"]
+    source_model = {b: load_checkpoint(trained_sources["checkpoint_dir"] / f"{b}.ckpt")[0].eval() for b in bins}
+    layers = [m for m in source_model["era_1"].modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    rank = max(min(m.weight.shape[0], m.weight[0].numel()) for m in layers)
+    x = torch.cat([images for images, _ in target.test])[:96]
+    for rest in ("composed", "base"):
+        meter = Meter("cpu")
+        result = run_method("pearl", _pool(trained_sources, target, bins, meter), target,
+                            {"adapter_dim": rank, "composition_epochs": 0, "outside_adapters": rest,
+                             "adapt_head": adapt_head, "source_order": "chronological"}, meter)
+        model = result.model.eval()
+        assert result.record["outside_adapters"] == rest
+        head = "the classifier head's bias" if adapt_head else "the classifier head"
+        assert head in result.record["outside_adapter_kinds"]
+        assert "BatchNorm running statistics" in result.record["outside_adapter_kinds"]
+        assert result.record["kept_from_base"] == ([] if rest == "composed" else
+                                                   result.record["outside_adapter_kinds"])
+        for k, b in enumerate(bins):
+            model.fixed_weights = torch.nn.functional.one_hot(torch.tensor(k), len(bins)).float()
+            with torch.no_grad():
+                mine, theirs = model(x), source_model[b](x)
+            if rest == "composed":
+                assert torch.equal(mine.argmax(1), theirs.argmax(1)), b
+                torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-3)
+            elif k > 0:  # the base's BatchNorm statistics and head under source k's weights: another model
+                assert not torch.allclose(mine, theirs, atol=1e-2), b
+        shares = [result.record["approximation"][b]["outside_adapters_share"] for b in bins[1:]]
+        assert all(0 < v < 1 for v in shares)  # buffers counted: the running statistics differ between sources
+
+
 def test_pearl_reads_every_source_and_records_its_approximation(trained_sources, target):
     meter = Meter("cpu")
     bins = ["era_1", "era_2", "era_3"]

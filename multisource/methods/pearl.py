@@ -9,8 +9,11 @@ knowledge. The sources are loaded one at a time: base + one source + K adapters 
 adapter is then refined (``adapter_data``: ``source`` trains it on that source's own train split, the paper's
 recipe; ``target`` on the target's). Finally composition weights w on the simplex (softmax of learnable
 logits, initialised uniform) are learned on the target's train split with the adapters frozen:
-base + sum_k w_k * adapter_k. What the adapters cannot carry (biases, BatchNorm parameters and statistics,
-grouped convolutions) stays the base's; the record says how much of each source's difference that is.
+base + sum_k w_k * adapter_k. What the adapters do not carry (biases, BatchNorm parameters and running
+statistics, the classifier head unless ``adapt_head``, grouped convolutions) is by default
+(``outside_adapters="composed"``) the composition-weighted mean of the sources' own tensors, so that at full rank
+with one-hot weights the composed model is that source; ``"base"`` keeps the base's, as PEFT would. The record
+says how much of each source's difference lies outside the adapters (parameters and buffers) and what it is.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class PearlConfig:
     composition_lr: float = 0.01
     source_order: str = "nearest-first"  # the first source in this order is the base
     adapt_head: bool = False  # also put adapters on the classifier head (beyond SPEC 5: the head stays the base's)
+    # What is outside the adapters (biases, BatchNorm parameters and running statistics, the head unless adapted,
+    # grouped convolutions): "base" keeps the base's; "composed" makes each the composition-weighted mean of the
+    # sources' tensors, so that at full rank with one-hot weights the composed model is that source.
+    outside_adapters: str = "composed"
 
     def __post_init__(self) -> None:
         check_range(self, "adapter_dim", 1)
@@ -57,6 +64,7 @@ class PearlConfig:
         check_choice(self, "adapter_init", ("svd", "zero"))
         check_choice(self, "adapter_data", ("none", "source", "target"))
         check_choice(self, "source_order", SOURCE_ORDERS)
+        check_choice(self, "outside_adapters", ("base", "composed"))
         if self.adapter_init == "zero" and (self.adapter_data == "none" or self.adapter_epochs == 0):
             raise ConfigError("PearlConfig.adapter_init='zero' without adapter training (adapter_data='none' or "
                               "adapter_epochs=0) composes nothing but the base; use adapter_init='svd' or set "
@@ -103,7 +111,8 @@ def svd_initialise(peft_model: nn.Module, adapter: str, source: nn.Module, rank:
     """Set ``adapter`` in every LoRA layer of ``peft_model`` to the truncated SVD of source - base.
 
     Returns the approximation record: relative Frobenius error over the adapted layers, and the share of the
-    source's whole parameter difference that lies outside them (kept from the base)."""
+    source's whole difference (parameters and floating-point buffers such as BatchNorm running statistics) that
+    lies outside them: kept from the base, or composed (``outside_adapters``)."""
     src = dict(source.named_parameters())
     delta_sq, residual_sq, covered = 0.0, 0.0, set()
     with torch.no_grad():
@@ -118,24 +127,51 @@ def svd_initialise(peft_model: nn.Module, adapter: str, source: nn.Module, rank:
             delta_sq += float(delta.double().pow(2).sum())
             residual_sq += residual
             covered.add(f"{name}.weight")
-        base_params = {n.replace(".base_layer", ""): p for n, p in peft_model.base_model.model.named_parameters()
-                       if "lora_" not in n}
-        outside_sq = sum(float((src[n].to(p) - p).double().pow(2).sum()) for n, p in base_params.items()
+        src.update(dict(source.named_buffers()))
+        outside_sq = sum(float((src[n].to(t) - t).double().pow(2).sum()) for n, t in outside_tensors(peft_model).items()
                          if n not in covered and n in src)
     total = delta_sq + outside_sq
     return {"relative_error": math.sqrt(residual_sq / delta_sq) if delta_sq else 0.0,
             "delta_norm": math.sqrt(delta_sq), "outside_adapters_share": outside_sq / total if total else 0.0}
 
 
-class ComposedAdapters(nn.Module):
-    """base + sum_k w_k * adapter_k, with w = softmax(logits) learnable (or fixed, for analysis)."""
+def outside_tensors(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's floating-point parameters and buffers by their names in the plain model (``.base_layer``
+    dropped), LoRA tensors left out; the adapted layers' weights are among them (callers skip those)."""
+    inner = peft_model.base_model.model
+    named = list(inner.named_parameters()) + list(inner.named_buffers())
+    return {n.replace(".base_layer", ""): t for n, t in named if "lora_" not in n and t.is_floating_point()}
 
-    def __init__(self, peft_model: nn.Module, adapter_names: list[str]) -> None:
+
+def adapted_weights(peft_model: nn.Module) -> set[str]:
+    """The plain-model names of the weights the LoRA adapters carry."""
+    return {f"{n}.weight" for n, m in peft_model.base_model.model.named_modules() if hasattr(m, "lora_A")}
+
+
+class ComposedAdapters(nn.Module):
+    """base + sum_k w_k * adapter_k, with w = softmax(logits) learnable (or fixed, for analysis).
+
+    With ``rest`` ({plain name: the K sources' tensors stacked}), every tensor outside the adapters is
+    sum_k w_k * tensor_k in each forward (differentiable in w), instead of the base's."""
+
+    def __init__(self, peft_model: nn.Module, adapter_names: list[str],
+                 rest: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.peft_model = peft_model
         self.adapter_names = list(adapter_names)
         self.weight_logits = nn.Parameter(torch.zeros(len(adapter_names)))
         self.fixed_weights: torch.Tensor | None = None
+        # plain name -> its name in peft_model's state (functional_call's key); the stacks are buffers (moved
+        # with the module, saved with it) named rest_<i>, since buffer names cannot hold dots
+        self._rest_keys: list[tuple[str, str, bool]] = []  # (stack's buffer, key, is a buffer such as BN stats)
+        if rest:
+            where = {n.replace(".base_layer", ""): f"base_model.model.{n}" for n, _ in
+                     list(peft_model.base_model.model.named_parameters())
+                     + list(peft_model.base_model.model.named_buffers())}
+            buffers = {n for n, _ in peft_model.base_model.model.named_buffers()}
+            for i, (name, stacked) in enumerate(rest.items()):
+                self.register_buffer(f"rest_{i}", stacked)
+                self._rest_keys.append((f"rest_{i}", where[name], where[name][len("base_model.model."):] in buffers))
         self._hooks = []
         # Scaling lora_A's output (rank-r channels) equals scaling the adapter's output, since lora_B is linear
         # without bias, and autograd then keeps r-channel rather than full-width activations per adapter.
@@ -157,7 +193,16 @@ class ComposedAdapters(nn.Module):
         return torch.softmax(self.weight_logits, dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.peft_model(x)
+        if not self._rest_keys:
+            return self.peft_model(x)
+        w = self.weights()
+        values = {}
+        for buffer, key, statistic in self._rest_keys:
+            stacked = getattr(self, buffer)
+            # Running statistics follow the weights but are not learned through (batch norm takes no gradient
+            # for them); parameters such as biases and the head carry the gradient to w.
+            values[key] = torch.tensordot((w.detach() if statistic else w).to(stacked.dtype), stacked, dims=1)
+        return torch.func.functional_call(self.peft_model, values, (x,), strict=False)
 
 
 def composed_weight(peft_model: nn.Module, layer: str, weights: dict[str, float]) -> torch.Tensor:
@@ -167,6 +212,27 @@ def composed_weight(peft_model: nn.Module, layer: str, weights: dict[str, float]
     for adapter, w in weights.items():
         out += w * module.get_delta_weight(adapter).detach()
     return out
+
+
+def outside_kinds(peft_model: nn.Module, rest_names: list[str]) -> list[str]:
+    """What lies outside the adapters, in words and in the order met: the classifier head, BatchNorm running
+    statistics and affine parameters, other layers' biases, grouped convolutions' weights."""
+    inner = peft_model.base_model.model
+    heads = head_prefixes(inner)
+    kinds: dict[str, None] = {}
+    for name in rest_names:
+        module_name, _, leaf = name.rpartition(".")
+        module = inner.get_submodule(module_name)
+        if heads and (module_name + ".").startswith(heads):
+            adapted = hasattr(module, "lora_A")  # adapt_head: the head's weight is carried, its bias is not
+            kinds["the classifier head's bias" if adapted and leaf == "bias" else "the classifier head"] = None
+        elif isinstance(module, nn.modules.batchnorm._NormBase):
+            kinds["BatchNorm running statistics" if leaf.startswith("running_") else "BatchNorm affine parameters"] = None
+        elif leaf == "bias":
+            kinds["biases"] = None
+        else:
+            kinds[f"{type(module).__name__} {leaf}s"] = None
+    return list(kinds)
 
 
 def _adapter_name(bin_name: str) -> str:
@@ -223,10 +289,20 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
     pool.adopt("base", "base+adapters")  # PEFT injected the adapters into the base in place: count their bytes
     approximation: dict[str, dict] = {names[0]: {"relative_error": 0.0, "delta_norm": 0.0,
                                                  "outside_adapters_share": 0.0}}  # the base's delta is zero
-    if cfg.adapter_init == "svd":  # the base's own adapter keeps PEFT's init (B = 0): its delta is zero
+    carried = adapted_weights(peft_model)
+    rest_names = [n for n in outside_tensors(peft_model) if n not in carried]
+    rest: dict[str, list[torch.Tensor]] = {}
+    if cfg.outside_adapters == "composed":  # the base's own tensors first, in the order of the adapters
+        rest = {n: [t.detach().clone()] for n, t in outside_tensors(peft_model).items() if n in rest_names}
+    if cfg.adapter_init == "svd" or rest:  # the base's own adapter keeps PEFT's init (B = 0): its delta is zero
         for a, bin_name in zip(adapters[1:], names[1:]):
             with meter.phase("adapter_init"), pool.borrow(bin_name) as source:
-                approximation[bin_name] = svd_initialise(peft_model, a, source, cfg.adapter_dim, cfg.scaling)
+                if cfg.adapter_init == "svd":
+                    approximation[bin_name] = svd_initialise(peft_model, a, source, cfg.adapter_dim, cfg.scaling)
+                if rest:  # small tensors (biases, BatchNorm, the head), read while the source is loaded anyway
+                    theirs = {**dict(source.named_parameters()), **dict(source.named_buffers())}
+                    for n in rest_names:
+                        rest[n].append(theirs[n].detach().to(rest[n][0]).clone())
                 del source  # one source resident beside the base at a time
     history, adapter_val = [], {}
     if cfg.adapter_data != "none" and cfg.adapter_epochs:
@@ -237,7 +313,8 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
     peft_model.base_model.set_adapter(adapters)  # all adapters active together
     for p in peft_model.parameters():
         p.requires_grad = False
-    model = ComposedAdapters(peft_model, adapters).to(target.device)
+    stacked = {n: torch.stack(ts) for n, ts in rest.items()}
+    model = ComposedAdapters(peft_model, adapters, stacked).to(target.device)
     comp = FinetuneConfig(epochs=cfg.composition_epochs, schedule="constant", gradient_clip=0.0,
                           freeze_batchnorm=True)
     optimizer = torch.optim.Adam([model.weight_logits], lr=cfg.composition_lr)
@@ -256,5 +333,10 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
               "adapter_params": {n: _adapter_params(peft_model, a) for n, a in zip(names, adapters)},
               "adapted_modules": len(modules), "skipped_modules": skipped, "adapter_val_accuracy": adapter_val,
               "composition_best_epoch": fit.best_epoch, "best_val_accuracy": fit.best_val_accuracy,
-              "kept_from_base": "biases, BatchNorm parameters and statistics, skipped (grouped) convolutions"}
+              "outside_adapters": cfg.outside_adapters,
+              "outside_adapter_tensors": len(rest_names),
+              "outside_adapter_bytes_per_source": sum(t.numel() * t.element_size() for n, t in
+                                                      outside_tensors(peft_model).items() if n in rest_names),
+              "outside_adapter_kinds": outside_kinds(peft_model, rest_names),
+              "kept_from_base": [] if cfg.outside_adapters == "composed" else outside_kinds(peft_model, rest_names)}
     return MethodResult(model=model, record=record, history=history, standalone=False)
