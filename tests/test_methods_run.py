@@ -164,3 +164,48 @@ def test_pearl_one_hot_weights_equal_single_adapter(trained_sources, target):
     with model.peft_model.disable_adapter(), torch.no_grad():
         base = model.peft_model(x)
     torch.testing.assert_close(model(x), base, rtol=1e-5, atol=1e-5)  # zero weights = the frozen base
+
+
+@pytest.mark.parametrize("vals, selection, guard, final_steps, selected, undone", [
+    # val accuracy of the initial model and after each step's fine-tuning (scripted), what each rule keeps
+    ([0.5, 0.9, 0.6], "last", False, [0, 1, 2], None, []),
+    ([0.5, 0.9, 0.6], "best-val", False, [0, 1], 1, []),
+    ([0.5, 0.9, 0.6], "last", True, [0, 1], None, [2]),
+    ([0.8, 0.7, 0.9], "last", True, [0, 2], None, [1]),  # step 1 undone: step 2 starts from the initial model
+    ([0.8, 0.7, 0.9], "best-val", False, [0, 1, 2], 2, []),
+    ([0.8, 0.8, 0.8], "best-val", False, [0, 1, 2], 2, []),  # ties: the later step
+])
+def test_grasp_step_selection_and_guard_on_a_hand_built_sequence(trained_sources, target, monkeypatch, vals,
+                                                                 selection, guard, final_steps, selected, undone):
+    """Fine-tuning replaced by a scripted one: step s adds 10**s to the head's bias and reports vals[s]; with an
+    alignment threshold of 1 nothing transfers, so the returned bias says exactly which steps' changes it holds."""
+    from multisource.methods import grasp as grasp_module
+    from multisource.training.loop import FitResult
+
+    calls = []
+
+    def scripted(model, target, cfg, meter, **kw):
+        step = len(calls)
+        calls.append(step)
+        with torch.no_grad():
+            model.fc.bias += 10.0 ** step
+        return FitResult(best_val_accuracy=vals[step], best_epoch=1, history=[])
+
+    monkeypatch.setattr(grasp_module, "finetune_on_target", scripted)
+    bins = ["era_1", "era_2", "era_3"]
+    original = load_checkpoint(_ckpts(trained_sources, bins)["era_1"])[0].fc.bias.detach().clone()
+    result, meter, _ = _run("grasp", trained_sources, target, bins, alignment_threshold=1.0,
+                            step_selection=selection, guard=guard)
+    added = result.model.fc.bias.detach() - original
+    torch.testing.assert_close(added, torch.full_like(added, sum(10.0 ** s for s in final_steps)))
+    record = result.record
+    assert [s["step"] for s in record["steps"]] == [1, 2] and all(s["num_transferred"] == 0 for s in record["steps"])
+    if guard:
+        assert [s["step"] for s in record["steps"] if s["undone"]] == undone
+        assert [s["val_accuracy_before"] for s in record["steps"]][0] == vals[0]
+    else:
+        assert all("undone" not in s for s in record["steps"])
+    if selection == "best-val":
+        assert record["selected_step"] == selected and record["selected_val_accuracy"] == vals[selected]
+    # the paper's rule holds two models; a kept copy of the best so far is a third, recorded
+    assert meter.models.max_resident == (3 if selection == "best-val" or guard else 2)

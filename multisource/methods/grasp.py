@@ -3,7 +3,9 @@
 At most two models are resident at any time (the evolving target model and one source), whatever K is:
 the first source becomes ``current`` and is fine-tuned on the target; each further source is loaded,
 its per-tensor gradient alignment with ``current`` is measured on target batches, the aligned tensors are
-copied into ``current``, the source is freed, and ``current`` is fine-tuned again.
+copied into ``current``, the source is freed, and ``current`` is fine-tuned again. The paper keeps the last
+step's model; ``step_selection="best-val"`` keeps the step with the best target val accuracy and ``guard``
+undoes a step that lowers it, each holding one more model (a copy of the best so far: three in all).
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ class GraspConfig:
     # index; with eval transforms unless ``alignment_augment`` (then the indices alone do not fix the pixels).
     alignment_augment: bool = False
     alignment_resample: bool = False  # draw new batches for every step (default: one draw reused by all steps)
+    # Which step's model is kept: "last" (the paper's: the model after the last source) or "best-val" (the step
+    # whose fine-tuned model had the best target val accuracy; a later step on ties). Either choice other than
+    # the paper's holds one extra model (a copy of the best so far), recorded as resident.
+    step_selection: str = "last"
+    # Undo a step whose fine-tuned val accuracy falls below the model's before it (the next step starts from
+    # the model before it); holds the same one extra copy.
+    guard: bool = False
 
     def __post_init__(self) -> None:
         check_range(self, "initial_epochs", 0)
@@ -49,6 +58,12 @@ class GraspConfig:
         check_range(self, "weight_decay", 0)
         check_range(self, "alignment_threshold", -1, 1)  # a cosine: above 1 nothing could ever transfer
         check_choice(self, "source_order", SOURCE_ORDERS)
+        check_choice(self, "step_selection", ("last", "best-val"))
+
+    @property
+    def keeps_a_copy(self) -> bool:
+        """Whether the run holds a copy of the best model so far (a third model beside current and a source)."""
+        return self.step_selection == "best-val" or self.guard
 
     def finetune_config(self, epochs: int) -> FinetuneConfig:
         return FinetuneConfig(epochs=epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay)
@@ -151,7 +166,11 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
                              phase="finetune", desc=f"grasp init[{names[0]}]")
     history += [{"step": 0, "source": names[0], **h} for h in fit.history]
     record = {"source_order": cfg.source_order, "order": names, "initial_source": names[0],
-              "initial_val_accuracy": fit.best_val_accuracy, "steps": []}
+              "initial_val_accuracy": fit.best_val_accuracy, "steps": [], "step_selection": cfg.step_selection,
+              "guard": cfg.guard}
+    # The best model so far (the latest on ties): the step best-val keeps, and the model a guard returns to
+    # (under a guard val never falls, so the model before a step is the best so far).
+    best = _Best(current, 0, fit.best_val_accuracy, pool.residency) if cfg.keeps_a_copy else None
     macs = target.forward_macs(current)
     batch_size = target.train.batch_size
     for step, name in enumerate(names[1:], start=1):
@@ -175,10 +194,57 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
         fit = finetune_on_target(current, target, cfg.finetune_config(cfg.finetune_epochs), meter,
                                  phase="finetune", desc=f"grasp step {step}[{name}]")
         history += [{"step": step, "source": name, **h} for h in fit.history]
-        record["steps"].append({"step": step, "source": name, "alignment_indices": indices, **info,
-                                "val_accuracy_after_transfer":
-                                val_after_transfer, "val_accuracy": fit.best_val_accuracy,
-                                "best_epoch": fit.best_epoch})
+        entry = {"step": step, "source": name, "alignment_indices": indices, **info,
+                 "val_accuracy_after_transfer": val_after_transfer, "val_accuracy": fit.best_val_accuracy,
+                 "best_epoch": fit.best_epoch}
+        if cfg.guard:
+            entry["val_accuracy_before"] = best.val_accuracy
+            entry["undone"] = fit.best_val_accuracy < best.val_accuracy
+            if entry["undone"]:
+                best.restore_into(current)
+                log.info("GRASP step %d (%s): val %.4f fell below %.4f before it; undone (guard)", step, name,
+                         fit.best_val_accuracy, best.val_accuracy)
+        if best is not None and fit.best_val_accuracy >= best.val_accuracy:
+            best.take(current, step, fit.best_val_accuracy)
+        record["steps"].append(entry)
         log.info("GRASP step %d (%s): transferred %d/%d tensors, val %.4f", step, name, info["num_transferred"],
                  info["num_tensors"], fit.best_val_accuracy)
+    if best is not None:
+        if cfg.step_selection == "best-val":
+            best.restore_into(current)
+        record["selected_step"] = best.step if cfg.step_selection == "best-val" else len(names) - 1
+        record["selected_val_accuracy"] = best.val_accuracy if cfg.step_selection == "best-val" else None
+        best.release()
     return MethodResult(model=current, record=record, history=history)
+
+
+class _Best:
+    """A copy of the best model so far (its tensors on the model's device), held as one resident model."""
+
+    KEY = "best-so-far"
+
+    def __init__(self, model: nn.Module, step: int, val_accuracy: float, residency) -> None:
+        self.residency, self.state, self.step, self.val_accuracy = residency, None, step, val_accuracy
+        self._copy(model)
+        if residency is not None:
+            residency.hold(self.KEY, self.state)
+
+    def _copy(self, model: nn.Module) -> None:
+        if self.state is None:
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:  # in place: no second copy while replacing the first
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    self.state[k].copy_(v)
+
+    def take(self, model: nn.Module, step: int, val_accuracy: float) -> None:
+        self._copy(model)
+        self.step, self.val_accuracy = step, val_accuracy
+
+    def restore_into(self, model: nn.Module) -> None:
+        model.load_state_dict(self.state)
+
+    def release(self) -> None:
+        if self.residency is not None:
+            self.residency.release(self.KEY)
+        self.state = None
