@@ -81,16 +81,24 @@ def _key_lines(node: yaml.Node, prefix: str = "", out: dict | None = None) -> di
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode):
-                key = prefix + str(k.value).replace("-", "_")
+                key = prefix + yaml_key(k.value)
                 out[key] = k.start_mark.line + 1
                 _key_lines(v, key + ".", out)
     return out
 
 
+def yaml_key(key: Any) -> str:
+    """A settings file's key as the fields are named (``max-epochs`` -> ``max_epochs``); a variant's tag in
+    brackets is a name, kept as written (``grasp[near-best]``)."""
+    text = str(key)
+    head, bracket, tag = text.partition("[")
+    return head.replace("-", "_") + bracket + tag
+
+
 def _normalise_keys(value: Any) -> Any:
     """YAML users write ``max-epochs``; field names have underscores."""
     if isinstance(value, dict):
-        return {str(k).replace("-", "_"): _normalise_keys(v) for k, v in value.items()}
+        return {yaml_key(k): _normalise_keys(v) for k, v in value.items()}
     return value
 
 
@@ -112,7 +120,7 @@ class _SettingsLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[str, int] = {}
         for key_node, _ in node.value:
-            key = str(self.construct_object(key_node, deep=True)).replace("-", "_")  # as the fields are named
+            key = yaml_key(self.construct_object(key_node, deep=True))
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise ConfigError(f"{self.path}, line {line}: key '{key}' is given twice (first on line {seen[key]}); "

@@ -191,3 +191,16 @@ def test_each_method_readme_documents_its_flags(method):
     assert f"run_all_{method}_clear10.py --num_trials 3 --model mobilevit-xxs" in text
     for f in dataclasses.fields(get_method(method).config_cls):
         assert f"--{f.name}" in text
+
+
+def test_the_shipped_variants_file_dry_runs_every_variant(trained_sources, tmp_path, capsys):
+    """configs/variants.yaml (the README's GRASP and PEARL variant table): every variant is planned as its own row."""
+    from multisource.cli.sweep import sweep_main
+
+    assert sweep_main(["--config", str(ROOT / "configs" / "variants.yaml"), "--data_root",
+                       str(trained_sources["data_root"]), "--checkpoint_dir", str(trained_sources["checkpoint_dir"]),
+                       "--results_dir", str(tmp_path), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "120 experiments" in out
+    for label in ("grasp[near-best]", "grasp[far-guard]", "pearl[base-rest]", "target_only era_5 trial 2"):
+        assert label in out

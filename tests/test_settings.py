@@ -197,10 +197,10 @@ def test_the_importer_reads_its_section_and_flags_win(tmp_path, capsys):
 def test_a_settings_file_declares_variants_that_inherit_the_methods_settings(tmp_path):
     cfg = tmp_path / "variants.yaml"
     cfg.write_text("methods:\n  grasp: {initial_epochs: 2, learning_rate: 1e-3}\n"
-                   "  grasp[nearest]: {source_order: nearest-first}\n  ensemble: {}\n")
+                   "  grasp[near-first]: {source-order: nearest-first}\n  ensemble: {}\n")
     sweep, _ = resolve_sweep(read_settings(cfg), Layer())
-    assert sweep.methods == ("grasp", "grasp[nearest]", "ensemble")
-    base, variant = sweep.method_configs["grasp"], sweep.method_configs["grasp[nearest]"]
+    assert sweep.methods == ("grasp", "grasp[near-first]", "ensemble")  # a tag is a name: its '-' stays
+    base, variant = sweep.method_configs["grasp"], sweep.method_configs["grasp[near-first]"]
     assert (base.source_order, base.initial_epochs) == ("chronological", 2)
     assert (variant.source_order, variant.initial_epochs, variant.learning_rate) == ("nearest-first", 2, 1e-3)
     cfg.write_text("methods:\n  grasp[no/pe]: {}\n")

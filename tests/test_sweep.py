@@ -193,3 +193,22 @@ def test_finished_experiments_run_otherwise_are_refused_but_a_field_added_since_
                                                                                 "source_weights": "recency:0.5"}}),
                   opts)
 
+
+
+def test_a_result_from_before_a_changed_default_is_not_taken_for_the_new_default(trained_sources, tmp_path):
+    """PEARL's outside_adapters came with a new behaviour as its default: a result recorded before the field
+    existed ran the old way ("base"), so a sweep asking for the default must refuse to skip it."""
+    opts = options(trained_sources, tmp_path)
+    cheap = {"pearl": {"adapter_dim": 2, "composition_epochs": 1}}
+    assert run_sweep(sweep_config(methods=("pearl",), method_configs=cheap), opts).ok
+    metrics = tmp_path / "drift_digits" / MODEL / "pearl" / "era_2" / "trial_1" / "metrics.json"
+    report = read_json(metrics)
+    del report["config"]["method_config"]["outside_adapters"]  # as written before the option existed
+    metrics.write_text(json.dumps(report))
+    from multisource.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method_config.outside_adapters: found 'base', asked for 'composed'"):
+        run_sweep(sweep_config(methods=("pearl",), method_configs=cheap), opts)
+    asked_base = {"pearl": {**cheap["pearl"], "outside_adapters": "base"}}
+    assert [o.status for o in run_sweep(sweep_config(methods=("pearl",), method_configs=asked_base),
+                                        opts).outcomes] == ["skipped"]

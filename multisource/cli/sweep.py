@@ -138,13 +138,14 @@ def sweep_main(argv: list[str] | None = None, *, method: str | None = None, data
         from ..experiment.settings import cli_layer, read_settings, resolve_sweep
         from ..experiment.sweep import SweepError, describe_plan, missing_checkpoints, plan_sweep, run_sweep
         from ..methods import get_method
+        from ..paths import split_label
 
         cli = cli_layer(args, exclude=("config", "verbose", "dry_run"))
         config, opts = resolve_sweep(read_settings(args.config), cli, method=method, dataset=dataset,
                                      method_flags=owners)
         plan = plan_sweep(config, opts)
         if args.dry_run:
-            once = [m for m in config.methods if get_method(m).deterministic]
+            once = [m for m in config.methods if get_method(split_label(m)[0]).deterministic]
             print(f"{len(plan.jobs)} experiments ({plan.handle.info.name}, protocol {config.protocol}; models "
                   f"{list(config.models)}; methods {list(config.methods)}; {config.num_trials} trial(s)"
                   + (f", {', '.join(once)} once per target: deterministic" if once else "")

@@ -240,8 +240,11 @@ def config_mismatch(job: ExperimentPlan) -> str | None:
         wanted["data"], found["data"] = f"build {job.handle.fingerprint}", f"build {recorded_data} (re-imported since)"
     wanted = json.loads(json.dumps(wanted))
     mc_found, mc_wanted = found.pop("method_config") or {}, wanted.pop("method_config")
-    # A field added to the method since the experiment ran was, in effect, at its default then.
+    # A field added to the method since the experiment ran was, in effect, at its default then, unless the field
+    # says what its absence meant (metadata "absent_means": a new default that changed the behaviour).
     defaults = json.loads(json.dumps(dataclasses.asdict(type(job.method_config)())))
+    defaults.update({f.name: f.metadata["absent_means"] for f in dataclasses.fields(job.method_config)
+                     if "absent_means" in f.metadata})
     mc_found = {**{k: defaults[k] for k in set(mc_wanted) - set(mc_found) if k in defaults}, **mc_found}
     found.update({f"method_config.{k}": mc_found.get(k) for k in set(mc_found) | set(mc_wanted)})
     wanted.update({f"method_config.{k}": mc_wanted.get(k) for k in set(mc_found) | set(mc_wanted)})

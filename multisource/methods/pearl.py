@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -50,7 +50,8 @@ class PearlConfig:
     # What is outside the adapters (biases, BatchNorm parameters and running statistics, the head unless adapted,
     # grouped convolutions): "base" keeps the base's; "composed" makes each the composition-weighted mean of the
     # sources' tensors, so that at full rank with one-hot weights the composed model is that source.
-    outside_adapters: str = "composed"
+    # Results recorded before this field existed kept the base's (a sweep must not take them for "composed").
+    outside_adapters: str = field(default="composed", metadata={"absent_means": "base"})
 
     def __post_init__(self) -> None:
         check_range(self, "adapter_dim", 1)
