@@ -140,3 +140,11 @@ def test_gpu_check_runs_its_steps_on_cpu_and_skips_cleanly_without_a_gpu(tmp_pat
                                str(skipped)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "GPU check skipped: no CUDA device" in proc.stdout
         assert json.loads((skipped / "gpu_check.json").read_text())["skipped"] is True
+
+
+def test_ties_trim(tmp_path):
+    report = run_bench("ties_trim", tmp_path)
+    assert set(report["results"]) == {"trim per tensor", "trim over the model"}
+    assert all(len(r["times_s"]) == report["repeats"] == 2 for r in report["results"].values())
+    assert report["ratio_model_vs_tensor"] == pytest.approx(report["results"]["trim over the model"]["median_s"]
+                                                            / report["results"]["trim per tensor"]["median_s"])

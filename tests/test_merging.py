@@ -18,8 +18,9 @@ from multisource.config import ConfigError
 from multisource.measure.meter import Meter
 from multisource.methods import get_method, run_method, source_pool, target_data
 from multisource.methods.fusion import FusionConfig
-from multisource.methods.merge import (dare_drop, disjoint_mean, running_mean_, task_vector_sum, tensor_mean,
-                                       trim_by_magnitude, weighted_running_mean_)
+from multisource.methods.merge import (dare_drop, disjoint_mean, keep_above, magnitude_cutoff, model_magnitude_cutoff,
+                                       running_mean_, task_vector_sum, tensor_mean, trim_by_magnitude,
+                                       weighted_running_mean_)
 from multisource.models.checkpoint import LazyCheckpoint, save_checkpoint
 from multisource.models.factory import create_model
 
@@ -56,6 +57,27 @@ def test_streaming_tensor_mean_equals_numpy_mean(seed, k):
     mean = np.mean(np.stack([t.double().numpy() for t in taus]), axis=0)
     np.testing.assert_allclose(tensor_mean(lambda i: taus[i], k).numpy(), mean, rtol=1e-5, atol=1e-6)
     assert tensor_mean(lambda i: taus[i], k).data_ptr() != taus[0].data_ptr()  # a new tensor, the first untouched
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.lists(st.integers(1, 300), min_size=1, max_size=6),
+       st.sampled_from([0.01, 0.1, 0.2, 0.5, 0.9, 1.0]))
+def test_model_magnitude_cutoff_equals_a_flattened_numpy_sort(seed, sizes, density):
+    g = torch.Generator().manual_seed(seed)
+    parts = [torch.randn(n, generator=g) * 10.0 ** float(torch.randint(-3, 3, (1,), generator=g)) for n in sizes]
+    flat = np.abs(np.concatenate([t.numpy() for t in parts]))
+    keep = max(1, int(density * flat.size))
+    oracle = 0.0 if keep >= flat.size else float(np.sort(flat)[::-1][keep - 1])
+    assert model_magnitude_cutoff(lambda: iter(parts), density) == oracle
+    kept = sum(int((keep_above(t, oracle) != 0).sum()) for t in parts)
+    assert kept == (flat.size if oracle == 0.0 else keep)  # no ties in random floats: exactly the share
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0.05, 0.2, 0.5, 0.9]))
+def test_a_per_tensor_cutoff_keeps_what_peft_keeps(seed, density):
+    tau = tensors(seed, 1, (7, 9))[0]
+    assert torch.equal(keep_above(tau, magnitude_cutoff(tau, density)), trim_by_magnitude(tau, density))
 
 
 def test_ties_with_density_one_and_no_sign_conflict_is_the_mean():
@@ -180,14 +202,56 @@ def test_ties_with_density_one_and_agreeing_signs_equals_task_arithmetic_of_the_
     ta, _, _, _ = run_merge(info, "task_arithmetic", lambdas=(0.25,))
     for name, value in ties.model.state_dict().items():
         torch.testing.assert_close(value, ta.model.state_dict()[name], rtol=1e-5, atol=1e-6)
-    assert ties.record["trim"] == "per tensor" and ties.record["density"] == 1.0
+    assert ties.record["trim"] == "per model" and ties.record["density"] == 1.0  # the default: the paper's rule
+
+
+def numpy_ties(taus: list[dict[str, np.ndarray]], density: float, trim: str) -> dict[str, np.ndarray]:
+    """TIES on task vectors flattened into one vector per source (the paper's and FusionBench's form): trim each
+    to its top ``density`` share by magnitude over the whole model (or per tensor), elect signs by total mass,
+    average the agreeing entries."""
+    names = list(taus[0])
+    sizes = [taus[0][n].size for n in names]
+    flat = np.stack([np.concatenate([t[n].ravel() for n in names]) for t in taus]).astype(np.float64)
+    if trim == "model":
+        keep = max(1, int(density * flat.shape[1]))
+        cut = np.sort(np.abs(flat), axis=1)[:, ::-1][:, keep - 1:keep]
+        flat = np.where(np.abs(flat) >= cut, flat, 0.0)
+    else:
+        bounds = np.cumsum([0, *sizes])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = flat[:, lo:hi]
+            keep = int(density * (hi - lo))
+            cut = np.sort(np.abs(part), axis=1)[:, ::-1][:, keep - 1:keep] if keep else np.full((len(part), 1), np.inf)
+            flat[:, lo:hi] = np.where(np.abs(part) >= cut, part, 0.0)
+    sign = np.where(flat.sum(0) >= 0, 1.0, -1.0)
+    agree = np.sign(flat) == sign
+    merged = np.where(agree, flat, 0.0).sum(0) / np.maximum(agree.sum(0), 1)
+    out, at = {}, 0
+    for n, size in zip(names, sizes):
+        out[n] = merged[at:at + size].reshape(taus[0][n].shape)
+        at += size
+    return out
+
+
+@pytest.mark.parametrize("trim", ["model", "tensor"])
+def test_ties_trims_over_the_model_or_per_tensor_as_the_numpy_oracle(shared_start_pool, trim):
+    result, _, _, _ = run_merge(shared_start_pool, "ties", density=0.2, lambdas=(1.0,), trim=trim)
+    start = shared_start_pool["start"]
+    vectors = [n for n in result.record["averaged_tensors"]]  # the head and buffers: averaged, not trimmed
+    taus = [{n: (s[n] - start[n]).numpy() for n, v in s.items() if torch.is_floating_point(v)
+             and n not in vectors} for s in states(shared_start_pool)]
+    oracle = numpy_ties(taus, 0.2, trim)
+    merged = result.model.state_dict()
+    for n, tau in oracle.items():
+        np.testing.assert_allclose(merged[n].numpy(), start[n].numpy() + tau, rtol=1e-5, atol=1e-6, err_msg=n)
+    assert result.record["trim"] == f"per {trim}" and ("cutoffs" in result.record) == (trim == "model")
 
 
 @pytest.mark.parametrize("merge, base", [("task_arithmetic", "task_arithmetic"), ("ties", "ties")])
 def test_dare_with_no_drop_equals_its_base_merge(shared_start_pool, merge, base):
     lambdas = (0.3, 0.6)
     dare, _, _, _ = run_merge(shared_start_pool, "dare", drop_rate=0.0, merge=merge, density=0.5, lambdas=lambdas)
-    extra = {"density": 0.5} if base == "ties" else {}
+    extra = {"density": 0.5, "trim": "tensor"} if base == "ties" else {}  # DARE's TIES trims per tensor
     plain, _, _, _ = run_merge(shared_start_pool, base, lambdas=lambdas, **extra)
     for name, value in dare.model.state_dict().items():
         assert torch.equal(value, plain.model.state_dict()[name]), name

@@ -5,6 +5,7 @@ Kept free of models and loaders so that tests can check them against oracles dir
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -119,6 +120,52 @@ def trim_by_magnitude(tau: torch.Tensor, density: float) -> torch.Tensor:
     if density >= 1:
         return tau
     return merge_utils.prune(tau, density, method="magnitude")
+
+
+def magnitude_cutoff(tau: torch.Tensor, density: float) -> float:
+    """The magnitude of the ``int(density * n)``-th largest entry of ``tau`` (PEFT's per-tensor trim keeps those
+    entries); inf when that is none. Entries at least this large are what :func:`trim_by_magnitude` keeps (ties
+    at the cut-off aside)."""
+    keep = int(density * tau.numel())
+    if keep == 0:
+        return math.inf
+    return float(torch.topk(tau.detach().abs().reshape(-1).float(), keep, sorted=False).values.min())
+
+
+_BIN_BITS = 16  # a float32 magnitude's top 16 bits (its exponent and 7 mantissa bits) name its histogram bin
+
+
+def _magnitude_bins(tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|tau| flattened as float32, each entry's bin): for non-negative floats the bit pattern orders as the value,
+    so the bins order as the magnitudes do."""
+    mags = tau.detach().abs().reshape(-1).float()
+    return mags, (mags.view(torch.int32) >> (32 - _BIN_BITS)).long()
+
+
+def model_magnitude_cutoff(task_vector: Callable[[], Iterable[torch.Tensor]], density: float) -> float:
+    """The TIES paper's trim over a whole model: the magnitude of the ``max(1, int(density * N))``-th largest of
+    all N entries of a task vector given tensor by tensor (``task_vector()`` yields its tensors, the same on each
+    call), exactly, holding one tensor at a time: a first pass counts the entries per magnitude bin, a second
+    gathers only the entries of the bin where the cut-off lies. Entries at least this large are kept."""
+    counts = torch.zeros(1 << (_BIN_BITS - 1), dtype=torch.int64)  # the sign bit of a magnitude is 0
+    total = 0
+    for tau in task_vector():
+        _, bins = _magnitude_bins(tau)
+        counts += torch.bincount(bins, minlength=counts.numel())
+        total += bins.numel()
+    keep = max(1, int(density * total))
+    if keep >= total:
+        return 0.0
+    from_top = counts.flip(0).cumsum(0)
+    j = int(torch.searchsorted(from_top, torch.tensor(keep)))
+    cut_bin, above = counts.numel() - 1 - j, int(from_top[j - 1]) if j else 0
+    in_bin = torch.cat([mags[bins == cut_bin] for mags, bins in map(_magnitude_bins, task_vector())])
+    return float(torch.topk(in_bin, keep - above).values.min())
+
+
+def keep_above(tau: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """``tau`` with the entries smaller in magnitude than ``cutoff`` set to 0."""
+    return torch.where(tau.abs() >= cutoff, tau, torch.zeros((), dtype=tau.dtype, device=tau.device))
 
 
 def dare_drop(tau: torch.Tensor, density: float, seed: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -27,8 +27,8 @@ from ..models.checkpoint import head_prefixes
 from ..training.loop import accuracy
 from ..utils.seed import derive_seed
 from .base import MethodResult, SourcePool, TargetData, register_method
-from .merge import apply_task_vector, dare_drop, disjoint_mean, recalibrate_batchnorm, task_vector_sum, \
-    tensor_mean, trim_by_magnitude
+from .merge import apply_task_vector, dare_drop, disjoint_mean, keep_above, magnitude_cutoff, \
+    model_magnitude_cutoff, recalibrate_batchnorm, task_vector_sum, tensor_mean, trim_by_magnitude
 from .target_finetune import MERGE_OUTSIDE_DEFAULT, TargetFinetuneConfig, finetune_after_merge, match_finetune_epochs
 
 DEFAULT_LAMBDAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -58,11 +58,15 @@ class TaskVectorConfig(TargetFinetuneConfig):
 @dataclass
 class TiesConfig(TaskVectorConfig):
     lambdas: tuple[float, ...] = TIES_LAMBDAS
-    density: float = 0.2  # share of each task vector's entries kept by magnitude, per tensor (TIES paper: 0.2)
+    density: float = 0.2  # share of each task vector's entries kept by magnitude (TIES paper: 0.2)
+    # Over what the density share is taken: "model", the whole task vector (the TIES paper's and FusionBench's
+    # rule), or "tensor", each tensor on its own (PEFT's). Results from before the option trimmed per tensor.
+    trim: str = field(default="model", metadata={"absent_means": "tensor"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self, "density", 0.0, 1.0, low_open=True)  # 0 would keep no entry: the start itself
+        check_choice(self, "trim", ("model", "tensor"))
 
 
 @dataclass
@@ -81,23 +85,34 @@ class DareConfig(TaskVectorConfig):
 @torch.no_grad()
 def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torch.Tensor], int], torch.Tensor],
                        prepare: Callable[[torch.Tensor, int, str], torch.Tensor], macs_per_entry: int,
-                       meter) -> tuple[nn.Module, Any, dict[str, torch.Tensor], dict[str, Any]]:
+                       meter, setup: Callable[[Callable[[int, str], torch.Tensor], int, list[str]], None] | None = None
+                       ) -> tuple[nn.Module, Any, dict[str, torch.Tensor], dict[str, Any]]:
     """(merged model with averaged heads/buffers, the start, {tensor: merged task vector}, record); the
     caller sets ``start + lambda * tau``. ``prepare(tau, k, name)`` is applied to source k's task vector
-    (DARE's drop, TIES's trim) and must be deterministic."""
+    (DARE's drop, TIES's trim) and must be deterministic. ``setup(task_vector, K, names)``, when given, first
+    sees every source's whole task vector (``task_vector(k, name)``, read tensor by tensor): TIES's model-wide
+    trim finds its cut-offs there."""
     start = pool.start_tensors()
     model = pool.load(pool.names[0], key="merged")  # the architecture with the target's head; every tensor is set
     sources = [pool.open_lazy(n) for n in pool.names]
     state, params, heads = model.state_dict(), {n for n, _ in model.named_parameters()}, head_prefixes(model)
+    vectors = [n for n, own in state.items() if torch.is_floating_point(own) and n in params
+               and not n.startswith(heads) and n in start and start.shape(n) == own.shape]
+
+    def task_vector(k: int, name: str) -> torch.Tensor:
+        # sources are read on the CPU; a held ImageNet start may sit on the GPU
+        return sources[k].read(name) - start.read(name).cpu()
+
+    if setup is not None:
+        setup(task_vector, len(sources), vectors)
     taus: dict[str, torch.Tensor] = {}
-    averaged, taken, elements = [], [], 0
+    averaged, taken, elements, is_vector = [], [], 0, set(vectors)
     for name, own in state.items():
         if not torch.is_floating_point(own):
             own.copy_(sources[0].read(name))
             taken.append(name)
-        elif name in params and not name.startswith(heads) and name in start and start.shape(name) == own.shape:
-            base = start.read(name).cpu()  # sources are read on the CPU; a held ImageNet start may sit on the GPU
-            taus[name] = combine(lambda k: prepare(sources[k].read(name) - base, k, name), len(sources))
+        elif name in is_vector:
+            taus[name] = combine(lambda k: prepare(task_vector(k, name), k, name), len(sources))
             elements += own.numel()
         else:
             own.copy_(tensor_mean(lambda k: sources[k].read(name), len(sources)))
@@ -148,9 +163,9 @@ def choose_lambda(model: nn.Module, start, taus: dict[str, torch.Tensor], cfg: T
 
 
 def _run(name: str, cfg: TaskVectorConfig, pool: SourcePool, target: TargetData, meter,
-         combine, prepare, macs: int, extra: dict) -> MethodResult:
+         combine, prepare, macs: int, extra: dict, setup=None) -> MethodResult:
     with meter.phase("merge"):
-        model, start, taus, record = merge_task_vectors(pool, combine, prepare, macs, meter)
+        model, start, taus, record = merge_task_vectors(pool, combine, prepare, macs, meter, setup)
     with meter.phase("select"):
         lam, scores = choose_lambda(model, start, taus, cfg, target, meter)
     taus.clear()
@@ -174,15 +189,47 @@ def run_task_arithmetic(cfg: TaskVectorConfig, pool: SourcePool, target: TargetD
     return _run("task_arithmetic", cfg, pool, target, meter, task_vector_sum, _same, MACS_PER_ENTRY["sum"], {})
 
 
-@register_method("ties", TiesConfig, "Merge: TIES (trim per tensor, elect signs, disjoint mean) of task vectors, "
+@register_method("ties", TiesConfig, "Merge: TIES (trim by magnitude over the model, elect signs, disjoint mean) "
+                 "of task vectors, "
                  "lambda on target val, optionally fine-tuned.", match_budget=match_finetune_epochs,
                  needs_shared_start=True, outside_default_sweep=MERGE_OUTSIDE_DEFAULT)
 def run_ties(cfg: TiesConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
-    def trim(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
-        return trim_by_magnitude(tau, cfg.density)
+    extra = {"density": cfg.density, "trim": f"per {cfg.trim}", "sign_election": "total mass"}
+    trim, setup = ties_trim(cfg, extra, meter)
+    return _run("ties", cfg, pool, target, meter, disjoint_mean, trim, MACS_PER_ENTRY["ties"], extra, setup=setup)
 
-    return _run("ties", cfg, pool, target, meter, disjoint_mean, trim, MACS_PER_ENTRY["ties"],
-                {"density": cfg.density, "trim": "per tensor", "sign_election": "total mass"})
+
+def ties_trim(cfg: TiesConfig, record: dict, meter) -> tuple[Callable, Callable | None]:
+    """(prepare, setup) for :func:`merge_task_vectors`: TIES's trim of each source's task vector at its cut-off,
+    over the whole model (the cut-offs found by ``setup``, noted in ``record["cutoffs"]``) or per tensor. Each
+    cut-off is computed once: the disjoint mean reads every trimmed vector twice (the sign election, then the
+    mean), and the second read applies the cut-off the first one found."""
+    cutoffs: dict[Any, float] = {}
+
+    def find_model_cutoffs(task_vector, count: int, names: list[str]) -> None:
+        sizes: dict[str, int] = {}
+
+        def whole(k: int):
+            for n in names:
+                tau = task_vector(k, n)
+                sizes[n] = tau.numel()
+                yield tau
+
+        for k in range(count):
+            cutoffs[k] = model_magnitude_cutoff(lambda: whole(k), cfg.density)
+        record["cutoffs"] = [cutoffs[k] for k in range(count)]  # each source's magnitude cut-off, in pool order
+        # two passes per source, each a subtraction, a magnitude and a binning or comparison per entry
+        meter.flops.add("merge", 4 * count * sum(sizes.values()))
+
+    def trim(tau: torch.Tensor, k: int, name: str) -> torch.Tensor:
+        if cfg.density >= 1:
+            return tau
+        key = k if cfg.trim == "model" else (k, name)
+        if key not in cutoffs:
+            cutoffs[key] = magnitude_cutoff(tau, cfg.density)
+        return keep_above(tau, cutoffs[key])
+
+    return trim, (find_model_cutoffs if cfg.trim == "model" and cfg.density < 1 else None)
 
 
 @register_method("dare", DareConfig, "Merge: DARE (random drop, rescale) then task arithmetic or TIES, lambda on "
