@@ -198,8 +198,9 @@ def convert(tp: Any, value: Any) -> Any:
         raise TypeError
     if origin is tuple:
         (item, *_rest) = typing.get_args(tp) or (Any,)
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
+        # one value where a list is expected is a list of one (``target_fraction: 0.25`` for a sweep's fractions)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, Mapping):
             raise TypeError
         return tuple(convert(item, v) for v in items)
     if origin in (dict, Mapping) or tp is dict:

@@ -110,6 +110,28 @@ def test_pearl_full_rank_one_hot_composed_model_is_that_source(trained_sources, 
         assert all(0 < v < 1 for v in shares)  # buffers counted: the running statistics differ between sources
 
 
+def test_pearl_refines_each_adapter_inside_the_composed_model_it_is_scored_in(trained_sources, target):
+    """With the composed rest, adapter k is trained with source k's biases, BatchNorm and head: the val accuracy
+    its refinement selected is the composed model's with all weight on k, on that source's val split."""
+    from multisource.training.loop import accuracy
+
+    # its own target: this run reads source data, which the module's shared target must not record
+    target = target_data("drift_digits", "era_5", model=trained_sources["model"],
+                         data_root=trained_sources["data_root"], batch_size=64, seed=3)
+    bins = ["era_1", "era_3"]
+    meter = Meter("cpu")
+    result = run_method("pearl", _pool(trained_sources, target, bins, meter), target,
+                        {"adapter_dim": 4, "adapter_data": "source", "adapter_epochs": 1, "composition_epochs": 0,
+                         "source_order": "chronological"}, meter)
+    model = result.model.eval()
+    for k, b in enumerate(bins):
+        model.fixed_weights = torch.nn.functional.one_hot(torch.tensor(k), len(bins)).float()
+        got = accuracy(model, target.bin_loader(b, "val"), target.device)
+        assert got == pytest.approx(result.record["adapter_val_accuracy"][b], abs=1e-6), b
+    assert result.record["outside_adapter_bytes_held"] == len(bins) * result.record["outside_adapter_bytes_per_source"]
+    assert model.weight_logits.requires_grad  # handed back to the composition
+
+
 def test_pearl_reads_every_source_and_records_its_approximation(trained_sources, target):
     meter = Meter("cpu")
     bins = ["era_1", "era_2", "era_3"]

@@ -80,6 +80,8 @@ def test_target_data_subsamples_train_and_val_only_the_same_for_every_call(digit
         assert set(getattr(part, split).dataset.samples) <= set(getattr(whole, split).dataset.samples)
         assert len(getattr(whole, split).dataset) == sum(on_disk.values())
     assert part.test.dataset.samples == whole.test.dataset.samples  # never subsampled
+    assert part.budget_sample == again.budget_sample and whole.budget_sample is None
+    assert target_data(handle, "era_2", model=MODEL, seed=12, target_fraction=0.25).budget_sample != part.budget_sample
     image, label = part.train.dataset[0]
     assert image.shape[-1] == whole.image_size and label == part.train.dataset.targets[0]
 
@@ -99,7 +101,9 @@ def test_a_budget_sweep_keeps_budgets_apart_and_writes_the_data_efficiency_summa
     on_disk = sum(1 for _ in (trained_sources["data_root"] / "era_2" / "train").glob("*/*.png"))
     for f, by_method in records.items():
         sizes = {m: r["budget"]["target_train_split"] for m, r in by_method.items()}
-        assert len(set(sizes.values())) == 1  # every method of the budget had the same images
+        samples = {m: r["budget"].get("target_sample") for m, r in by_method.items()}
+        assert len(set(sizes.values())) == 1 and len(set(samples.values())) == 1  # the same images for every method
+        assert (samples["fusion"] is None) == (f == 1)
         assert all(r["config"]["target_fraction"] == f and r["budget"]["target_fraction"] == f
                    and r["information_used"]["target_fraction"] == f for r in by_method.values())
         assert (sizes["fusion"] == on_disk) == (f == 1)
@@ -134,3 +138,16 @@ def test_a_budget_sweep_keeps_budgets_apart_and_writes_the_data_efficiency_summa
         assert paths[name].is_file() and paths[name].stat().st_size > 0
     assert paths["fraction-0.25/comparison_md"].read_text().startswith(
         "# drift_digits / tiny-resnet: method comparison (protocol: leave-one-out; label budget: 0.25")
+
+
+def test_a_settings_files_target_fraction_is_a_sweeps_one_budget(tmp_path):
+    from multisource.experiment.settings import Layer, read_settings, resolve_sweep
+
+    cfg = tmp_path / "budget.yaml"
+    cfg.write_text("target_fraction: 0.25\n")
+    sweep, _ = resolve_sweep(read_settings(cfg), Layer())
+    assert sweep.target_fractions == (0.25,)
+    cfg.write_text("target_fractions: [1, 0.05]\n")
+    assert resolve_sweep(read_settings(cfg), Layer())[0].target_fractions == (0.05, 1.0)
+    with pytest.raises(ConfigError, match="6 significant digits"):
+        SweepConfig(targets=("era_2",), target_fractions=(0.3333333,))

@@ -205,7 +205,8 @@ def test_grasp_step_selection_and_guard_on_a_hand_built_sequence(trained_sources
         assert [s["val_accuracy_before"] for s in record["steps"]][0] == vals[0]
     else:
         assert all("undone" not in s for s in record["steps"])
-    if selection == "best-val":
-        assert record["selected_step"] == selected and record["selected_val_accuracy"] == vals[selected]
+    if selection == "best-val" or guard:  # the step whose model is returned
+        kept = selected if selection == "best-val" else final_steps[-1]
+        assert record["selected_step"] == kept and record["selected_val_accuracy"] == vals[kept]
     # the paper's rule holds two models; a kept copy of the best so far is a third, recorded
     assert meter.models.max_resident == (3 if selection == "best-val" or guard else 2)

@@ -104,6 +104,22 @@ def test_identical_tensors_when_resize_equals_cache_size(packed_root, train):
         assert torch.equal(a, b)
 
 
+def test_a_label_budgets_subsample_of_a_packed_split_reads_the_same_pixels(packed_root):
+    """restricted(indices): the subsample a label budget trains on holds exactly those examples, pixels and
+    labels, from the packed cache as from the folders."""
+    cfg = DataConfig(image_size=28, resize_ratio=32 / 28)
+    t = make_transform(cfg, False)
+    packed = open_dataset("clear10", packed_root).split(BIN, "train", t)
+    folder = BinSplitDataset(packed_root, BIN, "train", CLASSES, t)
+    keep = [len(packed) - 1, 0, 3]
+    sub, sub_folder = packed.restricted(keep), folder.restricted(keep)
+    assert isinstance(sub, PackedDataset) and len(sub) == 3 and sub.samples == [packed.samples[i] for i in keep]
+    assert sub.targets == [packed.targets[i] for i in keep] and len(packed) > 3  # the whole split untouched
+    for j, i in enumerate(keep):
+        assert np.array_equal(sub.load_array(j), packed.load_array(i))
+        assert torch.equal(sub[j][0], packed[i][0]) and torch.equal(sub_folder[j][0], folder[i][0])
+
+
 def test_close_tensors_with_a_smaller_resize(packed_root):
     t = make_transform(DataConfig(image_size=14, resize_ratio=16 / 14), train=False)
     handle = open_dataset("clear10", packed_root)

@@ -153,7 +153,9 @@ def test_typed_conversion_of_each_field_kind():
         3, 1e-3, True, ("era_1",), 2.0, 4, "32")
     assert build(Kinds, {"maybe": "none", "devices": "0,1", "n": 2.0}).maybe is None
     assert build(Kinds, {"devices": "0,1"}).devices == "0,1"
-    for key, value in (("n", "abc"), ("n", 2.5), ("n", True), ("x", "fast"), ("flag", 2), ("names", 3)):
+    # one value where a list is expected is a list of one (a year-named bin, a sweep's one budget)
+    assert build(Kinds, {"names": 2019}).names == ("2019",)
+    for key, value in (("n", "abc"), ("n", 2.5), ("n", True), ("x", "fast"), ("flag", 2), ("names", {"a": 1})):
         with pytest.raises(ConfigError, match=f"{key}: .* is not"):
             build(Kinds, {key: value})
 

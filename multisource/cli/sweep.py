@@ -203,6 +203,7 @@ def summarize_main(argv: list[str] | None = None) -> int:
         from ..experiment.protocols import canonical_protocol
         from ..experiment.summary import _dataset_name, write_summaries
         from ..models.factory import resolve_model
+        from ..paths import budget_folder
         from ..utils.io import read_json
 
         opts = resolve_options(read_settings(args.config), cli_layer(args, exclude=("config", "verbose", "dataset",
@@ -223,15 +224,18 @@ def summarize_main(argv: list[str] | None = None) -> int:
             # every label budget on disk gets its summaries; with budgets below 1, the data-efficiency summary
             budgets = budgets_on_disk(root, _dataset_name(args.dataset), resolve_model(model).name, protocol) or [1.0]
             paths: dict = {}
-            for fraction in budgets:
-                paths.update(write_summaries(root, args.dataset, model, plots=args.plots, protocol=protocol,
-                                             fraction=fraction))
+            for fraction in budgets:  # the whole target's under their plain names, the others' prefixed
+                written = write_summaries(root, args.dataset, model, plots=args.plots, protocol=protocol,
+                                          fraction=fraction)
+                prefix = "" if fraction == budgets[-1] else f"{budget_folder(fraction)}/"
+                paths.update({prefix + name: p for name, p in written.items()})
             if budgets != [1.0]:
                 paths.update(write_data_efficiency(root, args.dataset, model, protocol, plots=args.plots))
                 print(paths["data_efficiency_md"].read_text(encoding="utf-8"))
             print(paths["comparison_md"].read_text(encoding="utf-8"))
             print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
-            damaged = [f for name, p in paths.items() if p.suffix == ".json" and name != "comparison_json"
+            damaged = [f for name, p in paths.items() if p.suffix == ".json" and p.parent.name == "summaries"
+                       and p.stem not in ("comparison", "data_efficiency")
                        for f in read_json(p).get("failed", [])
                        if f.get("error_type") in ("UnreadableResult", "InvalidResult")]
             for f in damaged:  # counted as failed in the summaries; said here too, never hidden

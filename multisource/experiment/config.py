@@ -19,6 +19,8 @@ def fraction_problem(value: object) -> str | None:
         return "a label budget is a number in (0, 1], e.g. 0.05 for 5% of the target's train and val images"
     if not 0 < value <= 1:
         return "a label budget is a share of the target's train and val images, in (0, 1] (1: all of them)"
+    if float(f"{value:g}") != value:  # the budget names its results folder (fraction-<F>): it must read back
+        return f"give at most 6 significant digits (e.g. {float(f'{value:g}'):g}), so its folder names it exactly"
     return None
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.folder import DataError
+from ..data.loaders import open_dataset
 from ..measure.statistics import holm, mean_over_targets_interval
 from ..methods import no_transfer_method
 from ..models.factory import resolve_model
@@ -37,13 +39,19 @@ def budgets_on_disk(results_dir: Path, dataset: str, model: str, protocol: str) 
     return budget_fractions(base) + ([1.0] if collect(results_dir, dataset, model, protocol) else [])
 
 
-def _train_images(records: list) -> float | None:
-    """Mean over targets of the target train images a budget leaves (the same for every method of a target)."""
-    per_target: dict[str, int] = {}
-    for r in records:
-        if r.budget.target_train_split is not None:
-            per_target.setdefault(r.target, r.budget.target_train_split)
-    return float(np.mean(list(per_target.values()))) if per_target else None
+def train_images_of(records: list, fraction: float) -> dict[str, int]:
+    """target -> the target train images a budget left (the same for every method of a target). A result
+    recorded before budgets existed ran on the whole split: its count comes from the dataset's card."""
+    found = {r.target: r.budget.target_train_split for r in records if r.budget.target_train_split is not None}
+    missing = {r.target for r in records} - set(found)
+    if missing and fraction == 1:
+        root = next((r.extra.get("options", {}).get("data_root") for r in records), None)
+        try:
+            handle = open_dataset(records[0].config.dataset or records[0].dataset, root)
+            found.update({t: handle.split_count(t, "train") for t in missing})
+        except (DataError, KeyError, OSError, ValueError):
+            pass  # the dataset is not where its results say: those points stay without a count
+    return found
 
 
 def paired_vs_baseline(summaries: dict, correct: dict, baseline: str) -> dict[str, dict]:
@@ -68,7 +76,7 @@ def budget_rows(key: str, model: str, protocol: str, fraction: float, found: dic
         method = row["method"]
         records = found[method]["finished"]
         paired = versus.get(method) or {}
-        per_images = {r.target: r.budget.target_train_split for r in records}
+        per_images = train_images_of(records, fraction)
         for t in comp["targets"]:
             accuracy = row["per_target_accuracy"].get(t)
             if accuracy is None:
@@ -84,7 +92,8 @@ def budget_rows(key: str, model: str, protocol: str, fraction: float, found: dic
                     if len(parts) == len(comp["targets"]) else None)
         p_holm = paired.get("p_value_holm")
         rows.append({"method": method, "target_fraction": fraction, "target": "over targets",
-                     "target_train_images": _train_images(records), "accuracy": row["accuracy_mean"],
+                     "target_train_images": float(np.mean(list(per_images.values()))) if per_images else None,
+                     "accuracy": row["accuracy_mean"],
                      "ci95": interval, "diff_vs_baseline": paired.get("mean_difference"), "diff_ci95": None,
                      "distinguishable": None if p_holm is None else p_holm < 0.05, "p_value_holm": p_holm})
     return rows, comp

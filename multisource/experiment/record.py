@@ -169,6 +169,7 @@ class TargetBudget(Part):
     target_fraction: float | None = checked(share)
     target_train_split: int | None = checked(count)
     target_val_split: int | None = checked(count)
+    target_sample: str | None = checked(text)  # a fingerprint of the budget's subsample: equal across methods
 
 
 @dataclass

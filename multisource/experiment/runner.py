@@ -291,6 +291,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
         flops=FlopCount.from_json(costs["flops"], "flops"),
         budget=TargetBudget.from_json({**costs["budget"], "target_fraction": cfg.target_fraction,
                                        "target_train_split": target.train_size(),
+                                       "target_sample": target.budget_sample,
                                        "target_val_split": len(target.val.dataset)}, "budget"),
         extra={"options": {**asdict(opts), "data_root": str(handle.root)},
                "checkpoints": {b: str(p) for b, p in plan.checkpoints.items()},

@@ -232,9 +232,11 @@ def config_mismatch(job: ExperimentPlan) -> str | None:
         return None
     c, rec = job.config, record.config
     wanted = {"method_config": dataclasses.asdict(job.method_config), "base_seed": c.seed,
-              "batch_size": c.batch_size, "image_size": job.image_size, "sources": sorted(job.sources)}
+              "batch_size": c.batch_size, "image_size": job.image_size, "sources": sorted(job.sources),
+              "target_fraction": c.target_fraction}
     found = {"method_config": rec.method_config, "base_seed": rec.base_seed, "batch_size": rec.batch_size,
-             "image_size": rec.image_size, "sources": sorted(rec.sources or [])}
+             "image_size": rec.image_size, "sources": sorted(rec.sources or []),
+             "target_fraction": rec.target_fraction or 1.0}
     recorded_data = record.data_fingerprint
     if recorded_data and job.handle.fingerprint and recorded_data != job.handle.fingerprint:
         wanted["data"], found["data"] = f"build {job.handle.fingerprint}", f"build {recorded_data} (re-imported since)"

@@ -69,6 +69,7 @@ class TargetData:
     reads: set[str] = field(default_factory=set)
     bins: tuple[str, ...] = ()  # the dataset's bins in time order (distances in time between bins)
     fraction: float = 1.0  # the label budget train and val hold (a stratified subsample below 1; test is whole)
+    budget_sample: str | None = None  # a fingerprint of the subsample's indices (None: the whole splits)
     _macs: dict = field(default_factory=dict, repr=False)
 
     def distance(self, bin_name: str) -> int:

@@ -212,8 +212,9 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
     if best is not None:
         if cfg.step_selection == "best-val":
             best.restore_into(current)
-        record["selected_step"] = best.step if cfg.step_selection == "best-val" else len(names) - 1
-        record["selected_val_accuracy"] = best.val_accuracy if cfg.step_selection == "best-val" else None
+        # under a guard the model kept is the last step not undone, which is the best so far
+        record["selected_step"] = best.step
+        record["selected_val_accuracy"] = best.val_accuracy
         best.release()
     return MethodResult(model=current, record=record, history=history)
 

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,8 +73,11 @@ def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_r
         return ReadLoader(split_dataset_loader(ds, batch_size=batch_size, train=split == "train",
                                                num_workers=num_workers, seed=seed), reads, name)
 
-    return TargetData(bin=target, classes=handle.classes, train=loader(target, "train"), val=loader(target, "val"),
-                      test=loader(target, "test"), device=torch.device(device), precision=precision,
+    train, val = loader(target, "train"), loader(target, "val")  # draws the budget's subsample, if any
+    sample = (hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+              if target_fraction != 1 else None)
+    return TargetData(bin=target, classes=handle.classes, train=train, val=val, test=loader(target, "test"),
+                      budget_sample=sample, device=torch.device(device), precision=precision,
                       image_size=image_size, seed=seed, bin_loader=loader, split_dataset=split_dataset, reads=reads,
                       bins=tuple(handle.bins), fraction=float(target_fraction))
 

@@ -198,11 +198,12 @@ class ComposedAdapters(nn.Module):
             return self.peft_model(x)
         w = self.weights()
         values = {}
-        for buffer, key, statistic in self._rest_keys:
-            stacked = getattr(self, buffer)
-            # Running statistics follow the weights but are not learned through (batch norm takes no gradient
-            # for them); parameters such as biases and the head carry the gradient to w.
-            values[key] = torch.tensordot((w.detach() if statistic else w).to(stacked.dtype), stacked, dims=1)
+        with torch.autocast(device_type=w.device.type, enabled=False):  # the weighted mean in full precision
+            for buffer, key, statistic in self._rest_keys:
+                stacked = getattr(self, buffer)
+                # Running statistics follow the weights but are not learned through (batch norm takes no
+                # gradient for them); parameters such as biases and the head carry the gradient to w.
+                values[key] = torch.tensordot((w.detach() if statistic else w).to(stacked.dtype), stacked, dims=1)
         return torch.func.functional_call(self.peft_model, values, (x,), strict=False)
 
 
@@ -244,11 +245,20 @@ def _adapter_params(peft_model: nn.Module, name: str) -> int:
     return sum(p.numel() for n, p in peft_model.named_parameters() if f".{name}." in n and "lora_" in n)
 
 
-def _train_adapter(peft_model, adapter: str, bin_name: str, cfg: PearlConfig, target: TargetData, meter):
+def _train_adapter(peft_model, adapter: str, bin_name: str, cfg: PearlConfig, target: TargetData, meter,
+                   composed: "ComposedAdapters | None" = None):
     """Refine one adapter (only its parameters require grad) on its source's or the target's data, selected on
-    the same bin's val split."""
-    peft_model.base_model.set_adapter(adapter)
-    for n, p in peft_model.named_parameters():
+    the same bin's val split. With the composed rest (``composed``), adapter k is trained inside the composed
+    model with all weight on k, so it meets source k's biases, BatchNorm and head, as it will when composed."""
+    if composed is None:
+        peft_model.base_model.set_adapter(adapter)
+        trainee, key = peft_model, "pearl-one-adapter"
+    else:
+        peft_model.base_model.set_adapter(composed.adapter_names)
+        k = composed.adapter_names.index(adapter)
+        composed.fixed_weights = torch.nn.functional.one_hot(torch.tensor(k), len(composed.adapter_names)).float()
+        trainee, key = composed, "pearl-adapter-with-composed-rest"
+    for n, p in trainee.named_parameters():
         p.requires_grad = f".{adapter}." in n and "lora_" in n
     if cfg.adapter_data == "target":
         train, val = target.train, target.val
@@ -257,10 +267,12 @@ def _train_adapter(peft_model, adapter: str, bin_name: str, cfg: PearlConfig, ta
     ft = FinetuneConfig(epochs=cfg.adapter_epochs, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                         freeze_batchnorm=True,  # an SVD start competes with its refinement (a zero one cannot)
                         include_initial=cfg.adapter_init == "svd")
-    macs = target.forward_macs(peft_model, "pearl-one-adapter")
+    macs = target.forward_macs(trainee, key)
     with meter.phase("adapters"):
-        fit = finetune(peft_model, train, val, ft, target.device, precision=target.precision,
+        fit = finetune(trainee, train, val, ft, target.device, precision=target.precision,
                        desc=f"pearl adapter[{bin_name}]")
+    if composed is not None:
+        composed.fixed_weights = None
     meter.flops.add_training("adapters", macs, fit.train_images)
     meter.flops.add_forward("adapters_validation", macs, fit.val_images)
     if cfg.adapter_data == "target":
@@ -305,17 +317,18 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
                     for n in rest_names:
                         rest[n].append(theirs[n].detach().to(rest[n][0]).clone())
                 del source  # one source resident beside the base at a time
+    stacked = {n: torch.stack(ts) for n, ts in rest.items()}
+    model = ComposedAdapters(peft_model, adapters, stacked).to(target.device)
     history, adapter_val = [], {}
     if cfg.adapter_data != "none" and cfg.adapter_epochs:
         for a, bin_name in zip(adapters, names):
-            fit = _train_adapter(peft_model, a, bin_name, cfg, target, meter)
+            fit = _train_adapter(peft_model, a, bin_name, cfg, target, meter, model if stacked else None)
             adapter_val[bin_name] = fit.best_val_accuracy
             history += [{"step": f"adapter:{bin_name}", **h} for h in fit.history]
     peft_model.base_model.set_adapter(adapters)  # all adapters active together
     for p in peft_model.parameters():
         p.requires_grad = False
-    stacked = {n: torch.stack(ts) for n, ts in rest.items()}
-    model = ComposedAdapters(peft_model, adapters, stacked).to(target.device)
+    model.weight_logits.requires_grad = True
     comp = FinetuneConfig(epochs=cfg.composition_epochs, schedule="constant", gradient_clip=0.0,
                           freeze_batchnorm=True)
     optimizer = torch.optim.Adam([model.weight_logits], lr=cfg.composition_lr)
@@ -338,6 +351,8 @@ def run(cfg: PearlConfig, pool: SourcePool, target: TargetData, meter) -> Method
               "outside_adapter_tensors": len(rest_names),
               "outside_adapter_bytes_per_source": sum(t.numel() * t.element_size() for n, t in
                                                       outside_tensors(peft_model).items() if n in rest_names),
+              # the K sources' stacked tensors the composed rest holds beside the base (0 with the base's)
+              "outside_adapter_bytes_held": sum(t.numel() * t.element_size() for t in stacked.values()),
               "outside_adapter_kinds": outside_kinds(peft_model, rest_names),
               "kept_from_base": [] if cfg.outside_adapters == "composed" else outside_kinds(peft_model, rest_names)}
     return MethodResult(model=model, record=record, history=history, standalone=False)
