@@ -106,3 +106,13 @@ def test_latex_table_is_booktabs_with_escaped_cells():
     body = tex.split("\\midrule\n")[1].split("\\\\")[0]
     assert body.startswith("grasp[near\\_first] & 2 & 0 & 0.9000 $\\pm$ 0.0100")
     assert latex_escape("50% & $x_1$") == "50\\% \\& \\$x\\_1\\$"
+
+
+def test_every_figure_is_written_as_png_and_pdf(tmp_path):
+    history = [{"step": "finetune", "epoch": e, "val_accuracy": 0.5, "train_loss": 1.0} for e in range(3)]
+    written = [plots.plot_training_curves(history, tmp_path / "curves.png", "t"),
+               plots.plot_confusion([[3, 1], [0, 4]], ["a", "b"], tmp_path / "confusion.png", "t"),
+               plots.plot_accuracy_over_time(comparison(LONG_BINS[:2], METHODS[:2]), tmp_path / "time.png")]
+    for png in written:
+        pdf = png.with_suffix(".pdf")
+        assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:5] == b"%PDF-"

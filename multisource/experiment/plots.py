@@ -1,5 +1,5 @@
-"""Figures (matplotlib, headless): per experiment (confusion matrices, training curves; PNG) and per sweep (accuracy
-per target, over time, vs cost, against the label budget; the drift heatmap; PNG and PDF for a paper).
+"""Figures (matplotlib, headless), each as PNG and PDF: per experiment (confusion matrices, training curves) and per
+sweep (accuracy per target, over time, vs cost, against the label budget; the drift heatmap).
 
 Each ``figure_*`` builds the figure and each ``plot_*`` saves it, so a test can check the built figure's texts
 for overlaps (:func:`overlapping_texts`)."""
@@ -19,11 +19,10 @@ import numpy as np  # noqa: E402
 from ..utils.io import atomic_write  # noqa: E402
 
 
-def _save(fig, path: Path, pdf: bool = False) -> Path:
-    """The figure as ``path`` (PNG) and, for a paper's figures (``pdf``), beside it as vector PDF."""
+def _save(fig, path: Path) -> Path:
+    """The figure as ``path`` (PNG) and beside it as vector PDF (for a paper)."""
     out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
-    if pdf:
-        atomic_write(path.with_suffix(".pdf"), lambda p: fig.savefig(p, format="pdf", bbox_inches="tight"))
+    atomic_write(path.with_suffix(".pdf"), lambda p: fig.savefig(p, format="pdf", bbox_inches="tight"))
     plt.close(fig)
     return out
 
@@ -179,7 +178,7 @@ def figure_accuracy_per_target(comp: dict):
 
 
 def plot_accuracy_per_target(comp: dict, path: Path) -> Path:
-    return _save(figure_accuracy_per_target(comp), path, pdf=True)
+    return _save(figure_accuracy_per_target(comp), path)
 
 
 def figure_accuracy_over_time(comp: dict):
@@ -205,7 +204,7 @@ def figure_accuracy_over_time(comp: dict):
 
 
 def plot_accuracy_over_time(comp: dict, path: Path) -> Path:
-    return _save(figure_accuracy_over_time(comp), path, pdf=True)
+    return _save(figure_accuracy_over_time(comp), path)
 
 
 def figure_accuracy_vs_cost(comp: dict):
@@ -238,7 +237,7 @@ def figure_accuracy_vs_cost(comp: dict):
 
 
 def plot_accuracy_vs_cost(comp: dict, path: Path) -> Path:
-    return _save(figure_accuracy_vs_cost(comp), path, pdf=True)
+    return _save(figure_accuracy_vs_cost(comp), path)
 
 
 def figure_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[str], title: str,
@@ -266,11 +265,11 @@ def figure_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequenc
 
 def plot_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[str], path: Path, title: str,
                        counts: Sequence[int] | None = None) -> Path:
-    return _save(figure_drift_heatmap(matrix, bins, title, counts), path, pdf=True)
+    return _save(figure_drift_heatmap(matrix, bins, title, counts), path)
 
 
 def plot_data_efficiency(eff: dict, path: Path) -> Path:
-    return _save(figure_data_efficiency(eff), path, pdf=True)
+    return _save(figure_data_efficiency(eff), path)
 
 
 def figure_data_efficiency(eff: dict):
