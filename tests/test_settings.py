@@ -211,3 +211,19 @@ def test_a_settings_file_declares_variants_that_inherit_the_methods_settings(tmp
     cfg.write_text("methods:\n  grasp[nearest]: {alignment_treshold: 0.1}\n")
     with pytest.raises(ConfigError, match="alignment_treshold"):
         read_settings(cfg)
+
+
+def test_a_matched_budget_follows_the_files_reference_settings_when_the_sweep_does_not_run_it(tmp_path):
+    """configs/merging.yaml with --methods ties: TIES's matched epochs are GRASP's in that file (2 + 3 x 1 for
+    four sources), as in the sweep that runs GRASP too, not GRASP's defaults (3 + 3 x 3)."""
+    from multisource.methods import get_method
+    from multisource.methods.base import resolve_budget
+    from multisource.methods.inputs import make_config
+
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text("methods:\n  grasp: {initial_epochs: 2, finetune_epochs: 1}\n  ties: {finetune_epochs: matched}\n")
+    for cli in (Layer({"methods": ["ties"]}), Layer({"methods": ["ties", "grasp"]})):
+        sweep, _ = resolve_sweep(read_settings(cfg), cli)
+        reference = make_config("grasp", sweep.method_configs["grasp"])
+        ties = resolve_budget(get_method("ties"), make_config("ties", sweep.method_configs["ties"]), 4, reference)
+        assert ties.finetune_epochs == 5

@@ -29,7 +29,7 @@ from ..config import ConfigError, Layer, build, convert_field, field_names, load
 from ..data.drift_digits import DriftDigitsConfig
 from ..data.importer import ImportConfig
 from ..executors import EXECUTORS
-from ..methods import get_method, list_methods
+from ..methods import get_method, list_methods, reference_method
 from ..options import RunOptions
 from ..training.fit import SourceTrainConfig
 from .config import ExperimentConfig
@@ -236,6 +236,9 @@ def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, 
         raise ConfigError(f"Flag(s) {['--' + k for k in stray]} apply to {owning}, which this sweep does not run "
                           f"(methods: {chosen}).")
     configs = {m: resolve_method_config(file, m, cli.only(flags)) for m in chosen}
+    # A ``matched`` budget follows the reference method's settings in the file even when the sweep does not run
+    # it (``--methods ties`` with configs/merging.yaml): the same epochs as in the sweep that does.
+    configs.setdefault(reference_method(), resolve_method_config(file, reference_method()))
     sweep_layers = [layer.only(set(layer) - set(METHOD_KEYS)) for layer in stage_layers(file, SweepConfig, "sweep")]
     training = Layer()
     for layer in stage_layers(file, SourceTrainConfig, "sources"):
