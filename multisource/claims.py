@@ -100,6 +100,15 @@ def release_claim(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def remove_if_stale(out_dir: Path) -> None:
+    """Remove a claim its process left behind when it was killed after finishing (between writing its result
+    and letting go), so a finished result carries no dead claim; a live claim is left alone."""
+    path = claim_path(out_dir)
+    owner = read_owner(path) if path.exists() else None
+    if owner is not None and owner != process_tag() and owner_is_gone(owner):
+        path.unlink(missing_ok=True)
+
+
 def claimed_elsewhere(out_dir: Path) -> bool:
     """Another process holds the experiment's claim and is still running it."""
     path = claim_path(out_dir)

@@ -133,3 +133,17 @@ def test_a_distributed_run_refuses_a_bin_another_command_holds(tmp_path, monkeyp
     assert all_bins.is_distributed(replace(opts, devices="0,1")) and not all_bins.is_distributed(opts)
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")  # a secondary rank under MPI
     assert all_bins.is_secondary_rank()
+
+
+def test_a_dead_runs_claim_on_a_finished_result_is_removed_and_a_live_one_kept(tmp_path):
+    """A run killed between writing a bin's checkpoint and letting go of its claim leaves a dead claim; the next
+    run that finds the bin complete removes it (train_all_bins and sweeps call this), a live claim stays."""
+    ckpt = tmp_path / "era_1.ckpt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claims.claim_path(ckpt).write_text(f"{claims.HOST}-{dead.pid}")
+    claims.remove_if_stale(ckpt)
+    assert not claims.claim_path(ckpt).exists()
+    with claimed_by_another_process(ckpt):
+        claims.remove_if_stale(ckpt)
+        assert claims.claim_path(ckpt).exists()

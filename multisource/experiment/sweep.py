@@ -35,7 +35,7 @@ from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
 from .config import ExperimentConfig, fraction_problem
 from .efficiency import write_data_efficiency
-from ..claims import STALE_AFTER_S, claim_path, claimed_elsewhere
+from ..claims import STALE_AFTER_S, claim_path, claimed_elsewhere, remove_if_stale
 from ..failures import clear_failure, failure_paths, write_failure
 from .jobs import Outcome, execute
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
@@ -320,6 +320,8 @@ def split_finished(jobs: list[ExperimentPlan], overwrite: bool) -> tuple[list[Ex
         raise ConfigError("Finished experiments were run with a different configuration than this sweep asks "
                           "for:\n" + "\n".join(conflicts[:20]) + "\nPass --overwrite to re-run them, or use "
                           "another --results_dir.")
+    for j in done:
+        remove_if_stale(j.out_dir)  # a sweep killed after finishing this experiment left its claim behind
     done_ids = {id(j) for j in done}
     return done, [j for j in jobs if id(j) not in done_ids]
 

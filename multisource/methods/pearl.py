@@ -203,7 +203,9 @@ class ComposedAdapters(nn.Module):
                 stacked = getattr(self, buffer)
                 # Running statistics follow the weights but are not learned through (batch norm takes no
                 # gradient for them); parameters such as biases and the head carry the gradient to w.
-                values[key] = torch.tensordot((w.detach() if statistic else w).to(stacked.dtype), stacked, dims=1)
+                weights = (w.detach() if statistic else w).to(stacked.dtype).view(-1, *[1] * (stacked.dim() - 1))
+                # element-wise, once per batch: not a per-image cost (and not counted as one, by the convention)
+                values[key] = (weights * stacked).sum(0)
         return torch.func.functional_call(self.peft_model, values, (x,), strict=False)
 
 
@@ -253,11 +255,11 @@ def _train_adapter(peft_model, adapter: str, bin_name: str, cfg: PearlConfig, ta
     if composed is None:
         peft_model.base_model.set_adapter(adapter)
         trainee, key = peft_model, "pearl-one-adapter"
-    else:
-        peft_model.base_model.set_adapter(composed.adapter_names)
+    else:  # only adapter k active (its weight 1): the cost of one adapter, with source k's rest
+        peft_model.base_model.set_adapter(adapter)
         k = composed.adapter_names.index(adapter)
         composed.fixed_weights = torch.nn.functional.one_hot(torch.tensor(k), len(composed.adapter_names)).float()
-        trainee, key = composed, "pearl-adapter-with-composed-rest"
+        trainee, key = composed, "pearl-one-adapter-composed-rest"
     for n, p in trainee.named_parameters():
         p.requires_grad = f".{adapter}." in n and "lora_" in n
     if cfg.adapter_data == "target":

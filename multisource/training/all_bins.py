@@ -148,6 +148,7 @@ def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
         bcfg = replace(cfg, bin=b)
         ckpt = source_checkpoint_path(bcfg, opts)
         if is_complete(ckpt, handle.fingerprint) and not force:
+            claims.remove_if_stale(ckpt)  # a run killed after finishing this bin left its claim behind
             results[b] = SourceOutcome(b, "skipped", str(ckpt), f"complete: {ckpt}")
         else:
             todo.append(bcfg)
