@@ -46,6 +46,29 @@ def test_without_jitter_the_batched_path_gives_the_pil_pixels():
     torch.testing.assert_close(BatchAugment(CFG, train=False)(crops), pil, rtol=0, atol=1e-6)
 
 
+class ReadOnlyImages(Images):
+    """Pixels as image folders and the packed cache hand them out: read-only arrays (a PIL image's, a memory
+    map's)."""
+
+    def load_array(self, i: int) -> np.ndarray:
+        view = self.arrays[i].view()
+        view.flags.writeable = False
+        return view
+
+
+@pytest.mark.parametrize("source", ["pil", "array"])
+def test_read_only_pixels_give_crops_without_a_warning(source):
+    images = ReadOnlyImages()
+    if source == "pil":
+        images.load_array = None  # the image-folder path: np.asarray of a PIL image is read-only
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about a non-writable array once per process
+        crop, _ = UInt8Crops(images, CFG, train=True)[0]
+    assert crop.shape == (3, 32, 32) and crop.dtype == torch.uint8
+
+
 def summaries(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per image: channel means (N, 3) and the pixel standard deviation (N,)."""
     return x.mean(dim=(2, 3)).numpy(), x.flatten(1).std(dim=1).numpy()

@@ -218,8 +218,8 @@ def test_own_data_settings_and_targets_all_and_newest(own):
 def test_a_flag_overrides_the_files_targets_and_a_refusal_names_the_files_line(own, tmp_path):
     from multisource.config import Layer
 
-    demo = read_settings(PROJECT_ROOT / "configs" / "demo.yaml")  # pins era_1 and era_5
-    with pytest.raises(ConfigError, match=r"demo.yaml, line \d+, sweep.targets: targets \['era_1', 'era_5'\] are "
+    demo = read_settings(PROJECT_ROOT / "configs" / "demo.yaml")  # pins era_5
+    with pytest.raises(ConfigError, match=r"demo.yaml, line \d+, sweep.targets: targets \['era_5'\] are "
                                           r"not bins of Mine"):
         resolve_sweep(demo, Layer({"dataset": str(own["data"])}, flag=True))
     cfg, _ = resolve_sweep(demo, Layer({"dataset": str(own["data"]), "targets": ["2021"]}, flag=True))

@@ -41,7 +41,9 @@ class UInt8Crops(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         load = getattr(self.base, "load_array", None)  # the packed cache hands out pixels without PIL
         pixels = load(index) if load is not None else np.asarray(self.base.load_image(index))
-        img = torch.from_numpy(pixels).permute(2, 0, 1)  # HWC -> CHW, uint8
+        # a PIL image's and a memory map's arrays are read-only, which torch.from_numpy warns about: copy them (a
+        # small image; the crop below copies anyway)
+        img = torch.from_numpy(np.array(pixels, copy=True)).permute(2, 0, 1)  # HWC -> CHW, uint8
         size, crop = self.cfg.resize_size, self.cfg.image_size
         if min(img.shape[1:]) != size:
             img = F.resize(img, [size], antialias=True)
