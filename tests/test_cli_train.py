@@ -180,7 +180,7 @@ def test_user_errors_exit_2_with_one_line(digits_root, tmp_path, capsys):
                                dataset="drift_digits") == 2
     assert "SourceTrainConfig.max_epochs=0 is out of range" in capsys.readouterr().err
     assert train_all_main(["--dataset", "nope", *common]) == 2
-    assert "error: Unknown dataset 'nope'. Available: clear10, clear100, drift_digits, yearbook, or the folder of " \
+    assert "error: Unknown dataset 'nope'. Available: clear10, clear100, drift_digits, drift_glyphs, yearbook, or the folder of " \
            "a dataset with a dataset_card.json" in \
         capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # argparse: the bin flag is required

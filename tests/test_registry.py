@@ -69,7 +69,8 @@ def test_real_registries_hold_the_spec_entries():
     from multisource.data.datasets import DATASETS, get_dataset
     from multisource.models.registry import MODELS
 
-    assert DATASETS.list() == ["clear10", "clear100", "drift_digits", "yearbook"]
+    assert DATASETS.list() == ["clear10", "clear100", "drift_digits", "drift_glyphs", "yearbook"]
+    assert get_dataset("glyphs").bins == ("era_01", "era_02", "era_03", "era_04", "era_05", "era_06")
     digits = get_dataset("digits")
     assert digits.name == "drift_digits"
     assert digits.bins == ("era_1", "era_2", "era_3", "era_4", "era_5")
@@ -80,7 +81,7 @@ def test_real_registries_hold_the_spec_entries():
     assert get_dataset("yearbook").classes == ("F", "M")
     for name in ("mobilevit-xxs", "mobilevit-xs", "resnet-50", "efficientnet-b1", "tiny-resnet"):
         assert name in MODELS.list()
-    with pytest.raises(KeyError, match="Available: clear10, clear100, drift_digits, yearbook"):
+    with pytest.raises(KeyError, match="Available: clear10, clear100, drift_digits, drift_glyphs, yearbook"):
         get_dataset("mnist")
 
 

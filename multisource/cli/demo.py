@@ -54,7 +54,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # their order by run_sweep with --train_missing, exactly as `run_all.py --train_missing` runs them.
     sweep_opts = replace(sweep_opts, train_missing=True)
     plan = plan_sweep(sweep_cfg, sweep_opts)
-    n_targets = len(sweep_cfg.targets or plan.handle.bins)
+    n_targets = len({job.config.target for job in plan.jobs})
     print("[2/4] Source models (upstream pretraining once, then one model per era; complete ones are reused)",
           flush=True)
     clock = {"t0": time.perf_counter()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.datasets import list_datasets
 from .common import add_run_options, run_main, setup_logging
 from .generated import load_flag_table
 
@@ -64,8 +65,8 @@ def build_parser(method: str | None, table: dict) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=f"Run one {method or 'method'} experiment on a target bin.")
     if method is None:
         p.add_argument("--method", required=True, choices=sorted(table))
-    p.add_argument("--dataset", default=None, help="drift_digits, clear10, clear100, yearbook, or the folder of "
-                                                   "an imported dataset (with its dataset_card.json)")
+    p.add_argument("--dataset", default=None, help=f"{', '.join(list_datasets())}, or the folder of an imported "
+                                                   "dataset (with its dataset_card.json)")
     p.add_argument("--model", "--model_name", dest="model", default=None, help="model name or alias")
     p.add_argument("--target", default=None, help="target bin (held out)")
     p.add_argument("--sources", nargs="+", default=None, help="source bins (default: the protocol's)")

@@ -1,6 +1,6 @@
 """The ``multisource`` console command: one entry point with a subcommand per generic entry script.
 
-    multisource preprocess drift_digits|clear10|clear100|yearbook [flags]
+    multisource preprocess drift_digits|drift_glyphs|clear10|clear100|yearbook [flags]
     multisource train | train-all | pretrain-upstream | download-weights [flags]
     multisource run | sweep | summarize | demo [flags]
     multisource import | drift-report [flags]

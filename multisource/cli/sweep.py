@@ -42,6 +42,10 @@ def build_parser(method: str | None = None, dataset: str | None = None) -> tuple
                    metavar="F", help="label budgets: run every experiment at each share of the target's train and "
                                      "val images (e.g. 0.05 0.25 1; default 1) and write the data-efficiency "
                                      "summary over them")
+    p.add_argument("--num_sources", nargs="+", default=None, metavar="K",
+                   help="the number of sources as an axis: run every target with its K nearest earlier bins as "
+                        "sources for each K (e.g. 1 2 4 8 12) and write protocols/num_sources.{md,csv,json,png,pdf}: "
+                        "accuracy and models resident against K")
     add_shared_experiment_flags(p)
     add_executor_options(p)
     g = p.add_argument_group("sweep")
@@ -146,7 +150,8 @@ def sweep_main(argv: list[str] | None = None, *, method: str | None = None, data
         plan = plan_sweep(config, opts)
         if args.dry_run:
             once = [m for m in config.methods if get_method(split_label(m)[0]).deterministic]
-            print(f"{len(plan.jobs)} experiments ({plan.handle.info.name}, protocol {config.protocol}; models "
+            print(f"{len(plan.jobs)} experiments ({plan.handle.info.name}, protocol "
+                  f"{', '.join(config.protocols())}; models "
                   f"{list(config.models)}; methods {list(config.methods)}; {config.num_trials} trial(s)"
                   + (f", {', '.join(once)} once per target: deterministic" if once else "")
                   + f"):\n{describe_plan(plan.jobs)}")

@@ -41,6 +41,9 @@ class DatasetInfo:
     # (several renderings of one test digit are not independent: the bootstrap resamples them together);
     # empty: every image is its own example.
     example_group: str = ""
+    # The bins are whatever a build made (drifting glyphs' --bins): ``bins`` are the default build's, and a
+    # sweep resolves its targets against the built dataset's card instead.
+    bins_from_build: bool = False
 
     @property
     def scripts_dir(self) -> str:
@@ -78,6 +81,14 @@ DATASETS.register("drift_digits", DatasetInfo(
     build_cli="multisource.cli.preprocess:drift_digits_main", hflip=False, example_group=r"^(d\d+)_r\d+$",
     description="Embedded offline benchmark: scikit-learn digits rendered with an era-dependent style.",
 ), aliases=("driftdigits", "digits"))
+DATASETS.register("drift_glyphs", DatasetInfo(
+    name="drift_glyphs", dir_name="DriftGlyphs", bins=("era_01", "era_02", "era_03", "era_04", "era_05", "era_06"),
+    classes=tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), image_size=32, bin_flag="era_name",
+    preprocess_script="drift_glyphs_preprocessing.py",
+    build_cli="multisource.cli.preprocess:drift_glyphs_main", hflip=False, example_group="", bins_from_build=True,
+    description="Embedded offline benchmark: letters in matplotlib's fonts, every image an independent draw whose "
+                "style drifts over as many bins as asked for (a build's card holds its bins).",
+), aliases=("driftglyphs", "glyphs"))
 DATASETS.register("clear10", DatasetInfo(
     name="clear10", dir_name="CLEAR10", bins=CLEAR_BINS, classes=CLEAR10_CLASSES, image_size=224,
     bin_flag="year_name", preprocess_script="clear10_preprocessing.py",

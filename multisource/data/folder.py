@@ -12,10 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .card import list_images
-
-
-class DataError(RuntimeError):
-    """The data on disk is missing or unusable; the message names the path and the fix."""
+from .errors import DataError  # noqa: F401  (re-exported: every reader raises it)
 
 
 # Decoded images are kept in memory when a whole split fits in this budget (the small embedded benchmark);

@@ -25,7 +25,7 @@ from ..paths import UPSTREAM
 from ..utils.io import current_umask, read_json, write_text
 from ..utils.progress import progress_bar
 from .card import CARD_NAME
-from .folder import DataError
+from .errors import DataError
 from .splits import SPLITS
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,8 @@ class ExperimentPlan:
     def label(self) -> str:
         c = self.config
         budget = "" if c.target_fraction == 1 else f" at {c.target_fraction:g} of its labels"
-        return f"{c.model} {variant_label(c.method, c.tag)} {c.target}{budget} trial {c.trial}"
+        window = f" K={c.protocol.split(':')[1]}" if c.protocol.startswith("window:") else ""
+        return f"{c.model} {variant_label(c.method, c.tag)} {c.target}{window}{budget} trial {c.trial}"
 
 
 def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHandle | None = None,

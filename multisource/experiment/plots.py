@@ -268,6 +268,44 @@ def plot_drift_heatmap(matrix: Sequence[Sequence[float | None]], bins: Sequence[
     return _save(figure_drift_heatmap(matrix, bins, title, counts), path)
 
 
+def plot_num_sources(summary: dict, path: Path) -> Path:
+    return _save(figure_num_sources(summary), path)
+
+
+def figure_num_sources(summary: dict):
+    """Two panels against the number of sources K, one line per method: test accuracy (mean over targets) with
+    its 95% interval, and the most models held at once. PNG and PDF."""
+    rows = [r for r in summary["rows"] if r["target"] == "over targets"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ks = summary["num_sources"]
+    fig, (acc_ax, mem_ax) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for i, m in enumerate(methods):
+        pts = sorted((r["num_sources"], r["accuracy"], r["ci95"], r["max_models_resident"]) for r in rows
+                     if r["method"] == m and r["accuracy"] is not None)
+        if not pts:
+            continue
+        shift = 1 + 0.02 * (i - (len(methods) - 1) / 2)  # methods a little apart, so intervals stay visible
+        xs = [p[0] * shift for p in pts]
+        below = [0.0 if p[2] is None else max(0.0, p[1] - p[2][0]) for p in pts]
+        above = [0.0 if p[2] is None else max(0.0, p[2][1] - p[1]) for p in pts]
+        line = acc_ax.errorbar(xs, [p[1] for p in pts], yerr=[below, above], marker="o", ms=3, capsize=2, label=m)
+        mem_ax.plot(xs, [p[3] for p in pts], marker="o", ms=3, color=line[0].get_color(), label=m)
+    where = summary["targets"][0] if len(summary["targets"]) == 1 else "mean over targets"
+    for ax, label in ((acc_ax, f"test accuracy ({where})"), (mem_ax, "models held at once (max)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_xlabel("number of sources K (the K nearest earlier bins)", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = acc_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.92))
+    fig.suptitle(f"{summary['dataset']} / {summary['model']}: accuracy (95% intervals) and memory against K",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_data_efficiency(eff: dict, path: Path) -> Path:
     return _save(figure_data_efficiency(eff), path)
 

@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 from ..config import ConfigError, Layer, build, convert_field, field_names, load_yaml
 from ..data.drift_digits import DriftDigitsConfig
+from ..data.drift_glyphs import DriftGlyphsConfig
+from ..data.embedded import embedded_build
 from ..data.importer import ImportConfig
 from ..executors import EXECUTORS
 from ..methods import get_method, list_methods, reference_method
@@ -46,7 +48,8 @@ RENAMES: dict[type, dict[str, str]] = {SourceTrainConfig: {"model": "model_name"
                                        ExperimentConfig: {"model_name": "model"},
                                        SweepConfig: {"model": "models", "model_name": "models",
                                                      "target_fraction": "target_fractions"}}
-STAGES = (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, DriftDigitsConfig, ImportConfig)
+STAGES = (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, DriftDigitsConfig, DriftGlyphsConfig,
+          ImportConfig)
 
 
 def _names(cls: type) -> set[str]:
@@ -125,7 +128,7 @@ def read_settings(path: str | None) -> Layer | None:
     top_keys = set().union(*(_names(c) for c in STAGES), *methods.values())
     for key, value in file.items():
         if key in SECTIONS:
-            _check_values(file.sub(key), SECTIONS[key], skip=METHOD_KEYS if key == "sweep" else ())
+            _check_values(file.sub(key), _section_cls(file, key), skip=METHOD_KEYS if key == "sweep" else ())
         elif key in METHOD_KEYS:
             continue
         elif key not in top_keys:
@@ -139,6 +142,14 @@ def read_settings(path: str | None) -> Layer | None:
             for key in METHOD_KEYS:
                 _check_methods(holder, key)
     return file
+
+
+def _section_cls(file: Layer, section: str) -> type:
+    """The settings class of ``section``: ``data:`` builds the file's embedded benchmark (drifting digits unless
+    its ``dataset`` names another)."""
+    if section == "data":
+        return embedded_build(file.get("dataset")).config_cls
+    return SECTIONS[section]
 
 
 def cli_layer(args: argparse.Namespace, exclude: tuple[str, ...] = ("config", "verbose")) -> Layer:
@@ -259,10 +270,11 @@ def resolve_import(file: Layer | None, cli: Layer) -> ImportConfig:
     return build(ImportConfig, *stage_layers(file, ImportConfig, "import"), _renamed(cli, ImportConfig))
 
 
-def resolve_data(file: Layer | None, cli: Layer | None = None) -> DriftDigitsConfig:
-    """How the embedded benchmark is built: top level < ``data:`` < flags."""
-    return build(DriftDigitsConfig, *stage_layers(file, DriftDigitsConfig, "data"),
-                 _renamed(cli, DriftDigitsConfig) if cli else None)
+def resolve_data(file: Layer | None, cli: Layer | None = None, dataset: str | None = None) -> Any:
+    """How an embedded benchmark is built (``dataset``, else the file's, else drifting digits): its settings
+    class from top level < ``data:`` < flags."""
+    cls = embedded_build(dataset or (file.get("dataset") if file is not None else None)).config_cls
+    return build(cls, *stage_layers(file, cls, "data"), _renamed(cli, cls) if cli else None)
 
 
 def resolved_settings(*configs: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..config import ConfigError, build, check_range, check_seed
 from ..data.datasets import get_dataset
@@ -35,6 +35,7 @@ from ..training.fit import SourceTrainConfig
 from ..utils.io import read_json, write_json, write_text
 from .config import ExperimentConfig, fraction_problem
 from .efficiency import write_data_efficiency
+from .num_sources import write_num_sources
 from ..claims import STALE_AFTER_S, claim_path, claimed_elsewhere, remove_if_stale
 from ..failures import clear_failure, failure_paths, write_failure
 from .jobs import Outcome, execute
@@ -83,6 +84,10 @@ class SweepConfig:
     # Label budgets (ExperimentConfig.target_fraction): every experiment at each share of the target's train and
     # val images, kept apart on disk, and a data-efficiency summary over them.
     target_fractions: tuple[float, ...] = (1.0,)
+    # The number of sources as an axis: for each K, every target with its K nearest earlier bins as sources
+    # (protocol window:K, results kept apart per K), and the num_sources summary of accuracy and models resident
+    # against K. Empty: the protocol alone.
+    num_sources: tuple[int, ...] = ()
     method_configs: dict[str, Any] = field(default_factory=dict)
     source_training: dict = field(default_factory=dict)
 
@@ -107,34 +112,53 @@ class SweepConfig:
             if problem := fraction_problem(f):
                 raise ConfigError(f"--target_fractions {f!r}: {problem}.", field="target_fractions")
         self.target_fractions = tuple(sorted(float(f) for f in self.target_fractions))
+        self.num_sources = tuple(_as_tuple(self.num_sources))
+        for k in self.num_sources:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ConfigError(f"--num_sources {k!r} is not a number of sources; give whole numbers >= 1 "
+                                  "(e.g. 1 2 4 8).", field="num_sources")
+        if self.num_sources and self.protocol.startswith("window:"):
+            raise ConfigError(f"--num_sources {list(self.num_sources)} sets each K's sources (the K nearest earlier "
+                              f"bins, window:K); drop --protocol {self.protocol}.", field="num_sources")
         check_range(self, "num_trials", 1)
         check_seed(self)
         check_range(self, "batch_size", 1)
         if self.image_size is not None:
             check_range(self, "image_size", 8)
-        for name in ("models", "methods", "targets", "target_fractions"):
+        for name in ("models", "methods", "targets", "target_fractions", "num_sources"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(f"SweepConfig.{name} lists a value twice: {list(values)}.")
         if not self.models or not self.methods:
             raise ConfigError("A sweep needs at least one model and one method (--model, --methods).")
-        bins = get_dataset(self.dataset).bins
-        self.targets = resolve_targets(self.targets, bins)
-        unknown = [t for t in self.targets if t not in bins]
+        info = get_dataset(self.dataset)
+        if info.bins_from_build and info.root is None:  # its bins are the build's: resolved by plan_sweep
+            self.targets = resolve_targets(self.targets, None)
+            unknown = []
+        else:
+            bins = info.bins
+            self.targets = resolve_targets(self.targets, bins)
+            unknown = [t for t in self.targets if t not in bins]
         if unknown:
             raise ConfigError(f"targets {unknown} are not bins of {get_dataset(self.dataset).name}; its bins are "
                               f"{list(bins)}. Name some of them, or use 'all' or 'newest'.", "targets")
         self.method_configs = {variant_label(get_method(split_label(m)[0]).name, split_label(m)[1]): v
                                for m, v in (self.method_configs or {}).items()}
+        self.num_sources = tuple(sorted(self.num_sources))
+
+    def protocols(self) -> tuple[str, ...]:
+        """The protocols the sweep runs: window:K for each K of the num_sources axis, else its one protocol."""
+        return tuple(f"window:{k}" for k in self.num_sources) or (self.protocol,)
 
 
 TARGET_WORDS = {"all": "every bin", "newest": "the newest bin (the deployable question)"}
 
 
-def resolve_targets(targets: tuple[str, ...], bins: tuple[str, ...]) -> tuple[str, ...]:
-    """``all`` (every bin, also the default) and ``newest`` (the last bin in time order) as bin names."""
+def resolve_targets(targets: tuple[str, ...], bins: Sequence[str] | None) -> tuple[str, ...]:
+    """``all`` (every bin, also the default) and ``newest`` (the last bin in time order) as bin names; with
+    ``bins`` None (not known before the dataset is opened) ``newest`` stays a word."""
     if len(targets) == 1 and targets[0] in TARGET_WORDS:
-        return () if targets[0] == "all" else (bins[-1],)
+        return () if targets[0] == "all" else (bins[-1],) if bins is not None else targets
     words = [t for t in targets if t in TARGET_WORDS]
     if words:
         raise ConfigError(f"targets {list(targets)} mix {words} with bin names; use one word alone or bin names.",
@@ -192,14 +216,24 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
         raise ConfigError(f"--checkpoint_dir holds one model's checkpoints, but this sweep runs {list(config.models)};"
                           " run one model per sweep or use the default checkpoint locations.")
     handle = open_dataset(config.dataset, opts.data_root)
-    handle.check_bins(*(config.targets or handle.bins))  # present in this build of the dataset
-    targets = [b for b in handle.bins if b in config.targets] if config.targets else list(handle.bins)
+    wanted = resolve_targets(config.targets, handle.bins)  # "newest" of a dataset whose bins are the build's
+    handle.check_bins(*(wanted or handle.bins))  # present in this build of the dataset
+    targets = [b for b in handle.bins if b in wanted] if wanted else list(handle.bins)
     method_configs = {m: make_config(split_label(m)[0], config.method_configs.get(m)) for m in config.methods}
     reference = reference_method()  # a ``matched`` budget follows this sweep's reference config
     reference_config = method_configs.get(reference) or make_config(reference, config.method_configs.get(reference))
-    sources_of = {t: tuple(protocol_sources(handle.bins, t, config.protocol)) for t in targets}  # chronological
-    skipped = {t: f"no bins before {t} (the first bin) under --protocol {config.protocol}"
-               for t, s in sources_of.items() if not s}
+    # chronological sources per (protocol, target); a K the target's past cannot fill is skipped, not run short
+    sources_of, skipped = {}, {}
+    for protocol in config.protocols():
+        for t in targets:
+            sources = tuple(protocol_sources(handle.bins, t, protocol))
+            k = int(protocol.split(":")[1]) if config.num_sources else None
+            if not sources:
+                skipped[t] = f"no bins before {t} (the first bin) under --protocol {protocol}"
+            elif k is not None and len(sources) < k:
+                skipped[f"{t} (K={k})"] = f"only {len(sources)} bin(s) before {t}, fewer than K={k}"
+            else:
+                sources_of[protocol, t] = sources
     for t, why in skipped.items():
         log.info("Target %s skipped: %s", t, why)
     once = [m for m in config.methods if get_method(split_label(m)[0]).deterministic and config.num_trials > 1]
@@ -207,13 +241,14 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
         log.info("%s draw no random numbers: one run per target (not %d identical trials).", ", ".join(once),
                  config.num_trials)
     jobs = []
-    for model, fraction, method in itertools.product(config.models, config.target_fractions, config.methods):
+    for model, protocol, fraction, method in itertools.product(config.models, config.protocols(),
+                                                               config.target_fractions, config.methods):
         trials = 1 if method in once else config.num_trials
-        for target in (t for t in targets if t not in skipped):
+        for target in (t for t in targets if (protocol, t) in sources_of):
             for trial in range(1, trials + 1):
                 base, variant = split_label(method)
                 cfg = ExperimentConfig(dataset=config.dataset, model=model, method=base, target=target,
-                                       sources=sources_of[target], protocol=config.protocol, trial=trial,
+                                       sources=sources_of[protocol, target], protocol=protocol, trial=trial,
                                        seed=config.seed, batch_size=config.batch_size, image_size=config.image_size,
                                        allow_mixed_starts=config.allow_mixed_starts, tag=variant or config.tag,
                                        target_fraction=fraction)
@@ -368,22 +403,33 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
     if opts.summarize:
         stage("summaries", None)
         for model in plan.config.models:
-            result.summaries[model] = sweep_summaries(plan.config, model, opts)
+            ran = {j.config.protocol for j in plan.jobs if j.config.model == model}
+            result.summaries[model] = sweep_summaries(plan.config, model, opts,
+                                                      [p for p in plan.config.protocols() if p in ran])
     return result
 
 
-def sweep_summaries(config: SweepConfig, model: str, opts: RunOptions) -> dict[str, Path]:
-    """The summaries of each label budget the sweep ran (the largest one's under their plain names, the others'
-    prefixed ``fraction-<F>/``) and, with several budgets, the data-efficiency summary over them."""
+def sweep_summaries(config: SweepConfig, model: str, opts: RunOptions,
+                    protocols: Sequence[str] | None = None) -> dict[str, Path]:
+    """The summaries of each protocol (``protocols``: those with experiments, default all of the sweep's) and label
+    budget the sweep ran (the largest budget's under their plain names, the others' prefixed ``fraction-<F>/``, each
+    K's prefixed ``window:K/``), with several budgets the data-efficiency summary over them, and with a
+    num_sources axis the summary over K."""
     fractions = config.target_fractions
     paths: dict[str, Path] = {}
-    for fraction in fractions:
-        written = write_summaries(opts.results_path(), config.dataset, model, protocol=config.protocol,
-                                  fraction=fraction)
-        prefix = "" if fraction == fractions[-1] else f"{budget_folder(fraction)}/"
-        paths.update({prefix + name: p for name, p in written.items()})
-    if len(fractions) > 1 or fractions[0] < 1:
-        paths.update(write_data_efficiency(opts.results_path(), config.dataset, model, protocol=config.protocol))
+    protocols = list(config.protocols() if protocols is None else protocols)
+    for protocol in protocols:
+        folder = "" if len(config.protocols()) == 1 else f"{protocol}/"
+        for fraction in fractions:
+            written = write_summaries(opts.results_path(), config.dataset, model, protocol=protocol,
+                                      fraction=fraction)
+            prefix = folder + ("" if fraction == fractions[-1] else f"{budget_folder(fraction)}/")
+            paths.update({prefix + name: p for name, p in written.items()})
+        if len(fractions) > 1 or fractions[0] < 1:
+            written = write_data_efficiency(opts.results_path(), config.dataset, model, protocol=protocol)
+            paths.update({folder + name: p for name, p in written.items()})
+    if config.num_sources:
+        paths.update(write_num_sources(opts.results_path(), config.dataset, model, config.num_sources))
     return paths
 
 
@@ -424,7 +470,7 @@ def write_sweep_logs(plan: SweepPlan, opts: RunOptions, outcomes: dict, started:
         for e in entries:
             e.pop("traceback", None)  # kept in the traceback file beside the experiment
         counts = {s: sum(e["status"] == s for e in entries) for s in ("finished", "skipped", "failed", "not run")}
-        where = model_results_dir(opts.results_path(), plan.handle.info.name, model, plan.config.protocol)
+        where = model_results_dir(opts.results_path(), plan.handle.info.name, model, plan.config.protocols()[0])
         path = where / "sweeps" / f"sweep-{stamp}-{os.getpid()}.json"
         write_json(path, {"started_at": started.isoformat(timespec="seconds"),
                           "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

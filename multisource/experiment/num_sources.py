@@ -1,0 +1,151 @@
+"""Accuracy and models resident against the number of sources K: does a method keep gaining from older bins,
+and at what memory?
+
+A sweep with ``--num_sources 1 2 4 8 12`` runs every method with each target's K nearest earlier bins as its
+sources (protocol ``window:K``, results kept apart per K). This module reads every K back and writes
+``num_sources.{json,csv,md,png,pdf}`` into ``<dataset>/<model>/protocols/``, beside the per-K folders: per
+method, K and target the test accuracy with its 95% interval (over the target's test examples, trials averaged
+per example), the paired difference to the reference method at that K on the same examples, the most models it
+held at once, their bytes, its time and its target epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..measure.statistics import mean_over_targets_interval
+from ..models.factory import resolve_model
+from ..paths import model_results_dir
+from ..utils.io import atomic_write, write_json, write_text
+from ..utils.seed import derive_seed
+from .plots import plot_num_sources
+from .summary import _dataset_name, collect, compare_collected, screened_key
+
+NUM_SOURCES_SCHEMA_VERSION = 1
+OVER_TARGETS = "over targets"
+
+
+def num_sources_rows(results_dir: Path, dataset: str, model: str, k: int) -> tuple[list[dict], dict | None]:
+    """One row per (method, target) and per method over targets for the sources count ``k``; and K's comparison
+    (None when K has no results)."""
+    protocol = f"window:{k}"
+    found = collect(results_dir, _dataset_name(dataset), model, protocol)
+    if not found:
+        return [], None
+    _, correct, comp = compare_collected(screened_key(dataset, found), model, found, protocol, 1.0)
+    rows = []
+    for row in comp["methods"]:
+        method = row["method"]
+        cost = {"max_models_resident": row["max_models_resident"], "resident_model_bytes": row["resident_model_bytes"],
+                "time_s": row["time_s"], "target_epochs": row["target_epochs"]}
+        per_target = (comp["paired_vs_reference"].get(method) or {}).get("per_target") or {}
+        for t in comp["targets"]:
+            accuracy = row["per_target_accuracy"].get(t)
+            if accuracy is None:
+                continue
+            diff = per_target.get(t) or {}
+            rows.append({"method": method, "num_sources": k, "target": t, "accuracy": accuracy,
+                         "ci95": (row.get("per_target_accuracy_ci95") or {}).get(t),
+                         "diff_vs_reference": diff.get("mean_difference"), "diff_ci95": diff.get("ci95"), **cost})
+        parts = [correct[method][t] for t in comp["targets"] if t in correct.get(method, {})]
+        interval = (mean_over_targets_interval(parts, seed=derive_seed(0, "over-targets", method, f"K{k}"))
+                    if parts and len(parts) == len(comp["targets"]) else None)
+        rows.append({"method": method, "num_sources": k, "target": OVER_TARGETS, "accuracy": row["accuracy_mean"],
+                     "ci95": interval, "diff_vs_reference": row["diff_vs_reference"], "diff_ci95": None, **cost})
+    return rows, comp
+
+
+def num_sources_summary(results_dir: str | Path, dataset: str, model: str, counts: Sequence[int]) -> dict[str, Any]:
+    """Every K's rows of (dataset, model)."""
+    results_dir, model = Path(results_dir), resolve_model(model).name
+    rows, ran, targets, reference = [], [], [], None
+    for k in sorted(counts):
+        k_rows, comp = num_sources_rows(results_dir, dataset, model, k)
+        if comp is None:
+            continue
+        rows += k_rows
+        ran.append(k)
+        targets += [t for t in comp["targets"] if t not in targets]
+        reference = comp["reference"]
+    if not rows:
+        raise FileNotFoundError(f"No results for --num_sources {list(counts)} of {_dataset_name(dataset)} / {model} "
+                                f"under {results_dir}; run the sweep with --num_sources first.")
+    return {"schema_version": NUM_SOURCES_SCHEMA_VERSION, "kind": "num_sources", "dataset": _dataset_name(dataset),
+            "model": model, "num_sources": ran, "targets": targets, "reference": reference, "rows": rows,
+            "notes": {"num_sources": "K: each target's K nearest earlier bins are its sources (protocol window:K); "
+                                     "a target with fewer than K earlier bins has no result at that K",
+                      "ci95": "per target: a percentile bootstrap over the target's test examples (trials averaged "
+                              "per example); over targets: a stratified bootstrap of the mean",
+                      "diff_vs_reference": f"method - {reference} at the same K: per target on the same test "
+                                           "examples (paired bootstrap interval), over targets the mean difference",
+                      "max_models_resident": "the most models the method held at once (maximum over experiments)",
+                      "resident_model_bytes": "their parameters and buffers (maximum over experiments)"}}
+
+
+def _cell(accuracy: float | None, ci: list | None) -> str:
+    if accuracy is None:
+        return "-"
+    return f"{accuracy:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+
+
+def num_sources_markdown(summary: dict) -> str:
+    """Accuracy (with intervals) and models resident per method (rows) and K (columns)."""
+    frame = pd.DataFrame(summary["rows"])
+    ks, over = summary["num_sources"], frame[frame["target"] == OVER_TARGETS]
+    methods = list(dict.fromkeys(over["method"]))
+    single = len(summary["targets"]) == 1
+    where = summary["targets"][0] if single else "mean over targets " + ", ".join(summary["targets"])
+    lines = [f"# {summary['dataset']} / {summary['model']}: accuracy and memory against the number of sources K",
+             "", f"Each target's K nearest earlier bins are its sources. Test accuracy ({where}) with its 95% "
+             "interval:", "", "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+
+    def cell(m: str, k: int, fn) -> str:
+        hit = over[(over["method"] == m) & (over["num_sources"] == k)]
+        return "-" if hit.empty else fn(hit.iloc[0])
+
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(cell(m, k, lambda r: _cell(r["accuracy"], r["ci95"])) for k in ks) + " |")
+    per_target = frame[frame["target"] != OVER_TARGETS]
+    ref = summary["reference"]
+    lines += ["", f"Difference to {ref} at the same K (paired 95% interval on the same test examples; * where it "
+              "excludes 0):", "", "| method | target | " + " | ".join(f"K={k}" for k in ks) + " |",
+              "|---|---|" + "---|" * len(ks)]
+    for m in (m for m in methods if m != ref):
+        for t in summary["targets"]:
+            cells = []
+            for k in ks:
+                hit = per_target[(per_target["method"] == m) & (per_target["target"] == t)
+                                 & (per_target["num_sources"] == k)]
+                d = None if hit.empty else hit.iloc[0]["diff_vs_reference"]
+                ci = None if hit.empty else hit.iloc[0]["diff_ci95"]
+                cells.append("-" if d is None or pd.isna(d) else f"{d:+.3f}" + (
+                    "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" + ("*" if ci[0] > 0 or ci[1] < 0 else "")))
+            lines.append(f"| {m} | {t} | " + " | ".join(cells) + " |")
+    lines += ["", "Models held at once (most over the experiments) and time per experiment:", "",
+              "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(cell(m, k, lambda r: f"{r['max_models_resident']:.0f} models, "
+                                                                    f"{r['time_s']:.0f} s") for k in ks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_num_sources(results_dir: str | Path, dataset: str, model: str, counts: Sequence[int],
+                      plots: bool = True) -> dict[str, Path]:
+    """Write num_sources.{json,csv,md} (and the figure as PNG and PDF) into ``<dataset>/<model>/protocols/``."""
+    summary = num_sources_summary(results_dir, dataset, model, counts)
+    out = model_results_dir(Path(results_dir), summary["dataset"], summary["model"]) / "protocols"
+    frame = pd.DataFrame(summary["rows"])
+    for side in ("ci95", "diff_ci95"):  # the CSV holds plain columns, not lists
+        frame[f"{side}_low"] = [None if v is None else v[0] for v in frame[side]]
+        frame[f"{side}_high"] = [None if v is None else v[1] for v in frame[side]]
+    frame = frame.drop(columns=["ci95", "diff_ci95"])
+    paths = {"num_sources_json": write_json(out / "num_sources.json", summary),
+             "num_sources_csv": atomic_write(out / "num_sources.csv", lambda p: frame.to_csv(p, index=False)),
+             "num_sources_md": write_text(out / "num_sources.md", num_sources_markdown(summary))}
+    if plots:
+        paths["num_sources_png"] = plot_num_sources(summary, out / "num_sources.png")
+        paths["num_sources_pdf"] = out / "num_sources.pdf"
+    return paths
