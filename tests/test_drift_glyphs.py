@@ -140,3 +140,79 @@ def test_the_command_builds_prints_and_refuses_bad_flags(tmp_path):
                          timeout=300)
     assert bad.returncode != 0 and "num_bins" in bad.stderr and "Traceback" not in bad.stderr
     assert read_card(out)["bin_order"] == ["era_01", "era_02"]  # the refused run left the build as it was
+
+
+def test_a_sweep_and_its_summaries_take_the_builds_bins_not_the_registrys(tiny_builds, tmp_path):
+    """The registry lists drifting glyphs' default six eras; a build with other --bins is what sweeps and
+    summaries follow: 'newest' is the build's last era, and results on an era the registry does not list are
+    averaged, not refused."""
+    from multisource.experiment.summary import dataset_bins
+    from multisource.experiment.sweep import SweepConfig, plan_sweep
+    from multisource.options import RunOptions
+
+    root = tiny_builds[0]
+    assert dataset_bins("drift_glyphs", root) == ["era_01", "era_02", "era_03"]
+    opts = RunOptions(data_root=str(root), results_dir=str(tmp_path))
+    plan = plan_sweep(SweepConfig(dataset="drift_glyphs", methods=("grasp",), targets=("newest",), num_trials=1,
+                                  protocol="past"), opts)
+    assert {(j.config.target, tuple(j.sources)) for j in plan.jobs} == {("era_03", ("era_01", "era_02"))}
+    with pytest.raises(Exception, match=r"Unknown bin\(s\) \['era_09'\] for dataset drift_glyphs"):
+        plan_sweep(SweepConfig(dataset="drift_glyphs", methods=("grasp",), targets=("era_09",)), opts)
+
+
+def test_draws_differ_between_bins_at_the_same_time(tmp_path):
+    """Each folder's generator is seeded by its bin too: two bins with the same time draw different images."""
+    from multisource.data.drift_glyphs import _render_folder
+
+    for b in ("era_01", "era_02"):
+        _render_folder(str(tmp_path / b), TINY, b, 0.5, "test", 0, 3)
+    assert all((tmp_path / "era_01" / f"A_{i:05d}.png").read_bytes() != (tmp_path / "era_02" / f"A_{i:05d}.png")
+               .read_bytes() for i in range(3))
+
+
+def test_results_follow_the_card_of_the_build_they_were_made_on(tmp_path):
+    """Summaries screen results against the build's bins (its card, at the data_root the results name), not the
+    registry's default six eras."""
+    from types import SimpleNamespace
+
+    from multisource.experiment.summary import screened_key
+    from multisource.utils.io import write_json
+
+    root = tmp_path / "G"
+    write_json(root / CARD_NAME, {"dataset": "drift_glyphs", "classes": ["A", "B"], "bin_order": bin_names(13),
+                                  "bins": {}})
+
+    def record(target: str):
+        return SimpleNamespace(target=target, trial=1, folder=tmp_path / target, config=SimpleNamespace(
+            dataset="drift_glyphs"), extra={"options": {"data_root": str(root)}})
+
+    found = {"grasp": {"finished": [record("era_13"), record("era_14")], "failed": []}}
+    screened_key("drift_glyphs", found)
+    assert [r.target for r in found["grasp"]["finished"]] == ["era_13"]  # era_13: not a registry era, kept
+    assert [f["target"] for f in found["grasp"]["failed"]] == ["era_14"]  # not an era of that build
+
+
+def test_settings_files_build_the_benchmark_they_name(tmp_path):
+    from multisource.experiment.settings import read_settings, resolve_data, resolve_sweep
+    from multisource.config import Layer
+
+    file = read_settings(str(PROJECT_ROOT / "configs" / "glyphs.yaml"))
+    assert resolve_data(file) == DriftGlyphsConfig(num_bins=13)
+    sweep, _ = resolve_sweep(file, Layer())
+    assert sweep.num_sources == (1, 2, 4, 8, 12) and sweep.targets == ("newest",) and sweep.dataset == "drift_glyphs"
+    bare = tmp_path / "bare.yaml"  # no dataset: the command says which benchmark its data: section builds
+    bare.write_text("data:\n  num_bins: 3\n  image_size: 24\n")
+    assert resolve_data(read_settings(str(bare)), dataset="drift_glyphs") == DriftGlyphsConfig(num_bins=3,
+                                                                                               image_size=24)
+    with pytest.raises(ConfigError, match=r"bare.yaml, line 2, data.num_bins: 'num_bins' is not a setting of "
+                                          r"DriftDigitsConfig, which this command builds"):
+        resolve_data(read_settings(str(bare)), dataset="drift_digits")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  num_bin: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml, line 2, data.num_bin: unknown key 'num_bin' for the data: "
+                                          r"section"):
+        read_settings(str(bad))
+    named = tmp_path / "named.yaml"
+    named.write_text("dataset: drift_digits\ndata:\n  num_bins: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'num_bins' for DriftDigitsConfig"):
+        read_settings(str(named))

@@ -36,7 +36,7 @@ def test_each_k_plans_the_k_nearest_earlier_bins_and_skips_what_the_past_cannot_
     got = {(j.config.protocol, j.config.target): list(j.sources) for j in plan.jobs}
     assert got == {("window:1", "era_2"): ["era_1"], ("window:1", "era_4"): ["era_3"],
                    ("window:3", "era_4"): ["era_1", "era_2", "era_3"]}
-    assert plan.skipped_targets == {"era_2 (K=3)": "only 1 bin(s) before era_2, fewer than K=3"}
+    assert plan.skipped_targets == {"era_2 (K=3)": "only 1 bin(s) before era_2, fewer than --num_sources K=3"}
     folders = {j.out_dir.relative_to(tmp_path).parts[:5] for j in plan.jobs}
     assert folders == {("drift_digits", MODEL, "protocols", f"window-{k}", "grasp") for k in (1, 3)}
     assert {j.label for j in plan.jobs} >= {f"{MODEL} grasp era_4 K=3 trial 1", f"{MODEL} grasp era_4 K=1 trial 1"}
@@ -47,10 +47,13 @@ def test_a_k_sweep_writes_accuracy_and_models_resident_against_k(trained_sources
     opts = RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(tmp_path),
                       checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
     config = SweepConfig(dataset="drift_digits", models=(MODEL,), methods=("ensemble", "fusion", "grasp"),
-                         targets=("era_4",), num_trials=1, seed=3, method_configs=CHEAP, num_sources=(1, 3, 4))
+                         targets=("era_3", "era_4"), num_trials=1, seed=3, method_configs=CHEAP,
+                         num_sources=(1, 3, 4))
     result = run_sweep(config, opts)
-    assert result.ok and len(result.finished) == 6 and result.skipped_targets == {
-        "era_4 (K=4)": "only 3 bin(s) before era_4, fewer than K=4"}
+    assert result.ok and len(result.finished) == 9 and result.skipped_targets == {
+        "era_3 (K=3)": "only 2 bin(s) before era_3, fewer than --num_sources K=3",
+        "era_3 (K=4)": "only 2 bin(s) before era_3, fewer than --num_sources K=4",
+        "era_4 (K=4)": "only 3 bin(s) before era_4, fewer than --num_sources K=4"}
     paths = result.summaries[MODEL]
     protocols = tmp_path / "drift_digits" / MODEL / "protocols"
     assert paths["num_sources_json"] == protocols / "num_sources.json"
@@ -58,23 +61,34 @@ def test_a_k_sweep_writes_accuracy_and_models_resident_against_k(trained_sources
                  "window-1/summaries/comparison.md", "window-3/summaries/comparison.md"):
         assert (protocols / name).is_file(), name
     summary = read_json(paths["num_sources_json"])
-    assert summary["num_sources"] == [1, 3] and summary["targets"] == ["era_4"] and summary["reference"] == "grasp"
+    assert summary["num_sources"] == [1, 3] and summary["targets"] == ["era_3", "era_4"]
+    assert summary["common_targets"] == ["era_4"] and summary["reference"] == "grasp"
     rows = {(r["method"], r["num_sources"], r["target"]): r for r in summary["rows"]}
     for method in ("ensemble", "fusion", "grasp"):
         for k in (1, 3):
             record = read_json(protocols / f"window-{k}" / method / "era_4" / "trial_1" / "metrics.json")
             assert sorted(record["config"]["sources"]) == [f"era_{i}" for i in range(4 - k, 4)]
             row, over = rows[method, k, "era_4"], rows[method, k, "over targets"]
-            assert row["accuracy"] == over["accuracy"] == record["test"]["accuracy"]  # one target, one trial
+            # over the targets every K has (era_4 alone: K=3 skips era_3), not over each K's own targets
+            assert row["accuracy"] == over["accuracy"] == record["test"]["accuracy"]
             assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1]
             assert row["max_models_resident"] == record["memory"]["max_models_resident"]
     # the ensemble holds its K sources at once; GRASP's and FUSION's residency does not grow with K
     assert [rows["ensemble", k, "era_4"]["max_models_resident"] for k in (1, 3)] == [1, 3]
-    assert rows["grasp", 3, "era_4"]["max_models_resident"] <= 2 and rows["fusion", 3, "era_4"]["max_models_resident"] <= 2
-    assert rows["grasp", 1, "era_4"]["diff_vs_reference"] is None or rows["grasp", 1, "era_4"]["diff_vs_reference"] == 0
+    assert rows["grasp", 3, "era_4"]["max_models_resident"] <= 2
+    assert rows["fusion", 3, "era_4"]["max_models_resident"] <= 2
+    assert rows["ensemble", 1, "era_3"]["accuracy"] != rows["ensemble", 1, "over targets"]["accuracy"] or \
+        rows["ensemble", 1, "era_3"]["accuracy"] == rows["ensemble", 1, "era_4"]["accuracy"]
     diff = rows["ensemble", 3, "era_4"]
     assert diff["diff_vs_reference"] == pytest.approx(diff["accuracy"] - rows["grasp", 3, "era_4"]["accuracy"])
     text = (protocols / "num_sources.md").read_text()
     assert "| method | K=1 | K=3 |" in text and "| ensemble | 1 models, " in text and "| 3 models, " in text
     assert text == num_sources_markdown(summary)
     assert overlapping_texts(figure_num_sources(summary)) == []
+
+    from multisource.cli.sweep import summarize_main
+
+    (protocols / "num_sources.md").unlink()
+    assert summarize_main(["--dataset", "drift_digits", "--model", MODEL, "--results_dir", str(tmp_path),
+                           "--num_sources", "1", "3", "4", "--no_plots"]) == 0
+    assert (protocols / "num_sources.md").read_text() == text  # rebuilt from the results alone

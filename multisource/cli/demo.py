@@ -41,7 +41,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cli = cli_layer(argparse.Namespace(data_root=str(root), results_dir=args.results_dir, workers=args.workers))
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    data_cfg = resolve_data(settings)
+    data_cfg = resolve_data(settings, dataset="drift_digits")
     sweep_cfg, sweep_opts = resolve_sweep(settings, cli)  # every setting resolved before any work
     if read_card(root) is None:
         print(f"[1/4] Building drifting digits in {root} ...", flush=True)

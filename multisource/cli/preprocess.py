@@ -30,7 +30,7 @@ def drift_digits_main(argv: list[str] | None = None) -> int:
 
         out = Path(args.output_dir).resolve() if args.output_dir else DATASETS_DIR / "DriftDigits"
         cli = cli_layer(args, exclude=("config", "verbose", "output_dir", "overwrite", "progress"))
-        cfg = resolve_data(read_settings(args.config), cli)
+        cfg = resolve_data(read_settings(args.config), cli, dataset="drift_digits")
         card = build_drift_digits(out, cfg, overwrite=args.overwrite, progress=args.progress)
         counts = {b: {s: v["count"] for s, v in e["splits"].items()} for b, e in card["bins"].items()}
         print(f"Built drifting digits in {out}")

@@ -125,6 +125,11 @@ def print_result(result) -> None:
         print(f"  FAILED {o.model} {o.method} {o.target} trial {o.trial}: {o.error_type}: {o.message}\n"
               f"         traceback: {failure_paths(Path(o.out_dir))[1]}", file=sys.stderr)
     for model, paths in result.summaries.items():
+        if paths.get("num_sources_md"):  # a K axis: each K's comparison in its folder, the summary over K here
+            folders = sorted({str(p.parent) for name, p in paths.items() if name.endswith("/comparison_md")})
+            print(f"\nSummaries for {model}: {paths['num_sources_md'].parent} (each K's: " + ", ".join(folders) + ")")
+            print(paths["num_sources_md"].read_text(encoding="utf-8"))
+            continue
         md = paths.get("comparison_md")
         print(f"\nSummaries for {model}: {md.parent if md else '-'}")
         for name in ("comparison_md", "data_efficiency_md"):
@@ -194,6 +199,9 @@ def summarize_main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", nargs="+", default=None, metavar="PROTOCOL",
                    help="put these protocols side by side (e.g. leave-one-out past): each method's accuracy under "
                         "each and the difference to the first, paired on the same test examples")
+    p.add_argument("--num_sources", nargs="+", type=int, default=None, metavar="K",
+                   help="rebuild the summary against the number of sources from a --num_sources sweep's results "
+                        "(each K's comparison and protocols/num_sources.*)")
     p.add_argument("--model", "--model_name", "--models", dest="models", nargs="+", required=True)
     p.add_argument("--results_dir", default=None, help="results root (default: <project>/results)")
     p.add_argument("--no_plots", dest="plots", action="store_false", help="skip the PNG plots")
@@ -206,15 +214,26 @@ def summarize_main(argv: list[str] | None = None) -> int:
         from ..experiment.settings import cli_layer, read_settings, resolve_options
         from ..experiment.efficiency import budgets_on_disk, write_data_efficiency
         from ..experiment.protocols import canonical_protocol
-        from ..experiment.summary import _dataset_name, write_summaries
+        from ..experiment.summary import _dataset_name, collect, write_summaries
         from ..models.factory import resolve_model
         from ..paths import budget_folder
         from ..utils.io import read_json
 
         opts = resolve_options(read_settings(args.config), cli_layer(args, exclude=("config", "verbose", "dataset",
                                                                                     "protocol", "protocols", "models",
-                                                                                    "plots")))
+                                                                                    "plots", "num_sources")))
         root, protocol = opts.results_path(), canonical_protocol(args.protocol)
+        if args.num_sources:
+            from ..experiment.num_sources import write_num_sources
+
+            for model in args.models:
+                for k in sorted(set(args.num_sources)):
+                    if collect(root, _dataset_name(args.dataset), resolve_model(model).name, f"window:{k}"):
+                        write_summaries(root, args.dataset, model, plots=args.plots, protocol=f"window:{k}")
+                paths = write_num_sources(root, args.dataset, model, args.num_sources, plots=args.plots)
+                print(paths["num_sources_md"].read_text(encoding="utf-8"))
+                print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
+            return 0
         if args.protocols:
             from ..experiment.side_by_side import write_side_by_side
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from ..registry import Registry
@@ -26,12 +25,22 @@ DEFAULT_EMBEDDED = "drift_digits"
 
 
 def embedded_build(dataset: str | None) -> EmbeddedBuild:
-    """The build of ``dataset`` (a registered name or alias); drifting digits' for any other dataset, whose
-    ``data:`` section then has nothing to build."""
-    name = DEFAULT_EMBEDDED
+    """The build of ``dataset`` (a registered name or alias, looked up before any folder of that name; or a built
+    folder, by its card's dataset); drifting digits' for any other dataset, whose ``data:`` section then has
+    nothing to build."""
+    if dataset and str(dataset) in EMBEDDED:
+        return EMBEDDED.get(str(dataset))
     if dataset:
         try:
-            name = get_dataset(str(dataset)).name if not Path(str(dataset)).expanduser().is_dir() else name
+            name = get_dataset(str(dataset)).name
         except (KeyError, ValueError):
             name = DEFAULT_EMBEDDED
-    return EMBEDDED.get(name) if name in EMBEDDED else EMBEDDED.get(DEFAULT_EMBEDDED)
+        if name in EMBEDDED:
+            return EMBEDDED.get(name)
+    return EMBEDDED.get(DEFAULT_EMBEDDED)
+
+
+def data_config_classes() -> list[type]:
+    """Every embedded benchmark's settings class (a ``data:`` section of a file that names no dataset may hold
+    any of their fields; the command that builds checks them against its own)."""
+    return [EMBEDDED.get(name).config_cls for name in EMBEDDED.list()]

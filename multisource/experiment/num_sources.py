@@ -28,14 +28,23 @@ NUM_SOURCES_SCHEMA_VERSION = 1
 OVER_TARGETS = "over targets"
 
 
-def num_sources_rows(results_dir: Path, dataset: str, model: str, k: int) -> tuple[list[dict], dict | None]:
-    """One row per (method, target) and per method over targets for the sources count ``k``; and K's comparison
-    (None when K has no results)."""
+def _compared(results_dir: Path, dataset: str, model: str, k: int, fraction: float) -> tuple[dict, dict] | None:
+    """(per-example correctness, comparison) of the sources count ``k``; None when K has no results."""
     protocol = f"window:{k}"
-    found = collect(results_dir, _dataset_name(dataset), model, protocol)
+    found = collect(results_dir, _dataset_name(dataset), model, protocol, fraction)
     if not found:
-        return [], None
-    _, correct, comp = compare_collected(screened_key(dataset, found), model, found, protocol, 1.0)
+        return None
+    _, correct, comp = compare_collected(screened_key(dataset, found), model, found, protocol, fraction)
+    return correct, comp
+
+
+def _mean(values: list) -> float | None:
+    return None if not values or any(v is None for v in values) else float(sum(values) / len(values))
+
+
+def num_sources_rows(k: int, correct: dict, comp: dict, common: Sequence[str]) -> list[dict]:
+    """One row per (method, target) and per method over ``common`` (the targets every K has: a larger K skips
+    the early targets, and a mean over other targets would mix their difficulty into the curve)."""
     rows = []
     for row in comp["methods"]:
         method = row["method"]
@@ -50,33 +59,39 @@ def num_sources_rows(results_dir: Path, dataset: str, model: str, k: int) -> tup
             rows.append({"method": method, "num_sources": k, "target": t, "accuracy": accuracy,
                          "ci95": (row.get("per_target_accuracy_ci95") or {}).get(t),
                          "diff_vs_reference": diff.get("mean_difference"), "diff_ci95": diff.get("ci95"), **cost})
-        parts = [correct[method][t] for t in comp["targets"] if t in correct.get(method, {})]
+        parts = [correct.get(method, {}).get(t) for t in common]
         interval = (mean_over_targets_interval(parts, seed=derive_seed(0, "over-targets", method, f"K{k}"))
-                    if parts and len(parts) == len(comp["targets"]) else None)
-        rows.append({"method": method, "num_sources": k, "target": OVER_TARGETS, "accuracy": row["accuracy_mean"],
-                     "ci95": interval, "diff_vs_reference": row["diff_vs_reference"], "diff_ci95": None, **cost})
-    return rows, comp
+                    if common and all(p is not None for p in parts) else None)
+        is_reference = method == comp["reference"]
+        rows.append({"method": method, "num_sources": k, "target": OVER_TARGETS,
+                     "accuracy": _mean([row["per_target_accuracy"].get(t) for t in common]), "ci95": interval,
+                     "diff_vs_reference": None if is_reference else _mean(
+                         [(per_target.get(t) or {}).get("mean_difference") for t in common]),
+                     "diff_ci95": None, **cost})
+    return rows
 
 
-def num_sources_summary(results_dir: str | Path, dataset: str, model: str, counts: Sequence[int]) -> dict[str, Any]:
-    """Every K's rows of (dataset, model)."""
+def num_sources_summary(results_dir: str | Path, dataset: str, model: str, counts: Sequence[int],
+                        fraction: float = 1.0) -> dict[str, Any]:
+    """Every K's rows of (dataset, model) at the label budget ``fraction``."""
     results_dir, model = Path(results_dir), resolve_model(model).name
-    rows, ran, targets, reference = [], [], [], None
-    for k in sorted(counts):
-        k_rows, comp = num_sources_rows(results_dir, dataset, model, k)
-        if comp is None:
-            continue
-        rows += k_rows
-        ran.append(k)
-        targets += [t for t in comp["targets"] if t not in targets]
-        reference = comp["reference"]
-    if not rows:
+    per_k = {k: got for k in sorted(counts) if (got := _compared(results_dir, dataset, model, k, fraction))}
+    if not per_k:
         raise FileNotFoundError(f"No results for --num_sources {list(counts)} of {_dataset_name(dataset)} / {model} "
                                 f"under {results_dir}; run the sweep with --num_sources first.")
+    targets: list[str] = []
+    for _, comp in per_k.values():
+        targets += [t for t in comp["targets"] if t not in targets]
+    common = [t for t in targets if all(t in comp["targets"] for _, comp in per_k.values())]
+    rows = [r for k, (correct, comp) in per_k.items() for r in num_sources_rows(k, correct, comp, common)]
+    reference = next(iter(per_k.values()))[1]["reference"]
     return {"schema_version": NUM_SOURCES_SCHEMA_VERSION, "kind": "num_sources", "dataset": _dataset_name(dataset),
-            "model": model, "num_sources": ran, "targets": targets, "reference": reference, "rows": rows,
+            "model": model, "num_sources": list(per_k), "target_fraction": fraction, "targets": targets,
+            "common_targets": common, "reference": reference, "rows": rows,
             "notes": {"num_sources": "K: each target's K nearest earlier bins are its sources (protocol window:K); "
                                      "a target with fewer than K earlier bins has no result at that K",
+                      "over targets": "the mean over common_targets, the targets every K has, so each K's point "
+                                      "averages the same targets",
                       "ci95": "per target: a percentile bootstrap over the target's test examples (trials averaged "
                               "per example); over targets: a stratified bootstrap of the mean",
                       "diff_vs_reference": f"method - {reference} at the same K: per target on the same test "
@@ -85,8 +100,12 @@ def num_sources_summary(results_dir: str | Path, dataset: str, model: str, count
                       "resident_model_bytes": "their parameters and buffers (maximum over experiments)"}}
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # pandas turns None into NaN
+
+
 def _cell(accuracy: float | None, ci: list | None) -> str:
-    if accuracy is None:
+    if _missing(accuracy):
         return "-"
     return f"{accuracy:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
 
@@ -96,8 +115,8 @@ def num_sources_markdown(summary: dict) -> str:
     frame = pd.DataFrame(summary["rows"])
     ks, over = summary["num_sources"], frame[frame["target"] == OVER_TARGETS]
     methods = list(dict.fromkeys(over["method"]))
-    single = len(summary["targets"]) == 1
-    where = summary["targets"][0] if single else "mean over targets " + ", ".join(summary["targets"])
+    common = summary["common_targets"]
+    where = common[0] if len(common) == 1 else "mean over the targets every K has: " + ", ".join(common)
     lines = [f"# {summary['dataset']} / {summary['model']}: accuracy and memory against the number of sources K",
              "", f"Each target's K nearest earlier bins are its sources. Test accuracy ({where}) with its 95% "
              "interval:", "", "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
@@ -107,7 +126,8 @@ def num_sources_markdown(summary: dict) -> str:
         return "-" if hit.empty else fn(hit.iloc[0])
 
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(cell(m, k, lambda r: _cell(r["accuracy"], r["ci95"])) for k in ks) + " |")
+        cells = [cell(m, k, lambda r: _cell(r["accuracy"], r["ci95"])) for k in ks]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     per_target = frame[frame["target"] != OVER_TARGETS]
     ref = summary["reference"]
     lines += ["", f"Difference to {ref} at the same K (paired 95% interval on the same test examples; * where it "
@@ -120,22 +140,24 @@ def num_sources_markdown(summary: dict) -> str:
                 hit = per_target[(per_target["method"] == m) & (per_target["target"] == t)
                                  & (per_target["num_sources"] == k)]
                 d = None if hit.empty else hit.iloc[0]["diff_vs_reference"]
-                ci = None if hit.empty else hit.iloc[0]["diff_ci95"]
-                cells.append("-" if d is None or pd.isna(d) else f"{d:+.3f}" + (
+                ci = None if hit.empty or not isinstance(hit.iloc[0]["diff_ci95"], (list, tuple)) else \
+                    hit.iloc[0]["diff_ci95"]
+                cells.append("-" if _missing(d) else f"{d:+.3f}" + (
                     "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" + ("*" if ci[0] > 0 or ci[1] < 0 else "")))
             lines.append(f"| {m} | {t} | " + " | ".join(cells) + " |")
     lines += ["", "Models held at once (most over the experiments) and time per experiment:", "",
               "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(cell(m, k, lambda r: f"{r['max_models_resident']:.0f} models, "
-                                                                    f"{r['time_s']:.0f} s") for k in ks) + " |")
+        lines.append(f"| {m} | " + " | ".join(cell(m, k, lambda r: "-" if _missing(r["max_models_resident"]) else
+                                                    f"{r['max_models_resident']:.0f} models, {r['time_s']:.0f} s")
+                                               for k in ks) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_num_sources(results_dir: str | Path, dataset: str, model: str, counts: Sequence[int],
-                      plots: bool = True) -> dict[str, Path]:
+                      plots: bool = True, fraction: float = 1.0) -> dict[str, Path]:
     """Write num_sources.{json,csv,md} (and the figure as PNG and PDF) into ``<dataset>/<model>/protocols/``."""
-    summary = num_sources_summary(results_dir, dataset, model, counts)
+    summary = num_sources_summary(results_dir, dataset, model, counts, fraction)
     out = model_results_dir(Path(results_dir), summary["dataset"], summary["model"]) / "protocols"
     frame = pd.DataFrame(summary["rows"])
     for side in ("ci95", "diff_ci95"):  # the CSV holds plain columns, not lists

@@ -290,7 +290,8 @@ def figure_num_sources(summary: dict):
         above = [0.0 if p[2] is None else max(0.0, p[2][1] - p[1]) for p in pts]
         line = acc_ax.errorbar(xs, [p[1] for p in pts], yerr=[below, above], marker="o", ms=3, capsize=2, label=m)
         mem_ax.plot(xs, [p[3] for p in pts], marker="o", ms=3, color=line[0].get_color(), label=m)
-    where = summary["targets"][0] if len(summary["targets"]) == 1 else "mean over targets"
+    common = summary.get("common_targets", summary["targets"])
+    where = common[0] if len(common) == 1 else "mean over targets"
     for ax, label in ((acc_ax, f"test accuracy ({where})"), (mem_ax, "models held at once (max)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from ..config import ConfigError, Layer, build, convert_field, field_names, load_yaml
 from ..data.drift_digits import DriftDigitsConfig
 from ..data.drift_glyphs import DriftGlyphsConfig
-from ..data.embedded import embedded_build
+from ..data.embedded import data_config_classes, embedded_build
 from ..data.importer import ImportConfig
 from ..executors import EXECUTORS
 from ..methods import get_method, list_methods, reference_method
@@ -127,7 +127,9 @@ def read_settings(path: str | None) -> Layer | None:
     methods = _method_fields()
     top_keys = set().union(*(_names(c) for c in STAGES), *methods.values())
     for key, value in file.items():
-        if key in SECTIONS:
+        if key == "data" and file.get("dataset") is None:  # which benchmark it builds is the command's to say
+            _check_data_fields(file.sub(key))
+        elif key in SECTIONS:
             _check_values(file.sub(key), _section_cls(file, key), skip=METHOD_KEYS if key == "sweep" else ())
         elif key in METHOD_KEYS:
             continue
@@ -150,6 +152,20 @@ def _section_cls(file: Layer, section: str) -> type:
     if section == "data":
         return embedded_build(file.get("dataset")).config_cls
     return SECTIONS[section]
+
+
+def _check_data_fields(layer: Layer) -> None:
+    """A ``data:`` section of a file that names no dataset: each key a field of some embedded benchmark's
+    settings, with a value of its type."""
+    classes = data_config_classes()
+    for key, value in layer.items():
+        owner = next((c for c in classes if key in field_names(c)), None)
+        if owner is None:
+            valid = sorted(set().union(*(field_names(c) for c in classes)))
+            raise ConfigError(f"{layer.where(key)}: unknown key '{key}' for the data: section. Valid: "
+                              f"{', '.join(valid)}.")
+        if value is not None:
+            convert_field(owner, key, value, layer.where(key))
 
 
 def cli_layer(args: argparse.Namespace, exclude: tuple[str, ...] = ("config", "verbose")) -> Layer:
@@ -274,6 +290,13 @@ def resolve_data(file: Layer | None, cli: Layer | None = None, dataset: str | No
     """How an embedded benchmark is built (``dataset``, else the file's, else drifting digits): its settings
     class from top level < ``data:`` < flags."""
     cls = embedded_build(dataset or (file.get("dataset") if file is not None else None)).config_cls
+    if file is not None and "data" in file:
+        section = file.sub("data")
+        for key in section:
+            if key not in field_names(cls):
+                raise ConfigError(f"{section.where(key)}: '{key}' is not a setting of {cls.__name__}, which this "
+                                  f"command builds (valid: {', '.join(sorted(field_names(cls)))}); remove it or "
+                                  "build the dataset it belongs to.")
     return build(cls, *stage_layers(file, cls, "data"), _renamed(cli, cls) if cli else None)
 
 

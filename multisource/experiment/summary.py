@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..data.card import read_card
 from ..data.datasets import get_dataset
 from ..methods import METHODS, reference_method
 from ..models.factory import resolve_model
@@ -197,12 +198,22 @@ def _read_or_empty(path: Path) -> dict:
         return {"error_type": "unreadable failure record"}
 
 
-def dataset_bins(dataset: str) -> list[str]:
-    """The dataset's bins in time order (none known for a name that is neither registered nor a card folder)."""
+def dataset_bins(dataset: str, root: str | Path | None = None) -> list[str]:
+    """The dataset's bins in time order (none known for a name that is neither registered nor a card folder). A
+    dataset whose bins are its build's (drifting glyphs' --bins) reads them from the card of the build at ``root``
+    (the folder its results name), else at its default folder; none known without a card."""
     try:
-        return list(get_dataset(dataset).bins)
+        info = get_dataset(dataset)
     except (KeyError, ValueError):
         return []
+    if info.bins_from_build and info.root is None:
+        folder = Path(root) if root else info.default_root()
+        try:
+            card = read_card(folder)
+        except ValueError:
+            card = None
+        return list(card.get("bin_order") or card.get("bins") or []) if card else []
+    return list(info.bins)
 
 
 def target_order(dataset: str, targets: set[str]) -> list[str]:
@@ -456,10 +467,13 @@ def write_summaries(results_dir: str | Path, dataset: str, model: str, plots: bo
 def screened_key(key: str, found: dict[str, dict[str, list]]) -> str:
     """The dataset key whose bin order the summaries follow (a bare imported name: the folder its records name),
     after moving results for bins the dataset does not have to the failed lists (:func:`screen_results`)."""
-    if not dataset_bins(key):
-        recorded = [r.config.dataset for runs in found.values() for r in runs["finished"]]
-        key = next((k for k in recorded if isinstance(k, str) and k and dataset_bins(k)), key)
-    screen_results(found, dataset_bins(key))
+    records = [r for runs in found.values() for r in runs["finished"]]
+    root = next((r.extra.get("options", {}).get("data_root") for r in records
+                 if r.extra.get("options", {}).get("data_root")), None)  # the build the results were made on
+    if not dataset_bins(key, root):
+        key = next((k for k in (r.config.dataset for r in records) if isinstance(k, str) and k and dataset_bins(k)),
+                   key)
+    screen_results(found, dataset_bins(key, root))
     return key
 
 

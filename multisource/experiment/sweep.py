@@ -228,10 +228,10 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
         for t in targets:
             sources = tuple(protocol_sources(handle.bins, t, protocol))
             k = int(protocol.split(":")[1]) if config.num_sources else None
-            if not sources:
+            if k is not None and len(sources) < k:
+                skipped[f"{t} (K={k})"] = f"only {len(sources)} bin(s) before {t}, fewer than --num_sources K={k}"
+            elif not sources:
                 skipped[t] = f"no bins before {t} (the first bin) under --protocol {protocol}"
-            elif k is not None and len(sources) < k:
-                skipped[f"{t} (K={k})"] = f"only {len(sources)} bin(s) before {t}, fewer than K={k}"
             else:
                 sources_of[protocol, t] = sources
     for t, why in skipped.items():
@@ -254,8 +254,9 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
                                        target_fraction=fraction)
                 jobs.append(plan_experiment(cfg, opts, handle, method_configs[method], reference_config))
     if not jobs:
+        change = "smaller --num_sources" if config.num_sources else "another --protocol"
         raise ConfigError(f"No experiments to run: {'; '.join(skipped.values())}. Choose later --targets or "
-                          "another --protocol.")
+                          f"{change}.")
     return SweepPlan(config, handle, method_configs, jobs, skipped)
 
 
@@ -429,7 +430,9 @@ def sweep_summaries(config: SweepConfig, model: str, opts: RunOptions,
             written = write_data_efficiency(opts.results_path(), config.dataset, model, protocol=protocol)
             paths.update({folder + name: p for name, p in written.items()})
     if config.num_sources:
-        paths.update(write_num_sources(opts.results_path(), config.dataset, model, config.num_sources))
+        # at the largest label budget the sweep ran (the whole target split unless --target_fractions says less)
+        paths.update(write_num_sources(opts.results_path(), config.dataset, model, config.num_sources,
+                                       fraction=fractions[-1]))
     return paths
 
 
