@@ -82,7 +82,7 @@ def test_a_k_sweep_writes_accuracy_and_models_resident_against_k(trained_sources
     diff = rows["ensemble", 3, "era_4"]
     assert diff["diff_vs_reference"] == pytest.approx(diff["accuracy"] - rows["grasp", 3, "era_4"]["accuracy"])
     text = (protocols / "num_sources.md").read_text()
-    assert "| method | K=1 | K=3 |" in text and "| ensemble | 1 models, " in text and "| 3 models, " in text
+    assert "| method | K=1 | K=3 |" in text and "| ensemble | 1 model, " in text and "| 3 models, " in text
     assert text == num_sources_markdown(summary)
     assert overlapping_texts(figure_num_sources(summary)) == []
 

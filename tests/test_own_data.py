@@ -141,6 +141,19 @@ def test_drift_report_matches_the_sources_own_accuracies_and_clears_numbers(own,
     assert "2019-01" in capsys.readouterr().out
 
 
+def test_a_drift_report_missing_a_source_fails_before_evaluating_any(own, tmp_path, monkeypatch, capsys):
+    from multisource.experiment import drift
+
+    calls = []
+    monkeypatch.setattr(drift, "evaluate_split", lambda *a, **k: calls.append(a) or {"accuracy": 0.5})
+    empty = tmp_path / "checkpoints"
+    shutil.copytree(own["results"] / "MyDigits" / "baselines" / MODEL, empty)
+    sorted(empty.glob("*.ckpt"))[-1].unlink()  # the newest bin's source
+    assert drift_main(["--dataset", str(own["data"]), "--model", MODEL, "--results_dir", str(tmp_path / "r"),
+                       "--checkpoint_dir", str(empty), "--device", "cpu", "--no_progress"]) != 0
+    assert "Missing source checkpoint" in capsys.readouterr().err and calls == []
+
+
 def test_clear_numbers_equal_a_hand_computation():
     m = [[0.9, 0.6, 0.3],
          [0.7, 0.8, 0.5],

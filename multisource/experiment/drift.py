@@ -54,11 +54,13 @@ def drift_matrix(handle: DatasetHandle, model: str, opts: RunOptions, bins: Sequ
     """(accuracy matrix rows = source bins, columns = test bins; per-source details). One model resident."""
     device = opts.torch_device()
     matrix, sources = [], {}
+    paths = {b: opts.source_checkpoint(handle.info.name, model, b) for b in bins}
+    for b, path in paths.items():  # every source first: a missing one is an error now, not after the others ran
+        check_source_checkpoint(path, b, handle, model)
     bar = progress_bar(total=len(bins) ** 2, desc="Drift report", unit="eval", enabled=progress, leave=False)
     try:
         for b in bins:
-            path = opts.source_checkpoint(handle.info.name, model, b)
-            check_source_checkpoint(path, b, handle, model)
+            path = paths[b]
             net, meta = load_checkpoint(path, expected_model=model, expected_classes=handle.classes, device=device)
             size = (meta.get("config") or {}).get("image_size") or handle.info.image_size
             dcfg = data_config(net, size, hflip=handle.info.hflip)

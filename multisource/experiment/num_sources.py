@@ -104,6 +104,10 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)  # pandas turns None into NaN
 
 
+def _models(n: float) -> str:
+    return f"{n:.0f} model" + ("" if round(n) == 1 else "s")
+
+
 def _cell(accuracy: float | None, ci: list | None) -> str:
     if _missing(accuracy):
         return "-"
@@ -149,7 +153,7 @@ def num_sources_markdown(summary: dict) -> str:
               "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(cell(m, k, lambda r: "-" if _missing(r["max_models_resident"]) else
-                                                    f"{r['max_models_resident']:.0f} models, {r['time_s']:.0f} s")
+                                                    _models(r["max_models_resident"]) + f", {r['time_s']:.0f} s")
                                                for k in ks) + " |")
     return "\n".join(lines) + "\n"
 
