@@ -23,11 +23,11 @@ from ..measure.statistics import holm, mean_over_targets_interval
 from ..methods import no_transfer_method
 from ..models.factory import resolve_model
 from ..paths import budget_fractions, model_results_dir
-from ..utils.io import atomic_write, write_json, write_text
 from ..utils.seed import derive_seed
 from .plots import plot_data_efficiency
 from .protocols import DEFAULT_PROTOCOL, canonical_protocol
 from .summary import _dataset_name, collect, compare_collected, paired_vs_reference, screened_key, summary_dir
+from .table import write_rows_summary
 
 EFFICIENCY_SCHEMA_VERSION = 1
 
@@ -199,15 +199,5 @@ def write_data_efficiency(results_dir: str | Path, dataset: str, model: str, pro
     """Write data_efficiency.{json,csv,md} (and the plot as PNG and PDF) into the protocol's summaries."""
     eff = data_efficiency(results_dir, dataset, model, protocol)
     out = summary_dir(Path(results_dir), eff["dataset"], eff["model"], eff["protocol"])
-    frame = pd.DataFrame(eff["rows"])
-    for side in ("ci95", "diff_ci95"):  # the CSV holds plain columns, not lists
-        frame[f"{side}_low"] = [None if v is None else v[0] for v in frame[side]]
-        frame[f"{side}_high"] = [None if v is None else v[1] for v in frame[side]]
-    frame = frame.drop(columns=["ci95", "diff_ci95"])
-    paths = {"data_efficiency_json": write_json(out / "data_efficiency.json", eff),
-             "data_efficiency_csv": atomic_write(out / "data_efficiency.csv", lambda p: frame.to_csv(p, index=False)),
-             "data_efficiency_md": write_text(out / "data_efficiency.md", efficiency_markdown(eff))}
-    if plots:
-        paths["data_efficiency_png"] = plot_data_efficiency(eff, out / "data_efficiency.png")
-        paths["data_efficiency_pdf"] = out / "data_efficiency.pdf"
-    return paths
+    return write_rows_summary(out, "data_efficiency", eff, efficiency_markdown(eff),
+                              plot_data_efficiency if plots else None)

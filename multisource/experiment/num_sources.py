@@ -19,10 +19,10 @@ import pandas as pd
 from ..measure.statistics import mean_over_targets_interval
 from ..models.factory import resolve_model
 from ..paths import model_results_dir
-from ..utils.io import atomic_write, write_json, write_text
 from ..utils.seed import derive_seed
 from .plots import plot_num_sources
 from .summary import _dataset_name, collect, compare_collected, screened_key
+from .table import write_rows_summary
 
 NUM_SOURCES_SCHEMA_VERSION = 1
 OVER_TARGETS = "over targets"
@@ -163,15 +163,5 @@ def write_num_sources(results_dir: str | Path, dataset: str, model: str, counts:
     """Write num_sources.{json,csv,md} (and the figure as PNG and PDF) into ``<dataset>/<model>/protocols/``."""
     summary = num_sources_summary(results_dir, dataset, model, counts, fraction)
     out = model_results_dir(Path(results_dir), summary["dataset"], summary["model"]) / "protocols"
-    frame = pd.DataFrame(summary["rows"])
-    for side in ("ci95", "diff_ci95"):  # the CSV holds plain columns, not lists
-        frame[f"{side}_low"] = [None if v is None else v[0] for v in frame[side]]
-        frame[f"{side}_high"] = [None if v is None else v[1] for v in frame[side]]
-    frame = frame.drop(columns=["ci95", "diff_ci95"])
-    paths = {"num_sources_json": write_json(out / "num_sources.json", summary),
-             "num_sources_csv": atomic_write(out / "num_sources.csv", lambda p: frame.to_csv(p, index=False)),
-             "num_sources_md": write_text(out / "num_sources.md", num_sources_markdown(summary))}
-    if plots:
-        paths["num_sources_png"] = plot_num_sources(summary, out / "num_sources.png")
-        paths["num_sources_pdf"] = out / "num_sources.pdf"
-    return paths
+    return write_rows_summary(out, "num_sources", summary, num_sources_markdown(summary),
+                              plot_num_sources if plots else None)

@@ -8,9 +8,12 @@ numbers (lists joined, per-target mappings spread into one column per target); c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+
+from ..utils.io import atomic_write, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -194,3 +197,23 @@ def latex_table(comp: dict) -> str:
              *(" & ".join(latex_escape(c) for c in cells) + r" \\" for cells in rows),
              "\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+def write_rows_summary(out: Path, stem: str, summary: dict, markdown: str,
+                       plot: Callable[[dict, Path], Path] | None) -> dict[str, Path]:
+    """Write a summary of rows (the data-efficiency and number-of-sources summaries) as ``<stem>.json`` (all of
+    it), ``<stem>.csv`` (its rows, each interval as plain low/high columns), ``<stem>.md`` and, with ``plot``,
+    ``<stem>.png`` and ``<stem>.pdf``; returns {"<stem>_<kind>": path}."""
+    frame = pd.DataFrame(summary["rows"])
+    for side in ("ci95", "diff_ci95"):  # the CSV holds plain columns, not lists
+        frame[f"{side}_low"] = [None if v is None else v[0] for v in frame[side]]
+        frame[f"{side}_high"] = [None if v is None else v[1] for v in frame[side]]
+    frame = frame.drop(columns=["ci95", "diff_ci95"])
+    paths = {f"{stem}_json": write_json(out / f"{stem}.json", summary),
+             f"{stem}_csv": atomic_write(out / f"{stem}.csv", lambda p: frame.to_csv(p, index=False)),
+             f"{stem}_md": write_text(out / f"{stem}.md", markdown)}
+    if plot is not None:
+        paths[f"{stem}_png"] = plot(summary, out / f"{stem}.png")
+        paths[f"{stem}_pdf"] = out / f"{stem}.pdf"
+    return paths
+
