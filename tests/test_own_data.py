@@ -151,7 +151,9 @@ def test_a_drift_report_missing_a_source_fails_before_evaluating_any(own, tmp_pa
     sorted(empty.glob("*.ckpt"))[-1].unlink()  # the newest bin's source
     assert drift_main(["--dataset", str(own["data"]), "--model", MODEL, "--results_dir", str(tmp_path / "r"),
                        "--checkpoint_dir", str(empty), "--device", "cpu", "--no_progress"]) != 0
-    assert "Missing source checkpoint" in capsys.readouterr().err and calls == []
+    err = capsys.readouterr().err
+    assert calls == [] and f"No {MODEL} source model for ['2021']" in err
+    assert "or report the bins that have one: --bins 2019 2020." in err
 
 
 def test_clear_numbers_equal_a_hand_computation():

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from ..data.loaders import DatasetHandle
+from ..models.checkpoint import CheckpointError
 from ..models.factory import data_config, load_checkpoint
 from ..options import RunOptions
 from ..training.fit import evaluate_split
@@ -55,7 +56,14 @@ def drift_matrix(handle: DatasetHandle, model: str, opts: RunOptions, bins: Sequ
     device = opts.torch_device()
     matrix, sources = [], {}
     paths = {b: opts.source_checkpoint(handle.info.name, model, b) for b in bins}
-    for b, path in paths.items():  # every source first: a missing one is an error now, not after the others ran
+    missing = [b for b, path in paths.items() if not path.is_file()]
+    if missing:  # every source first: a missing one is an error now, not after the others ran
+        have = [b for b in bins if b not in missing]
+        raise CheckpointError(
+            f"No {model} source model for {missing} (e.g. {paths[missing[0]]}). Train them with: python "
+            f"baseline_training/train_all_subsets.py --dataset {handle.info.key} --model_name {model} --bins "
+            f"{' '.join(missing)}" + (f", or report the bins that have one: --bins {' '.join(have)}." if have else "."))
+    for b, path in paths.items():
         check_source_checkpoint(path, b, handle, model)
     bar = progress_bar(total=len(bins) ** 2, desc="Drift report", unit="eval", enabled=progress, leave=False)
     try:
