@@ -1,4 +1,4 @@
-"""The demo: drifting digits -> upstream pretraining -> 5 source models -> every method -> summary.
+"""The demo: drifting digits -> upstream pretraining -> the source models -> every method -> summary.
 
 Every section of the settings file (default ``configs/demo.yaml``) is honoured: ``data`` builds the
 benchmark, ``sources`` trains the source models, ``sweep`` and ``methods`` run the sweep, ``run`` says how.
