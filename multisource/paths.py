@@ -137,6 +137,9 @@ def split_variant(folder: str) -> tuple[str, str]:
     return method, tag
 
 
+MODEL_FILE = "model.ckpt"  # an experiment's final model, where it is one plain architecture (a stream carries it)
+
+
 def experiment_dir(results_dir: Path, dataset: str, model: str, method: str, target: str, trial: int,
                    protocol: str = "leave-one-out", tag: str = "", fraction: float = 1.0) -> Path:
     return (model_results_dir(results_dir, dataset, model, protocol, fraction)

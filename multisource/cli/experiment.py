@@ -42,7 +42,8 @@ def add_shared_experiment_flags(p: argparse.ArgumentParser) -> None:
     """Flags of one experiment that a sweep passes on to each of its experiments."""
     p.add_argument("--protocol", default=None,
                    help="which bins are a target's sources: leave-one-out (default, every other bin), past (only "
-                        "earlier bins) or window:N (the N latest earlier bins)")
+                        "earlier bins), window:N (the N latest earlier bins) or stream (bins one at a time: the model "
+                        "deployed for the bin before and that bin's source model only)")
     p.add_argument("--tag", default=None,
                    help="name these settings as a variant of the method: results under <method>@<tag>/, its own "
                         "row <method>[<tag>] in the comparison, paired with every other row")

@@ -195,7 +195,7 @@ def summarize_main(argv: list[str] | None = None) -> int:
                                             "per-experiment metrics.json files.")
     p.add_argument("--dataset", required=True, help="a registered dataset or an imported dataset's folder")
     p.add_argument("--protocol", default="leave-one-out",
-                   help="the protocol whose results to summarize (leave-one-out, past, window:N)")
+                   help="the protocol whose results to summarize (leave-one-out, past, window:N, stream)")
     p.add_argument("--protocols", nargs="+", default=None, metavar="PROTOCOL",
                    help="put these protocols side by side (e.g. leave-one-out past): each method's accuracy under "
                         "each and the difference to the first, paired on the same test examples")

@@ -14,15 +14,15 @@ from typing import Any
 from ..config import ConfigError
 from ..data.loaders import DatasetHandle, open_dataset
 from ..methods import get_method
-from ..methods.base import order_sources, resolve_budget
+from ..methods.base import order_sources, resolve_budget, stream_refusal
 from ..methods.inputs import make_config
 from ..models.checkpoint import CheckpointError, read_checkpoint_meta
 from ..options import RunOptions
-from ..paths import experiment_dir, variant_label
+from ..paths import MODEL_FILE, experiment_dir, variant_label
 from ..training.start import common_start
 from ..utils.seed import trial_seed
 from .config import ExperimentConfig
-from .protocols import check_sources, protocol_sources
+from .protocols import STREAM, check_sources, protocol_sources
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,17 @@ class ExperimentPlan:
     seed: int  # this trial's seed
     image_size: int
     out_dir: Path
+    # Under --protocol stream: the model deployed for the previous bin (written by that bin's experiment, so it
+    # may not exist yet when the stream is planned), its name in the pool and the bins it stands for.
+    carried: Path | None = None
+    carried_name: str = ""
+    carried_bins: tuple[str, ...] = ()
+    pool_order: tuple[str, ...] = ()  # the pool's entries in the order the method uses them (default: sources)
+
+    def pool_checkpoints(self) -> dict[str, Path]:
+        """The method's pool, in its order: the sources' checkpoints and, in a stream, the deployed model's."""
+        paths = {**self.checkpoints, **({self.carried_name: self.carried} if self.carried else {})}
+        return {n: paths[n] for n in (self.pool_order or self.sources)}
 
     @property
     def label(self) -> str:
@@ -58,13 +69,36 @@ def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHand
         raise ConfigError(f"No source bins for target {cfg.target} under --protocol {cfg.protocol} (it is the "
                           "first bin); choose a later target or another protocol.")
     seed = trial_seed(cfg.seed, cfg.trial)
-    method_config = resolve_budget(spec, method_config, len(sources), reference_config)
+    carried = stream_carry(cfg, handle, opts, spec.reads_sources, method_config) if cfg.protocol == STREAM else {}
+    method_config = resolve_budget(spec, method_config, len(sources) + len(carried), reference_config)
     sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
+    order = order_sources([*carried.get("names", ()), *sources], cfg.target, handle.bins,
+                          spec.order_of(method_config), seed, carried.get("positions"))
     checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
     out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial,
                          cfg.protocol, cfg.tag, cfg.target_fraction)
     return ExperimentPlan(cfg, method_config, handle, tuple(sources), checkpoints, seed,
-                          cfg.image_size or handle.info.image_size, out)
+                          cfg.image_size or handle.info.image_size, out, carried.get("path"), carried.get("name", ""),
+                          carried.get("bins", ()), tuple(order))
+
+
+def stream_carry(cfg: ExperimentConfig, handle: DatasetHandle, opts: RunOptions, reads_sources: bool,
+                 method_config: Any) -> dict:
+    """Under --protocol stream, what the experiment carries over from the previous bin: the model deployed for it
+    (from the third bin on: the second bin's has one source and nothing before it), placed in time just before the
+    new source it joins (it stands for the bins before that source). Empty for a method that reads no source."""
+    if problem := stream_refusal(get_method(cfg.method), method_config):
+        raise ConfigError(f"--protocol stream: {problem}; run it under past or window:N, or leave it out.")
+    bins = list(handle.bins)
+    i = bins.index(cfg.target)
+    if not reads_sources or i < 2:
+        return {}
+    previous = bins[i - 1]
+    path = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, previous, cfg.trial,
+                          cfg.protocol, cfg.tag, cfg.target_fraction)
+    name = f"deployed:{previous}"
+    return {"path": path / MODEL_FILE, "name": name, "names": (name,), "bins": tuple(bins[:i - 1]),
+            "positions": {name: i - 1.5}}
 
 
 def check_source_checkpoint(path: Path, bin_name: str, handle: DatasetHandle, model: str) -> None:

@@ -13,7 +13,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.lines  # noqa: E402
 import matplotlib.text  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..utils.io import atomic_write  # noqa: E402
@@ -302,6 +304,65 @@ def figure_num_sources(summary: dict):
     handles, labels = acc_ax.get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.92))
     fig.suptitle(f"{summary['dataset']} / {summary['model']}: accuracy (95% intervals) and memory against K",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_stream(summary: dict, path: Path) -> Path:
+    return _save(figure_stream(summary), path)
+
+
+def figure_stream(summary: dict):
+    """A stream over its bins, one line per method: accuracy on each bin's own test split and on the next bin's
+    (95% intervals, chance dashed), target epochs summed so far (stream solid, ``past`` dotted where it ran) and
+    the models held at once. PNG and PDF."""
+    bins = summary["bins"]
+    rows = [r for r in summary["rows"] if r["target"] in bins]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(2, 2, figsize=(max(10.0, 0.55 * len(bins) * 2 + 3), 7.0), sharex=True)
+    (own_ax, next_ax), (epochs_ax, models_ax) = axes
+    x_of = {b: i for i, b in enumerate(bins)}
+    for i, m in enumerate(methods):
+        mine = sorted((r for r in rows if r["method"] == m), key=lambda r: x_of[r["target"]])
+        shift = 0.06 * (i - (len(methods) - 1) / 2)  # methods a little apart, so intervals stay visible
+        xs = np.array([x_of[r["target"]] for r in mine], dtype=float) + shift
+        own = [_nan(r["accuracy"]) for r in mine]
+        line = own_ax.errorbar(xs, own, yerr=_errors(own, [r["ci95"] for r in mine]), marker="o", ms=3,
+                               capsize=2, label=m)
+        color = line[0].get_color()
+        nxt = [r for r in mine if r["next_bin"]]
+        next_ax.errorbar([x_of[r["target"]] + shift for r in nxt], [_nan(r["next_accuracy"]) for r in nxt],
+                         yerr=_errors([_nan(r["next_accuracy"]) for r in nxt], [r["next_ci95"] for r in nxt]),
+                         marker="o", ms=3, capsize=2, color=color)
+        epochs_ax.plot(xs, [_nan(r["cumulative_target_epochs"]) for r in mine], marker="o", ms=3, color=color)
+        past = [_nan(r["past_cumulative_target_epochs"]) for r in mine]
+        if any(np.isfinite(past)):
+            epochs_ax.plot(xs, past, ls=":", marker="x", ms=3, color=color)
+        models_ax.plot(xs, [_nan(r["max_models_resident"]) for r in mine], marker="o", ms=3, color=color)
+    if summary.get("num_classes"):
+        for ax in (own_ax, next_ax):
+            ax.axhline(1 / summary["num_classes"], color="grey", ls="--", lw=1)
+    for ax, label in ((own_ax, "test accuracy, own bin"), (next_ax, "test accuracy on the next bin"),
+                      (epochs_ax, "target epochs so far"), (models_ax, "models held at once")):
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in (own_ax, next_ax):
+        ax.set_ylim(0, 1.05)
+    models_ax.set_ylim(0, max([_nan(r["max_models_resident"]) for r in rows] + [1.0]) + 1)
+    models_ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    for ax in (epochs_ax, models_ax):
+        _target_ticks(ax, bins)
+        ax.set_xlabel("bin (in time order)", fontsize=8)
+    handles, labels = own_ax.get_legend_handles_labels()
+    handles += [matplotlib.lines.Line2D([], [], color="black", ls="-"), matplotlib.lines.Line2D([], [], color="black",
+                                                                                                ls=":", marker="x")]
+    labels += ["stream (epochs)", "past (epochs)"]
+    if summary.get("num_classes"):
+        handles.append(matplotlib.lines.Line2D([], [], color="grey", ls="--"))
+        labels.append(f"chance (1/{summary['num_classes']})")
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.92))
+    fig.suptitle(f"{summary['dataset']} / {summary['model']}: a stream over {len(bins)} bins (95% intervals)",
                  fontsize=10)
     fig.tight_layout()
     return fig

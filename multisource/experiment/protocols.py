@@ -2,7 +2,9 @@
 
 ``leave-one-out`` (the paper's): every other bin, earlier and later. ``past``: only the bins before the target,
 the setting a deployed system is in. ``window:N``: the N latest bins before the target (fewer when fewer exist).
-Under ``past`` and ``window:N`` the first bin has no sources, so a sweep skips it with a note.
+``stream``: bins arrive one at a time; the model deployed for a bin is built from the model deployed for the bin
+before it and that bin's source model only (experiment/stream.py), so its one new source is the previous bin.
+Under ``past``, ``window:N`` and ``stream`` the first bin has no sources, so a sweep skips it with a note.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from typing import Sequence
 from ..config import ConfigError
 
 DEFAULT_PROTOCOL = "leave-one-out"
-PROTOCOLS = (DEFAULT_PROTOCOL, "past", "window:N")
+STREAM = "stream"
+PROTOCOLS = (DEFAULT_PROTOCOL, "past", "window:N", STREAM)
 _ALIASES = {"loo": DEFAULT_PROTOCOL, "leave_one_out": DEFAULT_PROTOCOL, "leave-one-bin-out": DEFAULT_PROTOCOL}
 
 
 def canonical_protocol(text: str) -> str:
     """The protocol's one spelling (``leave-one-out``, ``past``, ``window:3``); a clear error otherwise."""
     value = _ALIASES.get(str(text).strip().lower(), str(text).strip().lower())
-    if value in (DEFAULT_PROTOCOL, "past"):
+    if value in (DEFAULT_PROTOCOL, "past", STREAM):
         return value
     kind, _, n = value.partition(":")
     if kind == "window" and n.isdigit() and int(n) >= 1:
@@ -36,6 +39,8 @@ def protocol_sources(bins: Sequence[str], target: str, protocol: str) -> list[st
     earlier = list(bins[:i])
     if protocol == "past":
         return earlier
+    if protocol == STREAM:  # the new source; what came before arrives as the model deployed for the bin before
+        return earlier[-1:]
     n = int(protocol.split(":")[1])
     return earlier[-n:]
 

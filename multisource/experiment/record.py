@@ -143,6 +143,17 @@ class StageScores(Part):
 
 
 @dataclass
+class StreamStep(Part):
+    """One bin of a stream (--protocol stream): what its deployed model was built from, and how that model scores
+    on the next bin's test split (the number a deployment cares about before the next bin's labels arrive)."""
+
+    carried_from: str | None = checked(text)  # the bin whose deployed model this one continues (None: the first)
+    stands_for: list[str] = checked(texts, default=None)  # the bins that carried model stands for
+    next_bin: str | None = checked(text)  # None for the last bin
+    next_bin_test: SplitScores | None = checked(SplitScores)
+
+
+@dataclass
 class TimeCost(Part):
     total_s: float | None = checked(cost)
 
@@ -246,6 +257,7 @@ class ExperimentRecord(Part):
     flops: FlopCount = checked(FlopCount, default=None)
     budget: TargetBudget = checked(TargetBudget, default=None)
     reused_from: str | None = checked(anything)
+    stream: StreamStep | None = checked(StreamStep)  # only under --protocol stream
     # where the record was read from (never written): the summaries read the predictions file beside it
     folder: Path | None = field(default=None, compare=False, metadata={"local": True})
 

@@ -26,10 +26,10 @@ from ..measure.metrics import classification_metrics
 from ..measure.statistics import RESAMPLES, bootstrap_intervals
 from ..methods import get_method
 from ..methods.inputs import source_pool, target_data
-from ..models.checkpoint import save_checkpoint
+from ..models.checkpoint import CheckpointError, save_checkpoint
 from ..models.factory import count_parameters
 from ..options import RunOptions
-from ..paths import BUDGETS, budget_folder, model_results_dir, variant_folder
+from ..paths import BUDGETS, MODEL_FILE, budget_folder, model_results_dir, variant_folder
 from ..training.start import StartMismatch, common_start
 from ..training.loop import predict
 from ..utils.env import environment
@@ -39,13 +39,15 @@ from .. import claims
 from ..claims import HOST, owner_is_gone, process_tag  # noqa: F401  (HOST: tests name a staging folder's host)
 from .config import ExperimentConfig
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
+from .protocols import STREAM
 from .plots import plot_confusion, plot_training_curves
 from .record import (METRICS_FILE, SCHEMA_VERSION, Environment, ExperimentRecord, FlopCount,  # noqa: F401
-                     InformationUsed, MemoryCost, RunSettings, SplitScores, StageScores, TargetBudget, TimeCost,
-                     read_record, write_record)
+                     InformationUsed, MemoryCost, RunSettings, SplitScores, StageScores, StreamStep, TargetBudget,
+                     TimeCost, read_record, write_record)
 
 log = logging.getLogger(__name__)
 PREDICTIONS_FILE = "test_predictions.csv"  # per test example (in the split's fixed order): label, prediction
+NEXT_BIN_PREDICTIONS_FILE = "next_bin_test_predictions.csv"  # a stream's: the next bin's test split, the same way
 
 
 class ExperimentExists(FileExistsError):
@@ -89,10 +91,11 @@ def write_predictions(path: Path, labels: torch.Tensor, predictions: torch.Tenso
 
 
 
-def read_predictions(out: Path) -> pd.DataFrame | None:
-    """An experiment's per-example test predictions (None for results written before they were saved)."""
+def read_predictions(out: Path, name: str = PREDICTIONS_FILE) -> pd.DataFrame | None:
+    """An experiment's per-example test predictions (None for results written before they were saved); ``name``:
+    another predictions file (a stream's next bin's)."""
     try:
-        return pd.read_csv(out / PREDICTIONS_FILE)
+        return pd.read_csv(out / name)
     except (OSError, ValueError):
         return None
 
@@ -144,6 +147,11 @@ def run_plan(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord:
     if is_finished(out) and not opts.overwrite:
         raise ExperimentExists(f"{out} already holds a finished experiment; pass --overwrite to replace it.")
     check_replaceable(out)
+    if plan.carried and not plan.carried.is_file():
+        previous = plan.carried_name.split(":", 1)[1]
+        raise CheckpointError(f"--protocol stream: {plan.config.target} continues the model deployed for {previous}, "
+                              f"but {plan.carried} does not exist; run the stream up to {previous} first (a sweep "
+                              f"with --protocol stream runs the bins in time order).")
     reused = reuse_twin(plan, opts)
     if reused is not None:
         return reused
@@ -194,11 +202,11 @@ def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord | Non
     """For a method that reads no source model (TARGET_ONLY), the same experiment finished under another protocol
     with the same inputs is the same result: copy it in (its record says from where) instead of computing it
     again. None when there is no such twin."""
-    if get_method(plan.config.method).reads_sources or opts.overwrite:
-        return None
+    if get_method(plan.config.method).reads_sources or opts.overwrite or plan.config.protocol == STREAM:
+        return None  # (a stream's record also scores the next bin: nothing else has that)
     c = plan.config
     base = model_results_dir(opts.results_path(), plan.handle.info.name, c.model)
-    protocol_dirs = [base] + (sorted(p for p in (base / "protocols").iterdir() if p.is_dir())
+    protocol_dirs = [base] + (sorted(p for p in (base / "protocols").iterdir() if p.is_dir() and p.name != STREAM)
                               if (base / "protocols").is_dir() else [])
     dirs = [d if c.target_fraction == 1 else d / BUDGETS / budget_folder(c.target_fraction) for d in protocol_dirs]
     for other in (d / variant_folder(c.method, c.tag) / c.target / f"trial_{c.trial}" for d in dirs):
@@ -244,9 +252,10 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
                          num_workers=opts.num_workers, device=device, precision=opts.precision_on(device.type),
                          seed=plan.seed, image_size=plan.image_size, batch_augment=opts.batch_augment,
                          target_fraction=cfg.target_fraction)
-    pool = source_pool(plan.checkpoints, target, model=cfg.model, residency=meter.models)
+    pool = source_pool(plan.pool_checkpoints(), target, model=cfg.model, residency=meter.models,
+                       stands_for={plan.carried_name: plan.carried_bins} if plan.carried else None)
     log.info("%s on %s/%s: target %s, sources %s, trial %d (seed %d), device %s", method, handle.info.name,
-             cfg.model, cfg.target, list(plan.sources), cfg.trial, plan.seed, device)
+             cfg.model, cfg.target, list(pool.names), cfg.trial, plan.seed, device)
     t0 = time.perf_counter()
     result = get_method(method).run(plan.method_config, pool, target, meter)
     used = information_used(pool, target)  # before the evaluation below reads val and test
@@ -272,6 +281,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
                 ci95_method=f"percentile bootstrap over {units} ({RESAMPLES} resamples)",
                 predictions_file=PREDICTIONS_FILE)
     stages = evaluate_stages(result, target, handle.classes, val, test, meter, macs)
+    stream = stream_step(plan, model, target, meter, macs, staging) if cfg.protocol == STREAM else None
     params = count_parameters(model)
     transferred = sum(s.get("transferred_elements", 0) for s in result.record.get("steps", []))
     costs = meter.report()
@@ -288,7 +298,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
         val=SplitScores.from_json(val, "val"), test=SplitScores.from_json(test, "test"),
         stages={n: StageScores.from_json(s, f"stages.{n}") for n, s in stages.items()},
         time=TimeCost.from_json(costs["time"], "time"), memory=MemoryCost.from_json(costs["memory"], "memory"),
-        flops=FlopCount.from_json(costs["flops"], "flops"),
+        flops=FlopCount.from_json(costs["flops"], "flops"), stream=stream,
         budget=TargetBudget.from_json({**costs["budget"], "target_fraction": cfg.target_fraction,
                                        "target_train_split": target.train_size(),
                                        "target_sample": target.budget_sample,
@@ -304,6 +314,34 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
     log.info("%s/%s trial %d: val %.4f test %.4f", method, cfg.target, cfg.trial, val["accuracy"], test["accuracy"])
     record.folder = plan.out_dir
     return record
+
+
+def stream_step(plan: ExperimentPlan, model, target, meter, macs: int, staging: Path) -> StreamStep:
+    """A stream's bin: what its model continues, and its scores on the next bin's test split (evaluated after the
+    method, like the target's own test split; the last bin has no next one), whose predictions are written to
+    ``staging`` beside the target's."""
+    bins = list(plan.handle.bins)
+    i = bins.index(plan.config.target)
+    step = StreamStep(carried_from=plan.carried_name.split(":", 1)[1] if plan.carried else None,
+                      stands_for=list(plan.carried_bins))
+    if i + 1 < len(bins):
+        step.next_bin = bins[i + 1]
+        loader = target.bin_loader(step.next_bin, "test")
+        with meter.phase("eval"):
+            logits, labels = predict(model, loader, target.device, target.precision)
+        meter.flops.add_forward("inference", macs, len(labels))
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteResult(f"The model deployed for {plan.config.target} gives non-finite outputs on "
+                                  f"{step.next_bin}'s test split; nothing is recorded.")
+        scores = classification_metrics(logits, labels, plan.handle.classes)
+        groups = example_groups(loader.dataset, plan.handle.info.example_group)
+        scores.update(bootstrap_intervals(labels.numpy(), logits.argmax(1).numpy(),
+                                          seed=derive_seed(plan.seed, "bootstrap", "next-bin"),
+                                          labels=range(len(plan.handle.classes)), groups=groups),
+                      predictions_file=NEXT_BIN_PREDICTIONS_FILE)
+        write_predictions(staging / NEXT_BIN_PREDICTIONS_FILE, labels, logits.argmax(1), groups)
+        step.next_bin_test = SplitScores.from_json(scores, "stream.next_bin_test")
+    return step
 
 
 def evaluate_stages(result, target, classes: list[str], val: dict, test: dict, meter, macs: int) -> dict[str, dict]:
@@ -338,14 +376,14 @@ def _write_outputs(staging: Path, record: ExperimentRecord, result, handle: Data
     plot_confusion(record.val.confusion_matrix, handle.classes, staging / "confusion_val.png", f"{title}, val")
     plot_confusion(record.test.confusion_matrix, handle.classes, staging / "confusion_test.png", f"{title}, test")
     plot_training_curves(result.history, staging / "training_curves.png", title)
-    if opts.save_model and result.produces_model:
+    if (opts.save_model or record.protocol == STREAM) and result.produces_model:  # a stream's next bin reads it
         model = result.model
         if not result.standalone:  # a wrapper (PEARL's base + adapters, fusion's joint logit mean)
             save_torch(staging / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
             record.extra["model_file"] = "model.pt"
         else:
-            save_checkpoint(staging / "model.ckpt", model, model_name=record.model, classes=handle.classes,
+            save_checkpoint(staging / MODEL_FILE, model, model_name=record.model, classes=handle.classes,
                             dataset=record.dataset, bin_name=record.target, config=record.config.to_json(),
                             metrics={"val_accuracy": record.val.accuracy, "test_accuracy": record.test.accuracy})
-            record.extra["model_file"] = "model.ckpt"
+            record.extra["model_file"] = MODEL_FILE
     write_record(staging, record)

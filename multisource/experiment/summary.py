@@ -29,7 +29,7 @@ from .plots import plot_accuracy_over_time, plot_accuracy_per_target, plot_accur
 from ..measure.statistics import MIN_TARGETS, accuracy_interval, holm, paired_bootstrap_difference, paired_test_over_targets
 from ..utils.seed import derive_seed
 from .record import METRICS_FILE, SCHEMA_VERSION, ExperimentRecord, RecordProblem, StageScores, read_record
-from .runner import is_finished, read_predictions
+from .runner import PREDICTIONS_FILE, is_finished, read_predictions
 from .answers import answer_markdown, newest_bin_answer
 from .table import MethodRow, comparison_frame, comparison_row, latex_table, markdown_table  # noqa: F401  (comparison_frame: API)
 
@@ -342,13 +342,14 @@ def _distinct(items: list[dict]) -> list[dict]:
     return out
 
 
-def correctness(found: list[ExperimentRecord]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def correctness(found: list[ExperimentRecord], predictions: str = PREDICTIONS_FILE
+                ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """target -> ((trials x test examples) 0/1 correctness from the saved predictions, trials in order; each
     example's group of renderings or None); a target is left out when a trial has no predictions file or the
-    trials disagree on the examples."""
+    trials disagree on the examples. ``predictions``: which file (a stream's next bin's: NEXT_BIN_PREDICTIONS_FILE)."""
     by_target: dict[str, list] = {}
     for r in sorted(found, key=lambda r: (r.target, r.trial)):
-        by_target.setdefault(r.target, []).append(read_predictions(r.folder) if r.folder else None)
+        by_target.setdefault(r.target, []).append(read_predictions(r.folder, predictions) if r.folder else None)
     out = {}
     for t, frames in by_target.items():
         if any(f is None for f in frames) or any(not f["label"].equals(frames[0]["label"]) for f in frames):

@@ -40,7 +40,8 @@ from ..claims import STALE_AFTER_S, claim_path, claimed_elsewhere, remove_if_sta
 from ..failures import clear_failure, failure_paths, write_failure
 from .jobs import Outcome, execute
 from .plan import ExperimentPlan, check_checkpoints, plan_experiment
-from .protocols import DEFAULT_PROTOCOL, canonical_protocol, protocol_sources
+from .protocols import DEFAULT_PROTOCOL, STREAM, canonical_protocol, protocol_sources
+from .stream import stream_methods, stream_targets, write_stream_summary
 from .record import read_record
 from .runner import is_finished
 from .summary import write_summaries
@@ -117,7 +118,7 @@ class SweepConfig:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ConfigError(f"--num_sources {k!r} is not a number of sources; give whole numbers >= 1 "
                                   "(e.g. 1 2 4 8).", field="num_sources")
-        if self.num_sources and self.protocol.startswith("window:"):
+        if self.num_sources and (self.protocol.startswith("window:") or self.protocol == STREAM):
             raise ConfigError(f"--num_sources {list(self.num_sources)} sets each K's sources (the K nearest earlier "
                               f"bins, window:K); drop --protocol {self.protocol}.", field="num_sources")
         check_range(self, "num_trials", 1)
@@ -220,6 +221,9 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
     handle.check_bins(*(wanted or handle.bins))  # present in this build of the dataset
     targets = [b for b in handle.bins if b in wanted] if wanted else list(handle.bins)
     method_configs = {m: make_config(split_label(m)[0], config.method_configs.get(m)) for m in config.methods}
+    if config.protocol == STREAM:  # a bin's model continues the previous bin's: the stream runs from its start
+        targets = stream_targets(handle.bins, targets)
+        method_configs = stream_methods(method_configs, defaulted=config.methods == default_methods())
     reference = reference_method()  # a ``matched`` budget follows this sweep's reference config
     reference_config = method_configs.get(reference) or make_config(reference, config.method_configs.get(reference))
     # chronological sources per (protocol, target); a K the target's past cannot fill is skipped, not run short
@@ -242,7 +246,7 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
                  config.num_trials)
     jobs = []
     for model, protocol, fraction, method in itertools.product(config.models, config.protocols(),
-                                                               config.target_fractions, config.methods):
+                                                               config.target_fractions, method_configs):
         trials = 1 if method in once else config.num_trials
         for target in (t for t in targets if (protocol, t) in sources_of):
             for trial in range(1, trials + 1):
@@ -382,21 +386,27 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
     log.info("Sweep %s: %d experiments, %d already finished, %d to run (%s executor)", plan.config.dataset,
              len(jobs), len(done), len(pending), opts.executor)
     started = datetime.now(timezone.utc)
+    # A stream's bins run in time order, each wave (one bin of every chain) after the one before it has finished,
+    # including what another sweep was running of it; other protocols are one wave.
+    waves = stream_waves(pending, plan.handle.bins) if plan.config.protocol == STREAM else [pending]
+    n = 0
     try:
         with make_executor(opts) as ex:
-            for n, (i, value) in enumerate(ex.run(execute, [(j, opts) for j in pending]), 1):
-                job = pending[i]
-                outcome = value if isinstance(value, Outcome) else Outcome.died(job, value)
-                outcomes[id(job)] = outcome
-                if outcome.status != "claimed":
-                    record_outcome(job, outcome)
+            for wave in waves:
+                for i, value in ex.run(execute, [(j, opts) for j in wave]):
+                    job = wave[i]
+                    outcome = value if isinstance(value, Outcome) else Outcome.died(job, value)
+                    outcomes[id(job)] = outcome
+                    if outcome.status != "claimed":
+                        n += 1
+                        record_outcome(job, outcome)
+                        if progress:
+                            progress(job, outcome, n, len(pending))
+                for job in (j for j in wave if outcomes[id(j)].status == "claimed"):
+                    n += 1
+                    outcomes[id(job)] = outcome = wait_for_other_run(job, opts, started)
                     if progress:
                         progress(job, outcome, n, len(pending))
-        claimed = [j for j in pending if outcomes[id(j)].status == "claimed"]
-        for n, job in enumerate(claimed, len(pending) - len(claimed) + 1):
-            outcomes[id(job)] = outcome = wait_for_other_run(job, opts, started)
-            if progress:
-                progress(job, outcome, n, len(pending))
     finally:
         result = SweepResult([outcomes[id(j)] for j in jobs if id(j) in outcomes],
                              skipped_targets=dict(plan.skipped_targets))
@@ -408,6 +418,12 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
             result.summaries[model] = sweep_summaries(plan.config, model, opts,
                                                       [p for p in plan.config.protocols() if p in ran])
     return result
+
+
+def stream_waves(jobs: list[ExperimentPlan], bins: Sequence[str]) -> list[list[ExperimentPlan]]:
+    """The jobs grouped by target bin, in time order (a stream's bin needs the model deployed for the one before)."""
+    order = sorted({j.config.target for j in jobs}, key=list(bins).index)
+    return [[j for j in jobs if j.config.target == t] for t in order]
 
 
 def sweep_summaries(config: SweepConfig, model: str, opts: RunOptions,
@@ -429,6 +445,8 @@ def sweep_summaries(config: SweepConfig, model: str, opts: RunOptions,
         if len(fractions) > 1 or fractions[0] < 1:
             written = write_data_efficiency(opts.results_path(), config.dataset, model, protocol=protocol)
             paths.update({folder + name: p for name, p in written.items()})
+    if STREAM in protocols:
+        paths.update(write_stream_summary(opts.results_path(), config.dataset, model, fraction=fractions[-1]))
     if config.num_sources:
         # at the largest label budget the sweep ran (the whole target split unless --target_fractions says less)
         paths.update(write_num_sources(opts.results_path(), config.dataset, model, config.num_sources,

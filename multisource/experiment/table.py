@@ -205,10 +205,11 @@ def write_rows_summary(out: Path, stem: str, summary: dict, markdown: str,
     it), ``<stem>.csv`` (its rows, each interval as plain low/high columns), ``<stem>.md`` and, with ``plot``,
     ``<stem>.png`` and ``<stem>.pdf``; returns {"<stem>_<kind>": path}."""
     frame = pd.DataFrame(summary["rows"])
-    for side in ("ci95", "diff_ci95"):  # the CSV holds plain columns, not lists
-        frame[f"{side}_low"] = [None if v is None else v[0] for v in frame[side]]
-        frame[f"{side}_high"] = [None if v is None else v[1] for v in frame[side]]
-    frame = frame.drop(columns=["ci95", "diff_ci95"])
+    intervals = [c for c in frame.columns if c.endswith("ci95")]
+    for side in intervals:  # the CSV holds plain columns, not lists
+        frame[f"{side}_low"] = [None if not isinstance(v, (list, tuple)) else v[0] for v in frame[side]]
+        frame[f"{side}_high"] = [None if not isinstance(v, (list, tuple)) else v[1] for v in frame[side]]
+    frame = frame.drop(columns=intervals)
     paths = {f"{stem}_json": write_json(out / f"{stem}.json", summary),
              f"{stem}_csv": atomic_write(out / f"{stem}.csv", lambda p: frame.to_csv(p, index=False)),
              f"{stem}_md": write_text(out / f"{stem}.md", markdown)}

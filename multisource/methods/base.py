@@ -107,8 +107,12 @@ class SourcePool:
     allows), registered as resident while held, and freed on release."""
 
     def __init__(self, checkpoints: dict[str, Path], *, model: ModelSpec, classes: Sequence[str],
-                 image_size: int | None, device: torch.device, residency: Any | None = None) -> None:
+                 image_size: int | None, device: torch.device, residency: Any | None = None,
+                 stands_for: dict[str, tuple[str, ...]] | None = None) -> None:
         self.checkpoints = dict(checkpoints)
+        # The bins each pool entry stands for: a source its own bin; in a stream, the model deployed for the
+        # previous bin every bin before the new source (a running mean weighs it as that many sources).
+        self._stands_for = {n: (n,) for n in self.checkpoints} | dict(stands_for or {})
         # The model is resolved once by whoever builds the pool; loads compare against its canonical name.
         self.model, self.model_name = model, model.name
         self.classes, self.image_size = list(classes), image_size
@@ -123,6 +127,10 @@ class SourcePool:
     @property
     def names(self) -> list[str]:
         return list(self.checkpoints)
+
+    def stands_for(self, name: str) -> tuple[str, ...]:
+        """The bins pool entry ``name`` stands for (a source: its own bin)."""
+        return self._stands_for[name]
 
     def __len__(self) -> int:
         return len(self.checkpoints)
@@ -266,7 +274,10 @@ class MethodSpec:
     would look like independent seeds; ``reads_sources``: False for a row that reads no source model (it may read
     their start), whose result a sweep can reuse across protocols when its inputs are the same;
     ``outside_default_sweep``: why a sweep without ``--methods`` leaves the method out ("" for none: every method
-    is in the default sweep unless it says why not)."""
+    is in the default sweep unless it says why not); ``stream``: how the method runs under ``--protocol stream``,
+    where its pool is the model deployed for the previous bin (standing for the bins before) and that bin's source
+    ("" for a method with no running form in O(1) models, which that protocol refuses); ``stream_problem(config)``:
+    why this configuration of it cannot run in a stream (None: it can)."""
 
     name: str
     config_cls: type
@@ -280,6 +291,8 @@ class MethodSpec:
     deterministic: bool = False
     reads_sources: bool = True
     outside_default_sweep: str = ""
+    stream: str = ""
+    stream_problem: Callable[[Any], str | None] | None = None
 
     def order_of(self, config: Any) -> str:
         return self.source_order(config) if self.source_order else "chronological"
@@ -293,11 +306,12 @@ def register_method(name: str, config_cls: type, description: str = "", *,
                     target_epochs: Callable[[Any, int], int] | None = None,
                     match_budget: Callable[[Any, int], Any] | None = None,
                     needs_shared_start: bool = False, deterministic: bool = False,
-                    reads_sources: bool = True, outside_default_sweep: str = "") -> Callable:
+                    reads_sources: bool = True, outside_default_sweep: str = "", stream: str = "",
+                    stream_problem: Callable[[Any], str | None] | None = None) -> Callable:
     def deco(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         METHODS.register(name, MethodSpec(name, config_cls, fn, description, source_order, reference,
                                           target_epochs, match_budget, needs_shared_start, deterministic,
-                                          reads_sources, outside_default_sweep))
+                                          reads_sources, outside_default_sweep, stream, stream_problem))
         return fn
 
     return deco
@@ -316,6 +330,14 @@ def default_methods() -> tuple[str, ...]:
     names = [n for n in METHODS.registered() if not METHODS.get(n).outside_default_sweep]
     return tuple(sorted(names, key=lambda n: (n not in PAPER_METHODS, PAPER_METHODS.index(n) if n in PAPER_METHODS
                                               else names.index(n))))
+
+
+def stream_refusal(spec: MethodSpec, config: Any) -> str | None:
+    """Why ``spec`` with ``config`` cannot run under ``--protocol stream`` (None: it can)."""
+    if not spec.stream:
+        return (f"{spec.name} has no running form in O(1) models (its result needs every source at once), so it "
+                "cannot run in a stream")
+    return spec.stream_problem(config) if spec.stream_problem else None
 
 
 def list_methods() -> list[str]:
@@ -353,11 +375,12 @@ def resolve_budget(spec: MethodSpec, config: Any, num_sources: int, reference_co
 
 
 def order_sources(sources: Sequence[str], target: str, all_bins: Sequence[str], order: str = "chronological",
-                  seed: int = 0) -> list[str]:
-    """Sources in the requested order; distances are positions in the dataset's chronological bin list."""
+                  seed: int = 0, positions: dict[str, float] | None = None) -> list[str]:
+    """Sources in the requested order; distances are positions in the dataset's chronological bin list
+    (``positions``: those of entries that are not bins, e.g. a stream's deployed model)."""
     if order not in SOURCE_ORDERS:
         raise ConfigError(f"source_order={order!r} is not valid; choose one of {', '.join(SOURCE_ORDERS)}.")
-    pos = {b: i for i, b in enumerate(all_bins)}
+    pos = {b: float(i) for i, b in enumerate(all_bins)} | dict(positions or {})
     chrono = sorted(sources, key=lambda b: pos[b])
     if order == "chronological":
         return chrono

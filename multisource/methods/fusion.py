@@ -58,8 +58,11 @@ class LogitMean(nn.Module):
 
 
 def source_weights(pool: SourcePool, target: TargetData, gamma: float | None) -> list[float]:
-    """Each source's averaging weight in pool order: 1 each, or GAMMA^(bins between it and the target)."""
-    return [1.0] * len(pool) if gamma is None else [gamma ** target.distance(n) for n in pool.names]
+    """Each pool entry's averaging weight in pool order: per bin it stands for (a source: its own), 1 or
+    GAMMA^(bins between it and the target). A stream's deployed model, the mean over the bins before, thereby
+    weighs as those sources would, so the stream's running mean is the mean over every source so far."""
+    return [sum(1.0 if gamma is None else gamma ** target.distance(b) for b in pool.stands_for(n))
+            for n in pool.names]
 
 
 def average_streaming(pool: SourcePool, weights: list[float] | None = None) -> tuple[nn.Module, int]:
@@ -80,14 +83,20 @@ def average_streaming(pool: SourcePool, weights: list[float] | None = None) -> t
 
 
 @register_method("fusion", FusionConfig, "Average source parameters (or jointly tune a logit mean), then fine-tune.",
-                 match_budget=match_finetune_epochs, needs_shared_start=True)
+                 match_budget=match_finetune_epochs, needs_shared_start=True,
+                 stream="a running mean: the model deployed for the previous bin weighs as the sources it stands for, "
+                        "the new source as one; then fine-tuned (2 models resident)",
+                 stream_problem=lambda c: ("fusion's logits mode trains every source jointly and has no running form; "
+                                           "use --mode params") if c.mode == "logits" else None)
 def run(cfg: FusionConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     record: dict = {"mode": cfg.mode, "members": pool.names}
     if cfg.mode == "logits":
         with meter.phase("load"):
             model = LogitMean([pool.load(n) for n in pool.names])
     else:
-        weights = None if cfg.gamma is None else source_weights(pool, target, cfg.gamma)
+        weights = source_weights(pool, target, cfg.gamma)
+        if cfg.gamma is None and set(weights) == {1.0}:
+            weights = None  # a plain mean: the unweighted running mean (its rounding, as before weights existed)
         with meter.phase("merge"):
             model, merge_macs = average_streaming(pool, weights)
         meter.flops.add("merge", merge_macs)

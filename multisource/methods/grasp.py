@@ -156,7 +156,9 @@ def target_epochs(cfg: GraspConfig, num_sources: int) -> int:
 
 
 @register_method("grasp", GraspConfig, "Sequential gradient-aligned parameter transfer (2 models resident).",
-                 source_order=lambda c: c.source_order, reference=True, target_epochs=target_epochs, needs_shared_start=True)
+                 source_order=lambda c: c.source_order, reference=True, target_epochs=target_epochs, needs_shared_start=True,
+                 stream="its first model is the one deployed for the previous bin, which it fine-tunes on this bin, "
+                        "then one aligned transfer from the previous bin's source and fine-tuning (2 models resident)")
 def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     names = pool.names  # already in the requested order (see order_sources)
     history: list[dict] = []

@@ -83,10 +83,12 @@ def target_data(dataset: str | DatasetHandle, target: str, *, model: str, data_r
 
 
 def source_pool(checkpoints: Mapping[str, str | Path], target: TargetData, *, model: str,
-                residency: Any | None = None) -> SourcePool:
-    """A pool over ``{bin: checkpoint}`` in the given order."""
+                residency: Any | None = None, stands_for: Mapping[str, tuple[str, ...]] | None = None) -> SourcePool:
+    """A pool over ``{bin: checkpoint}`` in the given order (``stands_for``: the bins an entry that is not a bin's
+    source stands for, e.g. a stream's deployed model)."""
     return SourcePool({b: Path(p) for b, p in checkpoints.items()}, model=resolve_model(model), classes=target.classes,
-                      image_size=target.image_size, device=target.device, residency=residency)
+                      image_size=target.image_size, device=target.device, residency=residency,
+                      stands_for=dict(stands_for or {}))
 
 
 def run_method(method: str, pool: SourcePool | Mapping[str, str | Path], target: TargetData,

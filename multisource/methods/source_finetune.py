@@ -47,7 +47,9 @@ def score_on_val(pool: SourcePool, target: TargetData, meter) -> tuple[str, dict
 
 
 @register_method("source_finetune", SourceFinetuneConfig, "Reference: one source (nearest, first or best on "
-                 "target val) fine-tuned on the target.", source_order=_source_order, match_budget=match_finetune_epochs)
+                 "target val) fine-tuned on the target.", source_order=_source_order, match_budget=match_finetune_epochs,
+                 stream="fine-tunes on this bin the new source (pick nearest), the model deployed for the previous bin "
+                        "(first: it keeps fine-tuning what is deployed) or the better of the two on val (best-val)")
 def run(cfg: SourceFinetuneConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     record: dict = {"pick": cfg.pick}
     if cfg.pick == "best-val":

@@ -39,7 +39,8 @@ class TargetOnlyConfig(TargetFinetuneConfig):
 
 @register_method("target_only", TargetOnlyConfig, "Reference: the shared pretrained start fine-tuned on the "
                  "target only (no source model).", match_budget=match_finetune_epochs,
-                 needs_shared_start=True, reads_sources=False)
+                 needs_shared_start=True, reads_sources=False,
+                 stream="reads no source model: each bin's model is the shared start fine-tuned on that bin")
 def run(cfg: TargetOnlyConfig, pool: SourcePool, target: TargetData, meter) -> MethodResult:
     with meter.phase("load"):
         model = pool.load_start()
