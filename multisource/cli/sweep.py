@@ -132,7 +132,7 @@ def print_result(result) -> None:
             continue
         md = paths.get("comparison_md")
         print(f"\nSummaries for {model}: {md.parent if md else '-'}")
-        for name in ("comparison_md", "data_efficiency_md"):
+        for name in ("comparison_md", "data_efficiency_md", "stream_md"):
             if paths.get(name):
                 print(paths[name].read_text(encoding="utf-8"))
 
@@ -213,7 +213,8 @@ def summarize_main(argv: list[str] | None = None) -> int:
     def main() -> int:
         from ..experiment.settings import cli_layer, read_settings, resolve_options
         from ..experiment.efficiency import budgets_on_disk, write_data_efficiency
-        from ..experiment.protocols import canonical_protocol
+        from ..experiment.protocols import STREAM, canonical_protocol
+        from ..experiment.stream import write_stream_summary
         from ..experiment.summary import _dataset_name, collect, write_summaries
         from ..models.factory import resolve_model
         from ..paths import budget_folder
@@ -256,6 +257,9 @@ def summarize_main(argv: list[str] | None = None) -> int:
             if budgets != [1.0]:
                 paths.update(write_data_efficiency(root, args.dataset, model, protocol, plots=args.plots))
                 print(paths["data_efficiency_md"].read_text(encoding="utf-8"))
+            if protocol == STREAM:
+                paths.update(write_stream_summary(root, args.dataset, model, plots=args.plots, fraction=budgets[-1]))
+                print(paths["stream_md"].read_text(encoding="utf-8"))
             print(paths["comparison_md"].read_text(encoding="utf-8"))
             print("Written:\n" + "\n".join(f"  {p}" for p in paths.values()))
             damaged = [f for name, p in paths.items() if p.suffix == ".json" and p.parent.name == "summaries"
