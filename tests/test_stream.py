@@ -61,6 +61,14 @@ def test_a_stream_plan_carries_the_previous_bins_model_and_refuses_methods_witho
     with pytest.raises(ConfigError, match=r"logits mode .* --mode params"):
         plan_sweep(SweepConfig(methods=("fusion",), protocol="stream", method_configs={"fusion": {"mode": "logits"}}),
                    opts)
+    # a matched budget is the reference's for its pool in the stream: the deployed model and the new source
+    matched = plan_sweep(SweepConfig(methods=("grasp", "fusion", "target_only"), protocol="stream", num_trials=1,
+                                     method_configs={"grasp": {"initial_epochs": 2, "finetune_epochs": 1},
+                                                     "fusion": {"finetune_epochs": "matched"},
+                                                     "target_only": {"finetune_epochs": "matched"}}), opts)
+    epochs = {(j.config.method, j.config.target): j.method_config.finetune_epochs for j in matched.jobs
+              if j.config.method != "grasp"}
+    assert epochs == {(m, t): 2 if t == "era_2" else 3 for m in ("fusion", "target_only") for t in BINS[1:]}
     defaulted = plan_sweep(SweepConfig(protocol="stream", num_trials=1), opts)  # no --methods: those that stream
     assert {j.config.method for j in defaulted.jobs} == {m for m in SweepConfig().methods if get_method(m).stream}
     assert {"ensemble", "pearl"} & {j.config.method for j in defaulted.jobs} == set()
@@ -159,14 +167,26 @@ def test_a_stream_killed_at_a_bin_continues_from_the_model_deployed_before_it(st
     reference, _ = streamed
     real_run = runner.run_plan
 
+    def failing_at_era_3(plan, opts):
+        if plan.config.target == "era_3":
+            raise RuntimeError("forced failure for the test")
+        return real_run(plan, opts)
+
     def killed_at_era_4(plan, opts):
         if plan.config.target == "era_4":
-            raise KeyboardInterrupt  # the process stops mid-stream (a failure would be recorded and go on)
+            raise KeyboardInterrupt  # the process stops mid-stream
         return real_run(plan, opts)
 
     config = SweepConfig(dataset="drift_digits", models=(MODEL,), methods=("grasp",), num_trials=1, seed=5,
                          protocol="stream", method_configs={"grasp": GRASP})
     opts = _options(trained_sources, tmp_path)
+    # a failed bin stops its stream: the later bins are not run on a missing (or stale) deployed model
+    monkeypatch.setattr(runner, "run_plan", failing_at_era_3)
+    failed = run_sweep(config, opts)
+    assert [(o.target, o.status, o.error_type) for o in failed.outcomes] == [
+        ("era_2", "finished", None), ("era_3", "failed", "RuntimeError"), ("era_4", "failed", "StreamStopped"),
+        ("era_5", "failed", "StreamStopped")]
+    assert "the stream stopped at era_3" in failed.outcomes[3].message
     monkeypatch.setattr(runner, "run_plan", killed_at_era_4)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(config, opts)
@@ -179,6 +199,7 @@ def test_a_stream_killed_at_a_bin_continues_from_the_model_deployed_before_it(st
                                                protocol="stream", seed=5, method_config=GRASP), opts)
     result = run_sweep(config, opts)
     assert [o.status for o in result.outcomes] == ["skipped", "skipped", "finished", "finished"]
+    assert not any(p.name.endswith(".failed.json") for p in base.rglob("*"))  # the failure records went
     for t in BINS[1:]:  # the same results as the uninterrupted stream, to the prediction
         mine = pd.read_csv(base / t / "trial_1" / "test_predictions.csv")
         theirs = pd.read_csv(reference / "drift_digits" / MODEL / "protocols" / "stream" / "grasp" / t / "trial_1"

@@ -154,10 +154,10 @@ def sweep_main(argv: list[str] | None = None, *, method: str | None = None, data
                                      method_flags=owners)
         plan = plan_sweep(config, opts)
         if args.dry_run:
-            once = [m for m in config.methods if get_method(split_label(m)[0]).deterministic]
+            once = [m for m in plan.method_configs if get_method(split_label(m)[0]).deterministic]
             print(f"{len(plan.jobs)} experiments ({plan.handle.info.name}, protocol "
                   f"{', '.join(config.protocols())}; models "
-                  f"{list(config.models)}; methods {list(config.methods)}; {config.num_trials} trial(s)"
+                  f"{list(config.models)}; methods {list(plan.method_configs)}; {config.num_trials} trial(s)"
                   + (f", {', '.join(once)} once per target: deterministic" if once else "")
                   + f"):\n{describe_plan(plan.jobs)}")
             for model, items in missing_checkpoints(plan, plan.jobs).items():

@@ -7,7 +7,7 @@ re-derives any of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class ExperimentPlan:
     carried_name: str = ""
     carried_bins: tuple[str, ...] = ()
     pool_order: tuple[str, ...] = ()  # the pool's entries in the order the method uses them (default: sources)
+    # the source checkpoints of the bins the deployed model stands for: one shared start must hold over them too
+    lineage: dict[str, Path] = field(default_factory=dict)
 
     def pool_checkpoints(self) -> dict[str, Path]:
         """The method's pool, in its order: the sources' checkpoints and, in a stream, the deployed model's."""
@@ -70,16 +72,20 @@ def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHand
                           "first bin); choose a later target or another protocol.")
     seed = trial_seed(cfg.seed, cfg.trial)
     carried = stream_carry(cfg, handle, opts, spec.reads_sources, method_config) if cfg.protocol == STREAM else {}
-    method_config = resolve_budget(spec, method_config, len(sources) + len(carried), reference_config)
+    # a matched budget follows the reference's pool: in a stream from the third bin on, the deployed model and the
+    # new source (whether or not this method reads the deployed model)
+    deployed = int(cfg.protocol == STREAM and list(handle.bins).index(cfg.target) >= 2)
+    method_config = resolve_budget(spec, method_config, len(sources) + deployed, reference_config)
     sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
     order = order_sources([*carried.get("names", ()), *sources], cfg.target, handle.bins,
                           spec.order_of(method_config), seed, carried.get("positions"))
     checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
     out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial,
                          cfg.protocol, cfg.tag, cfg.target_fraction)
+    lineage = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in carried.get("bins", ())}
     return ExperimentPlan(cfg, method_config, handle, tuple(sources), checkpoints, seed,
                           cfg.image_size or handle.info.image_size, out, carried.get("path"), carried.get("name", ""),
-                          carried.get("bins", ()), tuple(order))
+                          carried.get("bins", ()), tuple(order), lineage)
 
 
 def stream_carry(cfg: ExperimentConfig, handle: DatasetHandle, opts: RunOptions, reads_sources: bool,
@@ -130,12 +136,13 @@ def check_checkpoints(plans: list[ExperimentPlan]) -> None:
     seen: set[Path] = set()
     starts_checked: set[tuple[Path, ...]] = set()
     for plan in plans:
-        for b, path in plan.checkpoints.items():
+        combined = {**plan.lineage, **plan.checkpoints}  # in a stream also those the deployed model stands for
+        for b, path in combined.items():
             if path not in seen:
                 check_source_checkpoint(path, b, plan.handle, plan.config.model)
                 seen.add(path)
-        key = tuple(sorted(plan.checkpoints.values()))
+        key = tuple(sorted(combined.values()))
         if (get_method(plan.config.method).needs_shared_start and not plan.config.allow_mixed_starts
                 and key not in starts_checked):
-            common_start(plan.checkpoints)
+            common_start(combined)
             starts_checked.add(key)

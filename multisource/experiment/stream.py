@@ -90,7 +90,10 @@ def stream_rows(method: str, records: list[ExperimentRecord], past: list[Experim
     mine, theirs = _by_bin(records), _by_bin(past)
     rows: list[dict] = []
     sums = {"epochs": 0.0, "time": 0.0, "past_epochs": 0.0, "past_time": 0.0}
-    for t in (b for b in bins if b in mine):
+    for t in bins:
+        if t not in mine:  # a bin missing from the stream (failed): sums past it would understate the cost
+            sums = dict.fromkeys(sums)
+            continue
         runs, before = mine[t], theirs.get(t)
         epochs, time_s = _mean([r.budget.target_epochs for r in runs]), _mean([r.time.total_s for r in runs])
         sums["epochs"] = None if epochs is None or sums["epochs"] is None else sums["epochs"] + epochs
@@ -122,7 +125,7 @@ def stream_rows(method: str, records: list[ExperimentRecord], past: list[Experim
             "accuracy": _mean([r["accuracy"] for r in rows]),
             "ci95": (mean_over_targets_interval([own[t] for t in ran], seed=derive_seed(0, "stream-own", method))
                      if ran and all(t in own for t in ran) else None),
-            "next_bin": None, "next_accuracy": _mean([r["next_accuracy"] for r in rows if r["next_bin"]]),
+            "next_bin": None, "next_accuracy": _mean([r["next_accuracy"] for r in rows if r["target"] in with_next]),
             "next_ci95": (mean_over_targets_interval([next_correct[t] for t in with_next],
                                                      seed=derive_seed(0, "stream-next", method)) if with_next else None),
             "diff_vs_reference": None, "diff_ci95": None,

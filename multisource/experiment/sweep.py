@@ -240,7 +240,7 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
                 sources_of[protocol, t] = sources
     for t, why in skipped.items():
         log.info("Target %s skipped: %s", t, why)
-    once = [m for m in config.methods if get_method(split_label(m)[0]).deterministic and config.num_trials > 1]
+    once = [m for m in method_configs if get_method(split_label(m)[0]).deterministic and config.num_trials > 1]
     if once:
         log.info("%s draw no random numbers: one run per target (not %d identical trials).", ", ".join(once),
                  config.num_trials)
@@ -298,7 +298,7 @@ def missing_checkpoints(plan: SweepPlan, jobs: list[ExperimentPlan]) -> dict[str
     """Source checkpoints the pending jobs need that do not exist, per model: [(bin, path), ...]."""
     missing: dict[str, list] = {}
     for model in plan.config.models:
-        needed = {b: p for j in jobs if j.config.model == model for b, p in j.checkpoints.items()}
+        needed = {b: p for j in jobs if j.config.model == model for b, p in {**j.lineage, **j.checkpoints}.items()}
         for b in sorted(needed, key=plan.handle.bins.index):
             if not needed[b].is_file():
                 missing.setdefault(model, []).append((b, needed[b]))
@@ -389,10 +389,20 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
     # A stream's bins run in time order, each wave (one bin of every chain) after the one before it has finished,
     # including what another sweep was running of it; other protocols are one wave.
     waves = stream_waves(pending, plan.handle.bins) if plan.config.protocol == STREAM else [pending]
-    n = 0
+    n, broken = 0, {}  # a stream whose bin failed: its later bins are not run (they would continue a stale model)
     try:
         with make_executor(opts) as ex:
             for wave in waves:
+                for job in (j for j in wave if _chain(j) in broken):
+                    n += 1
+                    outcomes[id(job)] = outcome = Outcome.for_plan(
+                        job, "failed", error_type="StreamStopped",
+                        message=f"not run: the stream stopped at {broken[_chain(job)]}, which failed in this sweep "
+                                "(see its failure record); fix that and re-run the sweep")
+                    record_outcome(job, outcome)
+                    if progress:
+                        progress(job, outcome, n, len(pending))
+                wave = [j for j in wave if _chain(j) not in broken]
                 for i, value in ex.run(execute, [(j, opts) for j in wave]):
                     job = wave[i]
                     outcome = value if isinstance(value, Outcome) else Outcome.died(job, value)
@@ -407,6 +417,7 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
                     outcomes[id(job)] = outcome = wait_for_other_run(job, opts, started)
                     if progress:
                         progress(job, outcome, n, len(pending))
+                broken.update({_chain(j): j.config.target for j in wave if outcomes[id(j)].status == "failed"})
     finally:
         result = SweepResult([outcomes[id(j)] for j in jobs if id(j) in outcomes],
                              skipped_targets=dict(plan.skipped_targets))
@@ -418,6 +429,12 @@ def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
             result.summaries[model] = sweep_summaries(plan.config, model, opts,
                                                       [p for p in plan.config.protocols() if p in ran])
     return result
+
+
+def _chain(job: ExperimentPlan) -> tuple:
+    """Which stream a job belongs to: its bins continue each other's models."""
+    c = job.config
+    return c.model, c.method, c.tag, c.trial, c.target_fraction
 
 
 def stream_waves(jobs: list[ExperimentPlan], bins: Sequence[str]) -> list[list[ExperimentPlan]]:

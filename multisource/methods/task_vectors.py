@@ -105,6 +105,8 @@ def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torc
 
     if setup is not None:
         setup(task_vector, len(sources), vectors)
+        for s in (*sources, start):  # the merge pass reads them again; what the first pass left goes back now
+            s.release_pages()
     taus: dict[str, torch.Tensor] = {}
     averaged, taken, elements, is_vector = [], [], 0, set(vectors)
     for name, own in state.items():
@@ -117,6 +119,8 @@ def merge_task_vectors(pool: SourcePool, combine: Callable[[Callable[[int], torc
         else:
             own.copy_(tensor_mean(lambda k: sources[k].read(name), len(sources)))
             averaged.append(name)
+    for s in (*sources, start):  # done with the sources; the start is read again (lambda search) and released then
+        s.release_pages()
     if not taus:
         raise ConfigError("No parameter of the sources matches the shared start, so there are no task vectors; the "
                           "sources were not fine-tuned from that start.")
@@ -168,6 +172,7 @@ def _run(name: str, cfg: TaskVectorConfig, pool: SourcePool, target: TargetData,
         model, start, taus, record = merge_task_vectors(pool, combine, prepare, macs, meter, setup)
     with meter.phase("select"):
         lam, scores = choose_lambda(model, start, taus, cfg, target, meter)
+        start.release_pages()
     taus.clear()
     del start  # the last reference to a held ImageNet start's tensors, before the pool forgets it
     if pool.residency is not None:
