@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from common import (build_digits, load_average, machine, median, mib, parser, print_table, ratio, run_forked,
-                    setup, write_report)
+                    setup, steady_malloc, write_report)
 
 # name in the report -> (registered method, config overrides: one epoch everywhere)
 RUNS = {
@@ -37,8 +37,13 @@ RUNS = {
     "task_arithmetic": ("task_arithmetic", {"lambdas": (0.5,), "finetune_epochs": 1}),
     "ties": ("ties", {"lambdas": (1.0,), "finetune_epochs": 1}),
     "dare": ("dare", {"lambdas": (0.5,), "merge": "ties", "finetune_epochs": 1}),
+    "dare-ta": ("dare", {"lambdas": (0.5,), "merge": "task_arithmetic", "finetune_epochs": 1}),
     "soup": ("soup", {"mode": "greedy", "finetune_epochs": 1}),
+    "soup-uniform": ("soup", {"mode": "uniform", "finetune_epochs": 1}),
 }
+# The methods whose every phase must stay flat in K (tests/test_memory_phases.py): all but those that hold K
+# models by design (ensemble, fusion's logits mode, PEARL's K adapters).
+FLAT = ("task_arithmetic", "ties", "dare", "dare-ta", "soup", "soup-uniform", "fusion", "grasp")
 TARGET = "era_5"
 
 
@@ -88,9 +93,11 @@ def _rss() -> int:
 
 
 def measure(run: str, k: int, checkpoints: dict[str, str], opts: dict) -> dict:
-    """One (method, K) in this (fresh) process; returns the row."""
+    """One (method, K) in this (fresh) process; returns the row. ``opts["epochs"]``, when given, replaces every
+    epoch count of the method's settings (0: the merge phases alone)."""
     import torch
 
+    steady = steady_malloc()
     from multisource.data.loaders import open_dataset
     from multisource.measure.meter import Meter
     from multisource.methods.inputs import run_method, source_pool, target_data
@@ -116,6 +123,8 @@ def measure(run: str, k: int, checkpoints: dict[str, str], opts: dict) -> dict:
     meter = Meter(target.device)
     pool = source_pool({n: checkpoints[n] for n in names}, target, model=opts["model"], residency=meter.models)
     method, config = RUNS[run]
+    if opts.get("epochs") is not None:
+        config = {**config, **{key: opts["epochs"] for key in config if key.endswith("epochs")}}
     baseline = _rss()
     t0 = time.perf_counter()
     result = run_method(method, pool, target, config, meter)
@@ -128,7 +137,8 @@ def measure(run: str, k: int, checkpoints: dict[str, str], opts: dict) -> dict:
            "baseline_rss_bytes": baseline, "peak_rss_above_baseline_bytes": mem["peak_rss_bytes"] - baseline,
            "optimizer_state_bytes": mem["optimizer_state_bytes"], "source_loads": pool.loads,
            "peak_rss_by_phase": {p: v["peak_rss_bytes"] for p, v in mem["by_phase"].items()},
-           "rss_method": mem["rss_method"], "time_s": round(elapsed, 2)}
+           "rss_method": mem["rss_method"], "steady_malloc": steady, "time_s": round(elapsed, 2),
+           "model_bytes": model_bytes(result.model)}
     adapters = result.record.get("adapter_params")
     if adapters:  # PEARL's K LoRA adapters, injected into the base (resident_model_bytes holds both)
         row["adapter_bytes"] = sum(adapters.values()) * next(result.model.parameters()).element_size()
@@ -136,6 +146,24 @@ def measure(run: str, k: int, checkpoints: dict[str, str], opts: dict) -> dict:
         row["peak_cuda_bytes"] = mem["peak_cuda_bytes"]
         row["peak_cuda_by_phase"] = {p: v.get("cuda_peak_allocated_bytes") for p, v in mem["by_phase"].items()}
     return row
+
+
+def model_bytes(model) -> int:
+    """One model's parameters and buffers, in bytes (the unit phase growth is measured in)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def phase_growth(rows: list[dict], ks: list[int]) -> dict[str, dict[str, float]]:
+    """Per method and phase: how much the phase's peak RSS grew from the smallest to the largest K, in models
+    (one model's bytes), e.g. {"ties": {"load": 0.01, "merge": 0.06, ...}}. Flat in K: near 0 in every phase."""
+    lo, hi = min(ks), max(ks)
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        at = {r["K"]: r for r in rows if r["method"] == method}
+        if lo in at and hi in at:
+            small, large = at[lo]["peak_rss_by_phase"], at[hi]["peak_rss_by_phase"]
+            out[method] = {p: round((large[p] - small[p]) / at[lo]["model_bytes"], 3) for p in small if p in large}
+    return out
 
 
 def _median_row(rows: list[dict]) -> dict:
@@ -247,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                   "batch_size": args.batch_size, "train_images": args.train_images, "eval_images": args.eval_images,
                   "epochs": "1 everywhere (see method_configs)",
                   "method_configs": {m: RUNS[m][1] for m in args.methods},
-                  "process": "one process per (method, K), forked after the imports; median over repeats",
+                  "process": "one process per (method, K), forked after the imports, glibc's mmap threshold fixed "
+                             "(common.steady_malloc: RSS follows live memory); median over repeats",
                   "repeats": args.repeats, "measured": "run_method(...) then predict on the target test images"},
         "rows": rows, "growth_largest_over_smallest_K": ratios,
+        "phase_growth_in_models": phase_growth(rows, args.K),
         "wall_time_s": round(time.perf_counter() - t_start, 1), "machine": machine(load_before, args.device),
     }
     out_dir = Path(args.output_dir)
@@ -262,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
                 [("method", "method"), ("peak_rss_bytes_ratio", f"peak RSS K={max(args.K)}/K={min(args.K)}"),
                  ("peak_rss_above_baseline_bytes_ratio", "above-baseline ratio"),
                  ("resident_model_bytes_ratio", "resident-model ratio")])
+    phases = report["phase_growth_in_models"]
+    names = sorted({p for g in phases.values() for p in g})
+    print(f"\nPer phase: peak RSS growth from K={min(args.K)} to K={max(args.K)}, in models (flat: near 0)")
+    print_table([{"method": m, **{p: f"{g[p]:+.3f}" if p in g else "-" for p in names}} for m, g in phases.items()],
+                [("method", "method")] + [(p, p) for p in names])
     print(f"Wrote {path} and {out_dir / 'memory_vs_sources.png'} "
           f"(load average {report['machine']['load_average_after']})")
     return 0
