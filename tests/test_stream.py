@@ -50,8 +50,8 @@ def test_a_stream_plan_carries_the_previous_bins_model_and_refuses_methods_witho
     stream = tmp_path / "drift_digits" / MODEL / "protocols" / "stream"
     second, fourth = jobs["grasp", "era_2"], jobs["grasp", "era_4"]
     assert second.carried is None and second.pool_order == ("era_1",)
-    assert fourth.sources == ("era_3",) and fourth.carried == stream / "grasp" / "era_3" / "trial_1" / "model.ckpt"
-    assert fourth.carried_bins == ("era_1", "era_2")
+    assert fourth.sources == ("era_3",) and fourth.carried.path == stream / "grasp" / "era_3" / "trial_1" / "model.ckpt"
+    assert fourth.carried.bins == ("era_1", "era_2") and fourth.carried.name == "deployed:era_3"
     # the deployed model sits in time just before the new source: first chronologically, second nearest-first
     assert fourth.pool_order == ("deployed:era_3", "era_3")
     assert jobs["source_finetune", "era_4"].pool_order == ("era_3", "deployed:era_3")  # pick nearest: the new one
@@ -162,24 +162,20 @@ def test_each_deployed_model_is_scored_on_the_next_bin_and_the_stream_summary_sa
 
 
 @pytest.mark.xdist_group("trained_sources")
-def test_a_stream_killed_at_a_bin_continues_from_the_model_deployed_before_it(streamed, trained_sources, tmp_path,
-                                                                              monkeypatch):
+def test_a_stream_killed_at_any_bin_continues_from_the_model_deployed_before_it(streamed, trained_sources, tmp_path,
+                                                                                monkeypatch):
     reference, _ = streamed
-    real_run = runner.run_plan
+    real_run, real_write = runner.run_plan, runner._write_outputs
 
     def failing_at_era_3(plan, opts):
         if plan.config.target == "era_3":
             raise RuntimeError("forced failure for the test")
         return real_run(plan, opts)
 
-    def killed_at_era_4(plan, opts):
-        if plan.config.target == "era_4":
-            raise KeyboardInterrupt  # the process stops mid-stream
-        return real_run(plan, opts)
-
     config = SweepConfig(dataset="drift_digits", models=(MODEL,), methods=("grasp",), num_trials=1, seed=5,
                          protocol="stream", method_configs={"grasp": GRASP})
     opts = _options(trained_sources, tmp_path)
+    base = tmp_path / "drift_digits" / MODEL / "protocols" / "stream" / "grasp"
     # a failed bin stops its stream: the later bins are not run on a missing (or stale) deployed model
     monkeypatch.setattr(runner, "run_plan", failing_at_era_3)
     failed = run_sweep(config, opts)
@@ -187,18 +183,29 @@ def test_a_stream_killed_at_a_bin_continues_from_the_model_deployed_before_it(st
         ("era_2", "finished", None), ("era_3", "failed", "RuntimeError"), ("era_4", "failed", "StreamStopped"),
         ("era_5", "failed", "StreamStopped")]
     assert "the stream stopped at era_3" in failed.outcomes[3].message
-    monkeypatch.setattr(runner, "run_plan", killed_at_era_4)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, opts)
     monkeypatch.undo()
-    base = tmp_path / "drift_digits" / MODEL / "protocols" / "stream" / "grasp"
-    assert runner.is_finished(base / "era_3" / "trial_1") and not (base / "era_4" / "trial_1").exists()
-    # a single experiment of the stream cannot skip the bins before it
-    with pytest.raises(CheckpointError, match="run the stream up to era_4 first"):
-        runner.run_experiment(ExperimentConfig(dataset="drift_digits", model=MODEL, method="grasp", target="era_5",
-                                               protocol="stream", seed=5, method_config=GRASP), opts)
+    # then the process is killed in the middle of each bin in turn (its model computed, its folder not yet in
+    # place); each re-run finishes the bins before the kill and continues from the model deployed before it
+    for kill_at in BINS[2:]:
+        def killed(staging, record, *args, _at=kill_at):
+            if record.target == _at:
+                raise KeyboardInterrupt
+            return real_write(staging, record, *args)
+
+        monkeypatch.setattr(runner, "_write_outputs", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(config, opts)
+        monkeypatch.undo()
+        done = [t for t in BINS[1:] if runner.is_finished(base / t / "trial_1")]
+        assert done == BINS[1:BINS.index(kill_at)], kill_at
+        assert not list(base.glob(f"{kill_at}/.trial_1.partial-*"))  # nothing half-written is left
+        if kill_at == "era_4":  # a single experiment of the stream cannot skip the bins before it
+            with pytest.raises(CheckpointError, match="run the stream up to era_4 first"):
+                runner.run_experiment(ExperimentConfig(dataset="drift_digits", model=MODEL, method="grasp",
+                                                       target="era_5", protocol="stream", seed=5, method_config=GRASP),
+                                      opts)
     result = run_sweep(config, opts)
-    assert [o.status for o in result.outcomes] == ["skipped", "skipped", "finished", "finished"]
+    assert [o.status for o in result.outcomes] == ["skipped", "skipped", "skipped", "finished"]
     assert not any(p.name.endswith(".failed.json") for p in base.rglob("*"))  # the failure records went
     for t in BINS[1:]:  # the same results as the uninterrupted stream, to the prediction
         mine = pd.read_csv(base / t / "trial_1" / "test_predictions.csv")

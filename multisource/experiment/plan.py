@@ -36,18 +36,16 @@ class ExperimentPlan:
     image_size: int
     out_dir: Path
     # Under --protocol stream: the model deployed for the previous bin (written by that bin's experiment, so it
-    # may not exist yet when the stream is planned), its name in the pool and the bins it stands for.
-    carried: Path | None = None
-    carried_name: str = ""
-    carried_bins: tuple[str, ...] = ()
-    pool_order: tuple[str, ...] = ()  # the pool's entries in the order the method uses them (default: sources)
+    # may not exist yet when the stream is planned).
+    carried: Carried | None = None
+    pool_order: tuple[str, ...] = ()  # the pool's entries in the order the method uses them
     # the source checkpoints of the bins the deployed model stands for: one shared start must hold over them too
     lineage: dict[str, Path] = field(default_factory=dict)
 
     def pool_checkpoints(self) -> dict[str, Path]:
         """The method's pool, in its order: the sources' checkpoints and, in a stream, the deployed model's."""
-        paths = {**self.checkpoints, **({self.carried_name: self.carried} if self.carried else {})}
-        return {n: paths[n] for n in (self.pool_order or self.sources)}
+        paths = {**self.checkpoints, **({self.carried.name: self.carried.path} if self.carried else {})}
+        return {n: paths[n] for n in self.pool_order}
 
     @property
     def label(self) -> str:
@@ -71,40 +69,46 @@ def plan_experiment(cfg: ExperimentConfig, opts: RunOptions, handle: DatasetHand
         raise ConfigError(f"No source bins for target {cfg.target} under --protocol {cfg.protocol} (it is the "
                           "first bin); choose a later target or another protocol.")
     seed = trial_seed(cfg.seed, cfg.trial)
-    carried = stream_carry(cfg, handle, opts, spec.reads_sources, method_config) if cfg.protocol == STREAM else {}
+    carried = stream_carry(cfg, handle, opts, spec.reads_sources, method_config) if cfg.protocol == STREAM else None
     # a matched budget follows the reference's pool: in a stream from the third bin on, the deployed model and the
     # new source (whether or not this method reads the deployed model)
     deployed = int(cfg.protocol == STREAM and list(handle.bins).index(cfg.target) >= 2)
     method_config = resolve_budget(spec, method_config, len(sources) + deployed, reference_config)
     sources = order_sources(sources, cfg.target, handle.bins, spec.order_of(method_config), seed)
-    order = order_sources([*carried.get("names", ()), *sources], cfg.target, handle.bins,
-                          spec.order_of(method_config), seed, carried.get("positions"))
+    order = (order_sources([carried.name, *sources], cfg.target, handle.bins, spec.order_of(method_config), seed,
+                           {carried.name: carried.position}) if carried else sources)
     checkpoints = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in sources}
     out = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, cfg.target, cfg.trial,
                          cfg.protocol, cfg.tag, cfg.target_fraction)
-    lineage = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in carried.get("bins", ())}
+    lineage = {b: opts.source_checkpoint(handle.info.name, cfg.model, b) for b in carried.bins} if carried else {}
     return ExperimentPlan(cfg, method_config, handle, tuple(sources), checkpoints, seed,
-                          cfg.image_size or handle.info.image_size, out, carried.get("path"), carried.get("name", ""),
-                          carried.get("bins", ()), tuple(order), lineage)
+                          cfg.image_size or handle.info.image_size, out, carried, tuple(order), lineage)
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a stream's bin continues: the model deployed for the previous bin."""
+
+    path: Path  # that bin's experiment's model.ckpt (written when that bin has run)
+    name: str  # its name in the method's pool: deployed:<previous bin>
+    bins: tuple[str, ...]  # the bins it stands for (every bin before the new source)
+    position: float  # its place in time: just before the new source, so source orders keep their meaning
 
 
 def stream_carry(cfg: ExperimentConfig, handle: DatasetHandle, opts: RunOptions, reads_sources: bool,
-                 method_config: Any) -> dict:
-    """Under --protocol stream, what the experiment carries over from the previous bin: the model deployed for it
-    (from the third bin on: the second bin's has one source and nothing before it), placed in time just before the
-    new source it joins (it stands for the bins before that source). Empty for a method that reads no source."""
+                 method_config: Any) -> Carried | None:
+    """Under --protocol stream, what the experiment carries over from the previous bin (from the third bin on: the
+    second bin's model has one source and nothing before it); None for a method that reads no source model."""
     if problem := stream_refusal(get_method(cfg.method), method_config):
         raise ConfigError(f"--protocol stream: {problem}; run it under past or window:N, or leave it out.")
     bins = list(handle.bins)
     i = bins.index(cfg.target)
     if not reads_sources or i < 2:
-        return {}
+        return None
     previous = bins[i - 1]
     path = experiment_dir(opts.results_path(), handle.info.name, cfg.model, cfg.method, previous, cfg.trial,
                           cfg.protocol, cfg.tag, cfg.target_fraction)
-    name = f"deployed:{previous}"
-    return {"path": path / MODEL_FILE, "name": name, "names": (name,), "bins": tuple(bins[:i - 1]),
-            "positions": {name: i - 1.5}}
+    return Carried(path / MODEL_FILE, f"deployed:{previous}", tuple(bins[:i - 1]), i - 1.5)
 
 
 def check_source_checkpoint(path: Path, bin_name: str, handle: DatasetHandle, model: str) -> None:

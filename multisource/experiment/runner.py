@@ -147,10 +147,10 @@ def run_plan(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord:
     if is_finished(out) and not opts.overwrite:
         raise ExperimentExists(f"{out} already holds a finished experiment; pass --overwrite to replace it.")
     check_replaceable(out)
-    if plan.carried and not plan.carried.is_file():
-        previous = plan.carried_name.split(":", 1)[1]
+    if plan.carried and not plan.carried.path.is_file():
+        previous = plan.carried.name.split(":", 1)[1]
         raise CheckpointError(f"--protocol stream: {plan.config.target} continues the model deployed for {previous}, "
-                              f"but {plan.carried} does not exist; run the stream up to {previous} first (a sweep "
+                              f"but {plan.carried.path} does not exist; run the stream up to {previous} first (a sweep "
                               f"with --protocol stream runs the bins in time order).")
     reused = reuse_twin(plan, opts)
     if reused is not None:
@@ -253,7 +253,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
                          seed=plan.seed, image_size=plan.image_size, batch_augment=opts.batch_augment,
                          target_fraction=cfg.target_fraction)
     pool = source_pool(plan.pool_checkpoints(), target, model=cfg.model, residency=meter.models,
-                       stands_for={plan.carried_name: plan.carried_bins} if plan.carried else None)
+                       stands_for={plan.carried.name: plan.carried.bins} if plan.carried else None)
     log.info("%s on %s/%s: target %s, sources %s, trial %d (seed %d), device %s", method, handle.info.name,
              cfg.model, cfg.target, list(pool.names), cfg.trial, plan.seed, device)
     t0 = time.perf_counter()
@@ -322,8 +322,8 @@ def stream_step(plan: ExperimentPlan, model, target, macs: int, staging: Path) -
     ``staging`` beside the target's."""
     bins = list(plan.handle.bins)
     i = bins.index(plan.config.target)
-    step = StreamStep(carried_from=plan.carried_name.split(":", 1)[1] if plan.carried else None,
-                      stands_for=list(plan.carried_bins))
+    step = StreamStep(carried_from=plan.carried.name.split(":", 1)[1] if plan.carried else None,
+                      stands_for=list(plan.carried.bins) if plan.carried else [])
     if i + 1 < len(bins):
         step.next_bin = bins[i + 1]
         loader = target.bin_loader(step.next_bin, "test")
