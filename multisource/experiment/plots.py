@@ -320,7 +320,7 @@ def figure_stream(summary: dict):
     bins = summary["bins"]
     rows = [r for r in summary["rows"] if r["target"] in bins]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(2, 2, figsize=(max(10.0, 0.55 * len(bins) * 2 + 3), 7.0), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(max(10.0, 0.9 * len(bins) + 2), 7.0), sharex=True)
     (own_ax, next_ax), (epochs_ax, models_ax) = axes
     x_of = {b: i for i, b in enumerate(bins)}
     for i, m in enumerate(methods):
@@ -340,15 +340,20 @@ def figure_stream(summary: dict):
         if any(np.isfinite(past)):
             epochs_ax.plot(xs, past, ls=":", marker="x", ms=3, color=color)
         models_ax.plot(xs, [_nan(r["max_models_resident"]) for r in mine], marker="o", ms=3, color=color)
-    if summary.get("num_classes"):
-        for ax in (own_ax, next_ax):
-            ax.axhline(1 / summary["num_classes"], color="grey", ls="--", lw=1)
+    # both accuracy panels on one range that holds every interval (from 0 the differences between methods near
+    # 1.0 vanish); chance is drawn when it falls inside
+    ends = [v for r in rows for key, ci in (("accuracy", "ci95"), ("next_accuracy", "next_ci95"))
+            for v in ([r[key]] + list(r[ci] or [])) if v is not None]
+    low, high = (max(0.0, min(ends) - 0.02), min(1.0, max(ends)) + 0.01) if ends else (0.0, 1.05)
+    chance = 1 / summary["num_classes"] if summary.get("num_classes") else None
+    for ax in (own_ax, next_ax):
+        ax.set_ylim(low, high)
+        if chance is not None and chance >= low:
+            ax.axhline(chance, color="grey", ls="--", lw=1)
     for ax, label in ((own_ax, "test accuracy, own bin"), (next_ax, "test accuracy on the next bin"),
                       (epochs_ax, "target epochs so far"), (models_ax, "models held at once")):
         ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in (own_ax, next_ax):
-        ax.set_ylim(0, 1.05)
     models_ax.set_ylim(0, max([_nan(r["max_models_resident"]) for r in rows] + [1.0]) + 1)
     models_ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in (epochs_ax, models_ax):
@@ -358,7 +363,7 @@ def figure_stream(summary: dict):
     handles += [matplotlib.lines.Line2D([], [], color="black", ls="-"), matplotlib.lines.Line2D([], [], color="black",
                                                                                                 ls=":", marker="x")]
     labels += ["stream (epochs)", "past (epochs)"]
-    if summary.get("num_classes"):
+    if chance is not None and chance >= low:
         handles.append(matplotlib.lines.Line2D([], [], color="grey", ls="--"))
         labels.append(f"chance (1/{summary['num_classes']})")
     fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.92))
