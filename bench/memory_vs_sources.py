@@ -41,7 +41,7 @@ RUNS = {
     "soup": ("soup", {"mode": "greedy", "finetune_epochs": 1}),
     "soup-uniform": ("soup", {"mode": "uniform", "finetune_epochs": 1}),
 }
-# The methods whose every phase must stay flat in K (tests/test_memory_phases.py): all but those that hold K
+# The methods whose every phase must stay flat in K (tests/test_bench_scripts.py): all but those that hold K
 # models by design (ensemble, fusion's logits mode, PEARL's K adapters).
 FLAT = ("task_arithmetic", "ties", "dare", "dare-ta", "soup", "soup-uniform", "fusion", "grasp")
 TARGET = "era_5"
@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval_images", type=int, default=None, help="val and test images used: 1 batch")
     p.add_argument("--noise", type=float, default=1e-3, help="std of the per-copy weight perturbation")
     p.add_argument("--repeats", type=int, default=1, help="processes per (method, K); the median is reported")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="replaces every epoch count of the methods' settings (0: the merge phases alone)")
     p.add_argument("--data_root", default=None, help="an existing drifting-digits build at --image_size")
     args = p.parse_args(argv)
     args.model = args.model or ("tiny-resnet" if args.quick else "mobilevit-xxs")
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         data_root = args.data_root or str(build_digits(Path(tmp) / "DriftDigits", args.image_size))
         checkpoints = run_forked(make_checkpoints, tmp, args.model, classes, args.image_size, max(args.K), args.noise)
         opts = {"data_root": data_root, "model": args.model, "image_size": args.image_size, "device": args.device,
-                "batch_size": args.batch_size, "train_images": args.train_images, "eval_images": args.eval_images}
+                "batch_size": args.batch_size, "train_images": args.train_images, "eval_images": args.eval_images,
+                "epochs": args.epochs}
         runs: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.repeats):
             for k in args.K:
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "K": args.K, "methods": args.methods, "target": f"drift_digits/{TARGET}",
         "setup": {"sources": "copies of one random initialisation + N(0, noise^2) per weight", "noise": args.noise,
                   "batch_size": args.batch_size, "train_images": args.train_images, "eval_images": args.eval_images,
-                  "epochs": "1 everywhere (see method_configs)",
+                  "epochs": "1 everywhere (see method_configs)" if args.epochs is None else args.epochs,
                   "method_configs": {m: RUNS[m][1] for m in args.methods},
                   "process": "one process per (method, K), forked after the imports, glibc's mmap threshold fixed "
                              "(common.steady_malloc: RSS follows live memory); median over repeats",
