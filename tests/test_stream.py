@@ -4,6 +4,8 @@ summarised in stream.{md,csv,json,png,pdf}."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -72,6 +74,21 @@ def test_a_stream_plan_carries_the_previous_bins_model_and_refuses_methods_witho
     defaulted = plan_sweep(SweepConfig(protocol="stream", num_trials=1), opts)  # no --methods: those that stream
     assert {j.config.method for j in defaulted.jobs} == {m for m in SweepConfig().methods if get_method(m).stream}
     assert {"ensemble", "pearl"} & {j.config.method for j in defaulted.jobs} == set()
+
+
+def test_a_settings_file_that_configures_methods_streams_those_that_can(digits_root, tmp_path):
+    """configs/own_data.yaml configures the default methods (a ``methods:`` mapping of settings): with --protocol
+    stream those without a running form are left out, as without a file; methods named are refused."""
+    from multisource.config import Layer
+    from multisource.experiment.settings import read_settings, resolve_sweep
+
+    own = read_settings(Path(__file__).resolve().parents[1] / "configs" / "own_data.yaml")
+    sweep, _ = resolve_sweep(own, Layer({"protocol": "stream"}, flag=True))
+    assert "ensemble" not in sweep.methods and "pearl" not in sweep.methods
+    assert {"grasp", "fusion", "source_finetune", "target_only"} <= set(sweep.methods)
+    named, _ = resolve_sweep(own, Layer({"protocol": "stream", "methods": ["grasp", "ensemble"]}, flag=True))
+    with pytest.raises(ConfigError, match="Drop ensemble from --methods"):
+        plan_sweep(named, RunOptions(data_root=str(digits_root), results_dir=str(tmp_path)))
 
 
 def _options(trained_sources, results) -> RunOptions:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from typing import Any, Mapping
 
 from ..config import ConfigError, Layer, build, convert_field, field_names, load_yaml
@@ -35,9 +36,12 @@ from ..methods import get_method, list_methods, reference_method
 from ..options import RunOptions
 from ..training.fit import SourceTrainConfig
 from .config import ExperimentConfig
-from ..methods.base import default_methods
+from ..methods.base import default_methods, stream_refusal
 from ..paths import split_label, tag_problem, variant_label
+from .protocols import STREAM
 from .sweep import SweepConfig
+
+log = logging.getLogger(__name__)
 
 SECTIONS: dict[str, type] = {"data": DriftDigitsConfig, "import": ImportConfig, "sources": SourceTrainConfig,
                              "sweep": SweepConfig, "run": RunOptions}
@@ -217,6 +221,15 @@ def methods_named(file: Layer | None) -> list[str] | None:
     return None
 
 
+def _methods_listed(file: Layer | None) -> bool:
+    """Whether a settings file names its sweep's methods (``sweep: methods:``, or a top-level list), rather than
+    only configuring some (a top-level ``methods:`` mapping of their settings)."""
+    if file is None:
+        return False
+    sweep = file.sub("sweep") if "sweep" in file else None
+    return bool((sweep is not None and sweep.get("methods")) or isinstance(file.get("methods"), (list, tuple, str)))
+
+
 def resolve_options(file: Layer | None, cli: Layer, defaults: Mapping[str, Any] | None = None) -> RunOptions:
     """How to run: ``defaults`` (a command's own) < the file's top level < ``run:`` < flags."""
     opts = build(RunOptions, defaults, *stage_layers(file, RunOptions, "run"), _renamed(cli, RunOptions))
@@ -276,6 +289,14 @@ def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, 
         fixed["dataset"] = dataset
     sweep_cli = _renamed(cli.only(set(cli) - flags - {"methods"}), SweepConfig)
     cfg = build(SweepConfig, *sweep_layers, sweep_cli, fixed)
+    if cfg.protocol == STREAM and not (method or cli.get("methods") or _methods_listed(file)):
+        # methods the file only configures (a ``methods:`` mapping of settings) or the defaults: those with no
+        # running form are left out with a note; methods named (--methods, a list) are refused by the plan
+        kept = tuple(m for m in cfg.methods if not stream_refusal(get_method(split_label(m)[0]), configs[m]))
+        if kept and kept != cfg.methods:
+            log.info("--protocol stream leaves out %s (no running form in O(1) models; see docs/experiments.md)",
+                     ", ".join(m for m in cfg.methods if m not in kept))
+            cfg.methods = kept
     # A sweep saves no experiment's model unless asked (--save_model, or run: save_model: true): dozens of full
     # models (94 MB each for ResNet-50) that no summary reads. A single experiment keeps saving its model.
     return cfg, resolve_options(file, cli, defaults={"save_model": False})
