@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..measure.memory import optimizer_state_bytes
+from ..utils.progress import progress_bar
 from .optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def predict(model: nn.Module | Callable, loader: Iterable, device: torch.device,
     if isinstance(model, nn.Module):
         model.eval()
     outs, ys = [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=desc is None or progress_disabled()):
+    for x, y in progress_bar(loader, desc=desc, leave=False, enabled=desc is not None and not progress_disabled()):
         with autocast(device, precision):
             out = model(x.to(device, non_blocking=True))
         outs.append(out.float().cpu())
@@ -118,8 +118,9 @@ def finetune(model: nn.Module, train_loader, val_loader, cfg: FinetuneConfig, de
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         total, n = 0.0, 0
-        for x, y in tqdm(train_loader, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
-                         disable=progress_disabled()):
+        # in a log file (nohup, SLURM) a line every 30 s, not a carriage-return redraw many times a second
+        for x, y in progress_bar(train_loader, desc=f"{desc} {epoch}/{cfg.epochs}", leave=False,
+                                 enabled=not progress_disabled()):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 loss = nn.functional.cross_entropy(model(x), y)
