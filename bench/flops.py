@@ -45,7 +45,8 @@ DATASETS = {
     "yearbook": {"classes": 2, "K": 3, "train": 7600, "val": 950, "test": 950},
 }
 # The paper's hyper-parameters (SPEC 5); the cross-check uses 1 epoch everywhere.
-PAPER = {"batch_size": 32, "grasp": {"initial_epochs": 3, "finetune_epochs": 3, "num_alignment_batches": 1},
+PAPER = {"batch_size": 32, "grasp": {"initial_epochs": 3, "finetune_epochs": 3, "num_alignment_batches": 1,
+                                     "alignment_passes": 4},
          "fusion": {"finetune_epochs": 3}, "pearl": {"adapter_epochs": 3, "composition_epochs": 3, "adapter_dim": 16}}
 METHODS = ("ensemble", "fusion", "fusion-logits", "grasp", "pearl")
 
@@ -119,7 +120,7 @@ def project(method: str, K: int, cost: dict, sizes: dict, hp: dict) -> dict[str,
         epochs = g["initial_epochs"] + (K - 1) * g["finetune_epochs"]
         align = _first_batches(sizes["train"], b, g["num_alignment_batches"])
         return {"finetune": 3 * m * train * epochs, "finetune_validation": m * val * epochs,
-                "align": (K - 1) * (3 * m * 2 * align + 4 * cost["params"]),
+                "align": (K - 1) * (3 * m * 2 * align * g["alignment_passes"] + 4 * cost["params"]),
                 "transfer_validation": (K - 1) * m * val, "inference": m * (val + test)}
     if method == "pearl":
         p = hp["pearl"]
@@ -188,7 +189,8 @@ def cross_check(data_root: Path, tmp: Path, num_sources: int = 4) -> list[dict]:
     count = lambda b, s: handle.card["bins"][b]["splits"][s]["count"]  # noqa: E731
     sizes = {"train": count(target, "train"), "val": count(target, "val"), "test": count(target, "test"),
              "source_train": [count(b, "train") for b in sources], "source_val": [count(b, "val") for b in sources]}
-    hp = {"batch_size": batch, "grasp": {"initial_epochs": 1, "finetune_epochs": 1, "num_alignment_batches": 1},
+    hp = {"batch_size": batch, "grasp": {"initial_epochs": 1, "finetune_epochs": 1, "num_alignment_batches": 1,
+                                         "alignment_passes": 4},
           "fusion": {"finetune_epochs": 1}, "pearl": {"adapter_epochs": 1, "composition_epochs": 1, "adapter_dim": 16,
                                                                    "adapter_data": "source"}}
     configs = {"ensemble": {}, "fusion": hp["fusion"], "fusion-logits": {"mode": "logits", **hp["fusion"]},
@@ -248,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
                            "ensemble": "K*F*(val+test)",
                            "fusion": "3*S*(K-1) merge + E*(3*F*train + F*val) + F*(val+test)",
                            "fusion-logits": "E*(3*K*F*train + K*F*val) + K*F*(val+test)",
-                           "grasp": "(E0+(K-1)*E)*(3*F*train + F*val) + (K-1)*(3*F*2*B + 4*P + F*val) + F*(val+test)",
+                           "grasp": "(E0+(K-1)*E)*(3*F*train + F*val) + (K-1)*(3*F*2*B*A + 4*P + F*val) + F*(val+test)",
                            "pearl": "[adapter_data source: K*Ea*3*F1*src_train + K*(Ea+1)*F1*src_val] + Ec*(3*FK*train + "
                                     "FK*val) + FK*(val+test) (the SVD initialisation is not counted)",
                            "symbols": "F forward MACs/image; F1 = F + one LoRA adapter; FK = F + K adapters; "
-                                      "S float state elements; P parameters; B alignment images; train = images "
-                                      "per epoch (a last batch of one is dropped)"}},
+                                      "S float state elements; P parameters; B alignment images; A alignment passes; "
+                                      "train = images per epoch (a last batch of one is dropped)"}},
         "cross_check": {"setting": f"drift_digits era_5 <- the {2 if args.quick else 4} eras before it, tiny-resnet "
                                    "32 px, batch 32, 1 epoch per phase, random-init sources, "
                                    "experiment.runner.run_experiment",

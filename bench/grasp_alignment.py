@@ -1,14 +1,16 @@
-"""GRASP's alignment phase: peak memory of the lean per-tensor cosine against the previous implementation
-(flattened copies of both models' gradients), side by side, each in a fresh forked process.
+"""GRASP's alignment phase: peak memory and time of the per-tensor gradient cosines in 1, 2 and 4 passes (the
+default) against the first implementation (flattened copies of both models' gradients), side by side, each in a
+fresh forked process.
 
-    python bench/grasp_alignment.py            # resnet50 (ResNet-50-size) at 32 px, batch 32, 3 repeats
-    python bench/grasp_alignment.py --quick    # tiny-resnet, 1 repeat
+    python bench/grasp_alignment.py            # resnet50 (ResNet-50-size) at 32 and 64 px, batch 32, 3 repeats
+    python bench/grasp_alignment.py --quick    # tiny-resnet at 32 px, 1 repeat
 
-Both models are built first; the figure is the peak RSS during the alignment above the RSS with both models
-resident, in model sizes (parameters + buffers). The lean version keeps the current model's gradients in
-``.grad`` and consumes the source's as they are accumulated (methods/grasp.py ``alignment_scores``); the
-previous one (kept here as the reference) held both gradients and a flattened copy of each. Activations of
-the alignment batch come on top of either (they grow with image size and batch, not with the model count).
+Both models are built and one alignment is run first, as GRASP's fine-tuning runs before its first alignment
+(the one-time allocations of the first backward, about 0.4 model sizes, are not the phase's); the figure is the
+phase's peak RSS, the two resident models included, in model sizes (parameters + buffers). Each pass holds the
+current model's gradients for its share of the tensors (methods/grasp.py ``alignment_scores``); the source's are
+consumed as they are accumulated. One forward's activations come on top whatever the passes: they grow with the
+image's pixels and the batch, not with the model.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def flattened_copies(current, source, batches):
 
 
 def measure(variant: str, model_name: str, image_size: int, batch: int) -> dict:
+    import time
+
     import torch
 
     from multisource.methods.grasp import alignment_scores
@@ -54,46 +58,69 @@ def measure(variant: str, model_name: str, image_size: int, batch: int) -> dict:
     current, source = (create_model(model_name, 10, image_size=image_size) for _ in range(2))
     model_bytes = sum(t.numel() * t.element_size() for t in list(current.parameters()) + list(current.buffers()))
     batches = [(torch.randn(batch, 3, image_size, image_size), torch.randint(0, 10, (batch,)))]
+
+    def align():
+        if variant == "previous":
+            return flattened_copies(current, source, batches)
+        return alignment_scores(current, source, batches, torch.device("cpu"), "32", eval_mode=False,
+                                passes=int(variant))
+
+    align()  # GRASP's fine-tuning has run forward and backward passes before its first alignment
     start = _status("VmRSS")
     with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
         f.write("5")  # reset the peak (VmHWM) to the current resident set
-    if variant == "lean":
-        scores = alignment_scores(current, source, batches, torch.device("cpu"), "32", eval_mode=False)
-    else:
-        scores = flattened_copies(current, source, batches)
+    began = time.perf_counter()
+    scores = align()
+    seconds = time.perf_counter() - began
     above = _status("VmHWM") - start
     return {"variant": variant, "peak_above_two_models_bytes": above, "model_bytes": model_bytes,
-            "peak_above_two_models_in_model_sizes": above / model_bytes, "tensors": len(scores)}
+            "phase_in_model_sizes": 2 + above / model_bytes, "seconds": seconds,
+            "score_sum": sum(scores.values()), "tensors": len(scores)}
+
+
+VARIANTS = {"previous": "previous (flattened copies)", "1": "1 pass", "2": "2 passes", "4": "4 passes (default)"}
 
 
 def main() -> int:
-    p = parser(__doc__.split("\n")[0], "tiny-resnet, 1 repeat")
+    p = parser(__doc__.split("\n")[0], "tiny-resnet at 32 px, 1 repeat")
     p.add_argument("--model", default=None, help="default resnet50 (tiny-resnet with --quick)")
-    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--image_sizes", type=int, nargs="+", default=None, help="default 32 64 (32 with --quick)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=None, help="processes per variant (default 3; 1 quick)")
     args = p.parse_args()
     model = args.model or ("tiny-resnet" if args.quick else "resnet50")
     repeats = args.repeats or (1 if args.quick else 3)
+    sizes = args.image_sizes or ([32] if args.quick else [32, 64])
     setup(args)
     load_before = load_average()
     import multisource.methods  # noqa: F401  (imported before forking, so no child is charged for it)
     from multisource.models.factory import create_model  # noqa: F401
 
-    runs: dict[str, list[dict]] = {"previous (flattened copies)": [], "lean": []}
-    for _ in range(repeats):
-        for variant, name in (("previous", "previous (flattened copies)"), ("lean", "lean")):
-            runs[name].append(run_forked(measure, variant, model, args.image_size, args.batch_size))
-    rows = {name: {"median_in_model_sizes": median(r["peak_above_two_models_in_model_sizes"] for r in rs),
-                   "median_mib": median(r["peak_above_two_models_bytes"] for r in rs) / 2**20, "runs": rs}
-            for name, rs in runs.items()}
-    mib = runs["lean"][0]["model_bytes"] / 2**20
-    print(f"\n{model} ({mib:.1f} MiB) at {args.image_size} px, batch {args.batch_size}: alignment peak above the two "
-          "resident models")
-    print_table([{"variant": k, "MiB": f"{v['median_mib']:.0f}", "model sizes": f"{v['median_in_model_sizes']:.2f}"}
-                 for k, v in rows.items()], [("variant", "variant"), ("MiB", "MiB"), ("model sizes", "model sizes")])
-    report = {"quick": args.quick, "model": model, "model_mib": mib, "image_size": args.image_size,
-              "batch_size": args.batch_size, "repeats": repeats, "variants": rows, "machine": machine(load_before)}
+    by_size = {}
+    for size in sizes:
+        runs: dict[str, list[dict]] = {name: [] for name in VARIANTS.values()}
+        for _ in range(repeats):  # alternating, so a busy spell of the machine falls on every variant
+            for variant, name in VARIANTS.items():
+                runs[name].append(run_forked(measure, variant, model, size, args.batch_size))
+        lean = [r["score_sum"] for name, rs in runs.items() if name != VARIANTS["previous"] for r in rs]
+        if max(lean) != min(lean):
+            raise RuntimeError(f"the passes gave different scores at {size} px: {sorted(set(lean))}")
+        base = median(r["seconds"] for r in runs[VARIANTS["1"]])
+        by_size[size] = {name: {"phase_in_model_sizes": median(r["phase_in_model_sizes"] for r in rs),
+                                "above_two_models_mib": median(r["peak_above_two_models_bytes"] for r in rs) / 2**20,
+                                "seconds": median(r["seconds"] for r in rs),
+                                "time_vs_1_pass": median(r["seconds"] for r in rs) / base, "runs": rs}
+                         for name, rs in runs.items()}
+    mib = next(iter(by_size.values()))[VARIANTS["1"]]["runs"][0]["model_bytes"] / 2**20
+    print(f"\n{model} ({mib:.1f} MiB), batch {args.batch_size}: alignment phase peak, two models included")
+    print_table([{"px": size, "variant": name, "sizes": f"{v['phase_in_model_sizes']:.2f}",
+                  "MiB": f"{v['above_two_models_mib']:.0f}", "time": f"{v['time_vs_1_pass']:.2f}"}
+                 for size, rows in by_size.items() for name, v in rows.items()],
+                [("px", "px"), ("variant", "variant"), ("sizes", "model sizes"), ("MiB", "MiB above 2 models"),
+                 ("time", "time / 1 pass")])
+    report = {"quick": args.quick, "model": model, "model_mib": mib, "batch_size": args.batch_size,
+              "repeats": repeats, "by_image_size": {str(k): v for k, v in by_size.items()},
+              "machine": machine(load_before)}
     print(f"Wrote {write_report(args.output_dir, 'grasp_alignment', report)}")
     return 0
 

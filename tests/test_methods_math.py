@@ -8,7 +8,7 @@ from torch import nn
 
 from multisource.methods.base import order_sources
 from multisource.methods.ensemble import EnsembleConfig, EnsembleModule
-from multisource.methods.grasp import alignment_scores
+from multisource.methods.grasp import alignment_scores, gradient_groups
 from multisource.methods.merge import (average_state_dicts, batchnorm_buffers_for, running_mean_, select_tensors,
                                        transfer_tensors)
 from multisource.config import ConfigError
@@ -63,10 +63,11 @@ def test_running_mean_rejects_other_architectures():
         running_mean_(a, b, 2)
 
 
+@pytest.mark.parametrize("passes", [1, 3])
 @pytest.mark.parametrize("num_batches", [1, 2])
-def test_alignment_scores_are_per_tensor_cosines_of_summed_gradients(num_batches):
-    """Against plain autograd: per parameter, cosine(sum of the source's batch gradients, the current model's);
-    both models end without gradients and with their BatchNorm statistics unchanged."""
+def test_alignment_scores_are_per_tensor_cosines_of_summed_gradients(num_batches, passes):
+    """Against plain autograd: per parameter, cosine(sum of the source's batch gradients, the current model's),
+    in one pass or several; both models end without gradients and with their BatchNorm statistics unchanged."""
     torch.manual_seed(5)
     batches = [(torch.randn(6, 3, 6, 6), torch.randint(0, 5, (6,))) for _ in range(num_batches)]
     current, source = _materialised(0), _materialised(1)
@@ -84,7 +85,7 @@ def test_alignment_scores_are_per_tensor_cosines_of_summed_gradients(num_batches
         with torch.no_grad():
             for k, v in m.named_buffers():
                 v.copy_(saved[k])
-    scores = alignment_scores(current, source, batches, torch.device("cpu"), "32", eval_mode=False)
+    scores = alignment_scores(current, source, batches, torch.device("cpu"), "32", eval_mode=False, passes=passes)
     for name in g_cur:
         expected = float(torch.nn.functional.cosine_similarity(g_src[name].flatten().double(),
                                                                g_cur[name].flatten().double(), dim=0))
@@ -92,6 +93,38 @@ def test_alignment_scores_are_per_tensor_cosines_of_summed_gradients(num_batches
     for m, saved in zip((current, source), buffers):
         assert all(p.grad is None for p in m.parameters())
         assert all(torch.equal(v, saved[k]) for k, v in m.named_buffers())
+
+
+def test_alignment_passes_give_the_same_scores_to_the_bit_with_dropout():
+    """Each pass repeats the forwards: the random number generator is replayed, so dropout draws the same masks
+    in every pass and the scores do not depend on how many passes hold the gradients (nor does the generator's
+    state afterwards)."""
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                             nn.Linear(64, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 5))
+
+    batches = [(torch.randn(6, 3, 6, 6), torch.randint(0, 5, (6,))) for _ in range(2)]
+    results = []
+    for passes in (1, 2, 4):
+        torch.manual_seed(11)
+        scores = alignment_scores(net(0), net(1), batches, torch.device("cpu"), "32", eval_mode=False, passes=passes)
+        results.append((scores, torch.rand(1).item()))
+    assert results[0] == results[1] == results[2]
+    assert len(set(results[0][0].values())) > 3  # real, distinct cosines
+
+
+def test_gradient_groups_cut_the_trainable_tensors_into_runs_of_about_equal_bytes():
+    model = nn.Sequential(*[nn.Linear(10, 10) for _ in range(8)])  # 16 tensors of 400 or 40 bytes
+    model[3].weight.requires_grad_(False)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    for passes in (1, 2, 3, 4, 40):
+        groups = gradient_groups(model, passes)
+        assert [n for g in groups for n in trainable if n in g] == trainable  # every tensor once, runs in order
+        assert sum(len(g) for g in groups) == len(trainable)
+        assert len(groups) == passes if passes <= 4 else len(groups) <= len(trainable)
+        sizes = [sum(model.get_parameter(n).numel() * 4 for n in g) for g in groups]
+        assert max(sizes) <= sum(sizes) / len(groups) + 440  # within one weight and bias of an equal share
 
 
 def test_select_tensors_threshold_is_strict():

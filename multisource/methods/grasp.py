@@ -3,7 +3,10 @@
 At most two models are resident at any time (the evolving target model and one source), whatever K is:
 the first source becomes ``current`` and is fine-tuned on the target; each further source is loaded,
 its per-tensor gradient alignment with ``current`` is measured on target batches, the aligned tensors are
-copied into ``current``, the source is freed, and ``current`` is fine-tuned again. The paper keeps the last
+copied into ``current``, the source is freed, and ``current`` is fine-tuned again. The alignment phase peaks at
+3.3 model sizes with ResNet-50 sources at 32 px (batch 32, the default 4 passes; bench/grasp_alignment.py): the
+two models, a quarter of one model's gradients and one forward's activations, which set the rest at larger
+images (5.1 model sizes at 64 px). The paper keeps the last
 step's model; ``step_selection="best-val"`` keeps the step with the best target val accuracy and ``guard``
 undoes a step that lowers it, each holding one more model (a copy of the best so far: three in all).
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,6 +36,10 @@ class GraspConfig:
     initial_epochs: int = 3
     finetune_epochs: int = 3
     num_alignment_batches: int = 1
+    # The alignment holds the current model's gradients for 1/alignment_passes of its tensors at a time; each pass
+    # repeats both models' forward and backward on the alignment batches. The scores are the same for any value;
+    # 4 keeps the phase within 3.5 model sizes at 32 px (ResNet-50, batch 32; bench/grasp_alignment.py).
+    alignment_passes: int = 4
     alignment_threshold: float = 0.3
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
@@ -54,6 +63,7 @@ class GraspConfig:
         check_range(self, "initial_epochs", 0)
         check_range(self, "finetune_epochs", 0)
         check_range(self, "num_alignment_batches", 1)
+        check_range(self, "alignment_passes", 1)
         check_range(self, "learning_rate", 0, low_open=True)
         check_range(self, "weight_decay", 0)
         check_range(self, "alignment_threshold", -1, 1)  # a cosine: above 1 nothing could ever transfer
@@ -69,55 +79,89 @@ class GraspConfig:
         return FinetuneConfig(epochs=epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay)
 
 
-def _summed_backward(model: nn.Module, batches: list, device: torch.device, precision: str) -> None:
-    for x, y in batches:
-        with autocast(device, precision):
-            loss = nn.functional.cross_entropy(model(x.to(device)).float(), y.to(device))
-        loss.backward()
+def _summed_backward(model: nn.Module, batches: list, device: torch.device, precision: str, group: set[str],
+                     on_grad: Callable[[str, torch.Tensor], None]) -> None:
+    """Backward of ``model``'s cross-entropy summed over ``batches``, keeping only the gradients of ``group``:
+    any other tensor's gradient is dropped as soon as it is accumulated, and each of ``group``'s, summed over the
+    batches, goes to ``on_grad(name, grad)`` as soon as the last batch has accumulated it, and is dropped from
+    ``.grad``."""
+    last = False
+
+    def accumulated(param: torch.Tensor, name: str) -> None:
+        if name in group and last:
+            on_grad(name, param.grad)
+        if name not in group or last:
+            param.grad = None
+
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hooks = [p.register_post_accumulate_grad_hook(partial(accumulated, name=n)) for n, p in trainable]
+    try:
+        for i, (x, y) in enumerate(batches):
+            last = i == len(batches) - 1
+            with autocast(device, precision):
+                loss = nn.functional.cross_entropy(model(x.to(device)).float(), y.to(device))
+            loss.backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, param in trainable:  # a gradient from earlier batches only: the last batch's hook never fired
+        if param.grad is not None:
+            on_grad(name, param.grad)
+            param.grad = None
+
+
+def gradient_groups(model: nn.Module, passes: int) -> list[set[str]]:
+    """``model``'s trainable parameter names, in order, cut into at most ``passes`` runs of about equal bytes."""
+    trainable = [(n, p.numel() * p.element_size()) for n, p in model.named_parameters() if p.requires_grad]
+    total, before = sum(b for _, b in trainable) or 1, 0
+    groups: list[set[str]] = [set() for _ in range(passes)]
+    for name, size in trainable:
+        groups[min(passes - 1, before * passes // total)].add(name)
+        before += size
+    return [g for g in groups if g]
 
 
 def alignment_scores(current: nn.Module, source: nn.Module, batches: list, device: torch.device, precision: str,
-                     eval_mode: bool) -> dict[str, float]:
+                     eval_mode: bool, passes: int = 1) -> dict[str, float]:
     """Per parameter tensor, the cosine between ``source``'s and ``current``'s summed cross-entropy gradients
     over ``batches`` (0.0 where either is all zero or absent), in float64.
 
-    Lean: no flattened copies. ``current``'s gradients stay in its ``.grad``; ``source``'s last backward
-    consumes each gradient as soon as it is accumulated (a post-accumulate hook takes its dot product with
-    ``current``'s and its norm, then frees it), so with one alignment batch the source's full gradient never
-    exists: two models and one model's gradients are resident, about 3 model sizes. A measurement only:
-    BatchNorm running statistics changed by train-mode forwards are restored and both models end without
-    gradients. ``eval_mode`` decides which statistics the forwards normalise with."""
+    Lean: the tensors are cut into ``passes`` groups of about equal bytes (``gradient_groups``) and each group
+    takes one pass: ``current``'s backward keeps that group's gradients only, then ``source``'s backward
+    consumes each of them as soon as it is accumulated (its dot product with ``current``'s and its norm), freeing
+    both. So beside the two models at most 1/``passes`` of one model's gradients is held, plus one forward's
+    activations; each pass repeats both forwards and backwards, replaying the random number generator so that
+    dropout draws the same masks: the scores are the same for any ``passes``. A measurement only: BatchNorm running
+    statistics changed by train-mode forwards are restored and both models end without gradients. ``eval_mode``
+    decides which statistics the forwards normalise with."""
     saved = {m: ({k: v.detach().clone() for k, v in m.named_buffers()}, m.training) for m in (current, source)}
     for model in (current, source):
         model.train(not eval_mode)
         model.zero_grad(set_to_none=True)
-    _summed_backward(current, batches, device, precision)
-    cur = {n: p.grad for n, p in current.named_parameters()}
+    held: dict[str, torch.Tensor] = {}
+    cur_norms: dict[str, float] = {}
     dots: dict[str, float] = {}
-    norms: dict[str, float] = {}
+    src_norms: dict[str, float] = {}
 
-    def take(name: str, param: torch.Tensor) -> None:
-        g, c = param.grad, cur.get(name)
-        if g is not None and c is not None:
-            dots[name] = float(torch.dot(g.reshape(-1).double(), c.reshape(-1).double()))
-            norms[name] = float(torch.linalg.vector_norm(g, dtype=torch.float64))
-        param.grad = None
+    def hold(name: str, grad: torch.Tensor) -> None:
+        held[name] = grad
+        cur_norms[name] = float(torch.linalg.vector_norm(grad, dtype=torch.float64))
 
-    _summed_backward(source, batches[:-1], device, precision)  # earlier batches accumulate as usual
-    hooks = [p.register_post_accumulate_grad_hook(lambda param, name=n: take(name, param))
-             for n, p in source.named_parameters() if p.requires_grad]
-    try:
-        _summed_backward(source, batches[-1:], device, precision)
-    finally:
-        for h in hooks:
-            h.remove()
-    for name, param in source.named_parameters():  # a gradient from earlier batches only: no hook fired for it
-        if param.grad is not None:
-            take(name, param)
+    def consume(name: str, grad: torch.Tensor) -> None:
+        c = held.pop(name, None)
+        if c is not None:
+            dots[name] = float(torch.dot(grad.reshape(-1).double(), c.reshape(-1).double()))
+            src_norms[name] = float(torch.linalg.vector_norm(grad, dtype=torch.float64))
+
+    rng = _rng_state(device)
+    for group in gradient_groups(current, passes):
+        _set_rng_state(device, rng)  # every pass draws what the first drew: the same dropout masks
+        _summed_backward(current, batches, device, precision, group, hold)
+        _summed_backward(source, batches, device, precision, group, consume)
+        held.clear()  # gradients of the current model the source has none for (frozen there)
     scores = {}
-    for name, c in cur.items():
-        cur_norm = 0.0 if c is None else float(torch.linalg.vector_norm(c, dtype=torch.float64))
-        denom = cur_norm * norms.get(name, 0.0)
+    for name, _ in current.named_parameters():
+        denom = cur_norms.get(name, 0.0) * src_norms.get(name, 0.0)
         scores[name] = dots[name] / denom if denom > 0 else 0.0
     for model, (buffers, was_training) in saved.items():
         model.zero_grad(set_to_none=True)
@@ -126,6 +170,16 @@ def alignment_scores(current: nn.Module, source: nn.Module, batches: list, devic
             for k, v in model.named_buffers():
                 v.copy_(buffers[k])
     return scores
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def alignment_indices(size: int, batch_size: int, num_batches: int, seed: int) -> list[list[int]]:
@@ -141,7 +195,8 @@ def alignment_indices(size: int, batch_size: int, num_batches: int, seed: int) -
 def transfer_step(current: nn.Module, source: nn.Module, batches: list, cfg: GraspConfig, device: torch.device,
                   precision: str = "32") -> dict:
     """Align ``source`` with ``current`` on ``batches`` and copy the aligned tensors into ``current``."""
-    scores = alignment_scores(current, source, batches, device, precision, cfg.eval_mode_alignment)
+    scores = alignment_scores(current, source, batches, device, precision, cfg.eval_mode_alignment,
+                              cfg.alignment_passes)
     chosen = select_tensors(scores, cfg.alignment_threshold)
     names = chosen + (batchnorm_buffers_for(current, chosen) if cfg.transfer_bn_buffers else [])
     elements = transfer_tensors(current, source.state_dict(), names)
@@ -185,7 +240,7 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
             with pool.borrow(name) as source:
                 info = transfer_step(current, source, batches, cfg, target.device, target.precision)
                 del source  # freed with its gradients before fine-tuning
-        meter.flops.add_training("align", macs, 2 * align_images)
+        meter.flops.add_training("align", macs, 2 * align_images * cfg.alignment_passes)  # both models, every pass
         meter.flops.add("align", 4 * info["total_elements"])  # cosine terms + copies
         if cfg.recalibrate_bn and info["num_transferred"]:
             with meter.phase("align"):
