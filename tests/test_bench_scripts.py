@@ -153,3 +153,23 @@ def test_ties_trim(tmp_path):
     assert all(len(r["times_s"]) == report["repeats"] == 2 for r in report["results"].values())
     assert report["ratio_model_vs_tensor"] == pytest.approx(report["results"]["trim over the model"]["median_s"]
                                                             / report["results"]["trim per tensor"]["median_s"])
+
+
+def test_grasp_alignment(tmp_path):
+    """Every variant measured in its own process; the passes gave the same scores (the script refuses otherwise);
+    each phase holds at least the two models."""
+    report = run_bench("grasp_alignment", tmp_path)
+    rows = report["by_image_size"]["32"]
+    assert set(rows) == {"previous (flattened copies)", "1 pass", "2 passes", "4 passes (default)"}
+    assert all(r["phase_in_model_sizes"] > 2 and len(r["runs"]) == 1 for r in rows.values())
+    assert len({r["runs"][0]["score_sum"] for name, r in rows.items() if "pass" in name}) == 1
+    assert rows["1 pass"]["time_vs_1_pass"] == 1.0
+
+
+def test_merge_vs_fusionbench_measures_our_side_without_fusion_bench(tmp_path):
+    """FusionBench is not a dependency: without it the script measures our merges alone and says so."""
+    env = {"PYTHONPATH": ""}  # no fusion-bench installed beside the project
+    report = run_bench("merge_vs_fusionbench", tmp_path, env=env)
+    assert report["fusion_bench"] is None
+    assert [r["method"] for r in report["rows"]] == ["average", "task_arithmetic", "ties", "dare"]
+    assert all(r["ours_s"] > 0 and r["ours_peak_models"] > 0 and "fusionbench_s" not in r for r in report["rows"])
