@@ -195,6 +195,31 @@ def test_finished_experiments_run_otherwise_are_refused_but_a_field_added_since_
 
 
 
+def test_a_field_that_does_not_change_the_results_does_not_refuse_a_finished_experiment(trained_sources, tmp_path):
+    """GRASP's alignment_passes changes how the alignment is computed, not its scores (metadata same_results):
+    a result from another number of passes, or from before the field, is reused; a real change is refused."""
+    opts = options(trained_sources, tmp_path)
+    cheap = {"grasp": {"initial_epochs": 1, "finetune_epochs": 1}}
+    assert run_sweep(sweep_config(methods=("grasp",), method_configs=cheap), opts).ok
+    metrics = tmp_path / "drift_digits" / MODEL / "grasp" / "era_2" / "trial_1" / "metrics.json"
+    report = read_json(metrics)
+    assert report["config"]["method_config"]["alignment_passes"] == 4
+    assert {s["alignment_passes"] for s in report["record"]["steps"]} == {4}  # tiny-resnet has more than 4 tensors
+    for passes in (1, 2):
+        asked = {"grasp": {**cheap["grasp"], "alignment_passes": passes}}
+        assert [o.status for o in run_sweep(sweep_config(methods=("grasp",), method_configs=asked),
+                                            opts).outcomes] == ["skipped"]
+    del report["config"]["method_config"]["alignment_passes"]  # as written before the option existed
+    metrics.write_text(json.dumps(report))
+    assert [o.status for o in run_sweep(sweep_config(methods=("grasp",), method_configs=cheap),
+                                        opts).outcomes] == ["skipped"]
+    from multisource.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method_config.alignment_threshold: found 0.3, asked for 0.5"):
+        run_sweep(sweep_config(methods=("grasp",), method_configs={"grasp": {**cheap["grasp"],
+                                                                              "alignment_threshold": 0.5}}), opts)
+
+
 def test_a_result_from_before_a_changed_default_is_not_taken_for_the_new_default(trained_sources, tmp_path):
     """PEARL's outside_adapters came with a new behaviour as its default: a result recorded before the field
     existed ran the old way ("base"), so a sweep asking for the default must refuse to skip it."""

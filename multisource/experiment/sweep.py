@@ -288,8 +288,11 @@ def config_mismatch(job: ExperimentPlan) -> str | None:
     defaults.update({f.name: f.metadata["absent_means"] for f in dataclasses.fields(job.method_config)
                      if "absent_means" in f.metadata})
     mc_found = {**{k: defaults[k] for k in set(mc_wanted) - set(mc_found) if k in defaults}, **mc_found}
-    found.update({f"method_config.{k}": mc_found.get(k) for k in set(mc_found) | set(mc_wanted)})
-    wanted.update({f"method_config.{k}": mc_wanted.get(k) for k in set(mc_found) | set(mc_wanted)})
+    # A field that changes how a method computes but not what (metadata "same_results") is no reason to refuse.
+    same = {f.name for f in dataclasses.fields(job.method_config) if f.metadata.get("same_results")}
+    keys = (set(mc_found) | set(mc_wanted)) - same
+    found.update({f"method_config.{k}": mc_found.get(k) for k in keys})
+    wanted.update({f"method_config.{k}": mc_wanted.get(k) for k in keys})
     diffs = [f"{k}: found {found[k]!r}, asked for {wanted[k]!r}" for k in sorted(wanted) if found[k] != wanted[k]]
     return "; ".join(diffs) or None
 

@@ -5,8 +5,8 @@ the first source becomes ``current`` and is fine-tuned on the target; each furth
 its per-tensor gradient alignment with ``current`` is measured on target batches, the aligned tensors are
 copied into ``current``, the source is freed, and ``current`` is fine-tuned again. The alignment phase peaks at
 3.3 model sizes with ResNet-50 sources at 32 px (batch 32, the default 4 passes; bench/grasp_alignment.py): the
-two models, a quarter of one model's gradients and one forward's activations, which set the rest at larger
-images (5.1 model sizes at 64 px). The paper keeps the last
+two models, about a quarter of one model's gradients and one forward's activations, which set the rest at
+larger images (5.1 model sizes at 64 px). The paper keeps the last
 step's model; ``step_selection="best-val"`` keeps the step with the best target val accuracy and ``guard``
 undoes a step that lowers it, each holding one more model (a copy of the best so far: three in all).
 """
@@ -14,7 +14,7 @@ undoes a step that lowers it, each holding one more model (a copy of the best so
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
@@ -36,10 +36,11 @@ class GraspConfig:
     initial_epochs: int = 3
     finetune_epochs: int = 3
     num_alignment_batches: int = 1
-    # The alignment holds the current model's gradients for 1/alignment_passes of its tensors at a time; each pass
-    # repeats both models' forward and backward on the alignment batches. The scores are the same for any value;
-    # 4 keeps the phase within 3.5 model sizes at 32 px (ResNet-50, batch 32; bench/grasp_alignment.py).
-    alignment_passes: int = 4
+    # The alignment holds the current model's gradients for about 1/alignment_passes of its tensors at a time; each
+    # pass repeats both models' forward and backward on the alignment batches. The scores are the same for any
+    # value (on the CPU to the bit), so a finished result is reused whatever it was; 4 keeps the phase within 3.5
+    # model sizes at 32 px (ResNet-50, batch 32; bench/grasp_alignment.py) at about 4x one pass's alignment time.
+    alignment_passes: int = field(default=4, metadata={"same_results": True})
     alignment_threshold: float = 0.3
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
@@ -111,14 +112,17 @@ def _summed_backward(model: nn.Module, batches: list, device: torch.device, prec
 
 
 def gradient_groups(model: nn.Module, passes: int) -> list[set[str]]:
-    """``model``'s trainable parameter names, in order, cut into at most ``passes`` runs of about equal bytes."""
+    """``model``'s trainable parameter names cut into at most ``passes`` groups of about equal bytes: largest
+    tensor first, each into the group with the fewest bytes so far (the largest group is within 4/3 of the best
+    possible: at most max(largest tensor, total / passes) x 4/3)."""
     trainable = [(n, p.numel() * p.element_size()) for n, p in model.named_parameters() if p.requires_grad]
-    total, before = sum(b for _, b in trainable) or 1, 0
-    groups: list[set[str]] = [set() for _ in range(passes)]
-    for name, size in trainable:
-        groups[min(passes - 1, before * passes // total)].add(name)
-        before += size
-    return [g for g in groups if g]
+    groups: list[set[str]] = [set() for _ in range(min(passes, len(trainable)))]
+    loads = [0] * len(groups)
+    for name, size in sorted(trainable, key=lambda t: -t[1]):  # stable: equal sizes keep the model's order
+        i = loads.index(min(loads))
+        groups[i].add(name)
+        loads[i] += size
+    return groups
 
 
 def alignment_scores(current: nn.Module, source: nn.Module, batches: list, device: torch.device, precision: str,
@@ -129,11 +133,12 @@ def alignment_scores(current: nn.Module, source: nn.Module, batches: list, devic
     Lean: the tensors are cut into ``passes`` groups of about equal bytes (``gradient_groups``) and each group
     takes one pass: ``current``'s backward keeps that group's gradients only, then ``source``'s backward
     consumes each of them as soon as it is accumulated (its dot product with ``current``'s and its norm), freeing
-    both. So beside the two models at most 1/``passes`` of one model's gradients is held, plus one forward's
-    activations; each pass repeats both forwards and backwards, replaying the random number generator so that
-    dropout draws the same masks: the scores are the same for any ``passes``. A measurement only: BatchNorm running
-    statistics changed by train-mode forwards are restored and both models end without gradients. ``eval_mode``
-    decides which statistics the forwards normalise with."""
+    both. So beside the two models one group's gradients are held (two with several alignment batches: the
+    source's group accumulates over the earlier ones), plus one forward's activations; each pass repeats both
+    forwards and backwards, replaying the random number generator so that dropout draws the same masks: on the
+    CPU the scores are the same to the bit for any ``passes`` (on a GPU, as deterministic as its kernels).
+    A measurement only: BatchNorm running statistics changed by train-mode forwards are restored and both models
+    end without gradients. ``eval_mode`` decides which statistics the forwards normalise with."""
     saved = {m: ({k: v.detach().clone() for k, v in m.named_buffers()}, m.training) for m in (current, source)}
     for model in (current, source):
         model.train(not eval_mode)
@@ -202,6 +207,7 @@ def transfer_step(current: nn.Module, source: nn.Module, batches: list, cfg: Gra
     elements = transfer_tensors(current, source.state_dict(), names)
     return {"alignment": scores, "transferred": chosen, "transferred_buffers": names[len(chosen):],
             "num_tensors": len(scores), "num_transferred": len(chosen), "transferred_elements": elements,
+            "alignment_passes": len(gradient_groups(current, cfg.alignment_passes)),  # fewer with fewer tensors
             "total_elements": sum(p.numel() for p in current.parameters())}
 
 
@@ -240,7 +246,8 @@ def run(cfg: GraspConfig, pool: SourcePool, target: TargetData, meter) -> Method
             with pool.borrow(name) as source:
                 info = transfer_step(current, source, batches, cfg, target.device, target.precision)
                 del source  # freed with its gradients before fine-tuning
-        meter.flops.add_training("align", macs, 2 * align_images * cfg.alignment_passes)  # both models, every pass
+        # both models' forward and backward, in every pass
+        meter.flops.add_training("align", macs, 2 * align_images * info["alignment_passes"])
         meter.flops.add("align", 4 * info["total_elements"])  # cosine terms + copies
         if cfg.recalibrate_bn and info["num_transferred"]:
             with meter.phase("align"):
