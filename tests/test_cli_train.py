@@ -4,6 +4,7 @@ single-bin entry point, and default paths that resolve against the project root.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -51,7 +52,9 @@ def cli_dataset(tmp_path_factory) -> Path:
 
 
 def test_preprocessing_script_builds_and_refuses_to_overwrite(cli_dataset, capsys):
-    from multisource.cli.preprocess import drift_digits_main
+    from multisource.cli.preprocess import build_main
+
+    drift_digits_main = functools.partial(build_main, dataset="drift_digits")
 
     card = read_card(cli_dataset)
     assert card["config"]["train_renders"] == 1 and card["config"]["image_size"] == 32 and card["seed"] == 42

@@ -136,7 +136,7 @@ def test_the_command_builds_prints_and_refuses_bad_flags(tmp_path):
            "--upstream_per_class", "2", "--image_size", "16", "--no_progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"Built drifting glyphs in {out} (2 eras, 2 classes" in done.stdout
+    assert f"Built drifting glyphs in {out} (2 bins, 2 classes" in done.stdout
     assert "era_02: train 6, val 2, test 4" in done.stdout and (out / CARD_NAME).is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
     assert again.returncode != 0 and "pass --overwrite" in again.stderr  # a finished build is never overwritten

@@ -4,6 +4,7 @@ and no work paid for that changes no result."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from PIL import Image
 
 from multisource.cli.experiment import experiment_main
 from multisource.cli.own_data import import_main
-from multisource.cli.preprocess import drift_digits_main
+from multisource.cli.preprocess import build_main
 from multisource.cli.sweep import SweepProgress, sweep_main
 from multisource.cli.train import train_all_main
 from multisource.config import ConfigError
@@ -30,6 +31,8 @@ from multisource.models.checkpoint import read_checkpoint_meta
 from multisource.options import RunOptions
 from multisource.training.start import StartMismatch
 from multisource.utils.io import read_json
+
+drift_digits_main = functools.partial(build_main, dataset="drift_digits")  # preprocessing/drift_digits_preprocessing.py
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-resnet"

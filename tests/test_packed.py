@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from pathlib import Path
@@ -11,13 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from multisource.cli.preprocess_real import clear10_main
+from multisource.cli.preprocess import build_main
 from multisource.data.card import build_card, read_card, write_card
 from multisource.data.folder import BinSplitDataset
 from multisource.data.loaders import make_loader, open_dataset
 from multisource.data.packed import PackedDataset, open_packed, pack_dataset, packed_paths, stored_size
 from multisource.data.transforms import DataConfig, make_transform
 from multisource.utils.io import read_json, write_json
+
+clear10_main = functools.partial(build_main, dataset="clear10")  # preprocessing/clear10_preprocessing.py
 
 CLASSES = ["cat", "dog"]
 BIN = "year_1-2"

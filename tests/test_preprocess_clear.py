@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multisource.cli.preprocess_real import clear10_main, clear100_main
+from multisource.cli.preprocess import build_main
 from multisource.data.card import file_list_checksum, read_card
 from multisource.data.clear import build_clear
 from multisource.data.datasets import get_dataset
@@ -18,6 +19,9 @@ from multisource.data.datasets import CLEAR10_CLASSES, CLEAR100_30_CLASSES
 from multisource.data.loaders import open_dataset
 from multisource.data.raw import RawDataError
 from multisource.data.splits import SPLITS, split_stratum
+
+clear10_main = functools.partial(build_main, dataset="clear10")  # preprocessing/clear10_preprocessing.py
+clear100_main = functools.partial(build_main, dataset="clear100")  # preprocessing/clear100_preprocessing.py
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BINS = {"year_1-2": (1, 2), "year_3-4": (3, 4), "year_5-6": (5, 6), "year_7-8": (7, 8), "year_9-10": (9, 10)}

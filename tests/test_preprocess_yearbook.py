@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections import Counter
@@ -11,11 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multisource.cli.preprocess_real import yearbook_main
+from multisource.cli.preprocess import build_main
 from multisource.data.loaders import open_dataset
 from multisource.data.raw import RawDataError
 from multisource.data.splits import SPLITS
 from multisource.data.yearbook import RAW_FOLDER, build_yearbook, label_of, period_of
+
+yearbook_main = functools.partial(build_main, dataset="yearbook")  # preprocessing/yearbook_preprocessing.py
 
 BINS = ("before_1950s", "1950s_1960s", "1970s_1980s", "1990s_and_later")
 YEARS = (1905, 1921, 1929, 1930, 1948, 1949, 1950, 1961, 1969, 1970, 1985, 1989, 1990, 1999, 2000, 2013)
@@ -155,5 +158,7 @@ def test_errors(tmp_path, capsys):
     (tmp_path / "raw" / "F").mkdir()
     with pytest.raises(RawDataError, match="no dated portraits"):
         build_yearbook(tmp_path / "raw", tmp_path / "out")
-    with pytest.raises(SystemExit):
-        yearbook_main(["--label", "age"])
+    capsys.readouterr()
+    assert yearbook_main(["--label", "age", "--source_dir", str(tmp_path / "raw")]) == 2  # its own flag, checked
+    err = capsys.readouterr().err
+    assert "YearbookSettings.label='age'" in err and "gender, decade" in err and err.count("\n") == 1

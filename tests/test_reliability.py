@@ -4,6 +4,7 @@ messages, unreadable results are counted, and two sweeps at once share the work.
 
 from __future__ import annotations
 
+import functools
 import errno
 import os
 import shutil
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from multisource.cli.experiment import experiment_main
-from multisource.cli.preprocess import drift_digits_main
+from multisource.cli.preprocess import build_main
 from multisource.cli.sweep import summarize_main, sweep_main
 from multisource.cli.train import train_all_main, train_baseline_main
 from multisource.experiment import record as record_module, runner
@@ -29,6 +30,8 @@ from multisource.options import RunOptions
 from multisource.training.loop import FinetuneConfig, TrainingDiverged, finetune
 from multisource.training.module import ClassifierModule
 from multisource.utils.io import read_json, write_json
+
+drift_digits_main = functools.partial(build_main, dataset="drift_digits")  # preprocessing/drift_digits_preprocessing.py
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-resnet"

@@ -4,6 +4,7 @@ configs/demo.yaml is honoured by the commands that take it."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,15 @@ import pytest
 from multisource.cli.demo import demo_main
 from multisource.cli.experiment import experiment_main
 from multisource.cli.own_data import drift_main, import_main
-from multisource.cli.preprocess import drift_digits_main
+from multisource.cli.preprocess import build_main
 from multisource.cli.sweep import summarize_main, sweep_main
 from multisource.cli.train import train_all_main, train_baseline_main
 from multisource.config import ConfigError, Layer, build, load_yaml
 from multisource.experiment.settings import (cli_layer, read_settings, resolve_data, resolve_experiment,
                                              resolve_sweep, resolve_training)
 from multisource.training.fit import SourceTrainConfig
+
+drift_digits_main = functools.partial(build_main, dataset="drift_digits")  # preprocessing/drift_digits_preprocessing.py
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO = PROJECT_ROOT / "configs" / "demo.yaml"

@@ -11,23 +11,21 @@ Each subcommand takes exactly the flags of the script it stands for (``multisour
 
 from __future__ import annotations
 
-import importlib
+import functools
 import sys
 from typing import Callable
 
 from ..data.datasets import DATASETS
-from . import demo, experiment, generated, own_data, sweep, train
+from . import demo, experiment, generated, own_data, preprocess, sweep, train
 
 
-def build_command(target: str) -> Callable[[list[str]], int]:
-    """The builder command a registry entry names ("module:function"), imported when it runs."""
-    module, _, function = target.partition(":")
-    return lambda argv: getattr(importlib.import_module(module), function)(argv)
+def preprocess_commands() -> dict[str, Callable[[list[str]], int]]:
+    """`multisource preprocess NAME`: every registered dataset that names its builder (read when the command
+    runs, so a dataset registered by a plugin is there too)."""
+    return {name: functools.partial(preprocess.build_main, dataset=name) for name in DATASETS.registered()
+            if DATASETS.get(name).builder}
 
 
-# `multisource preprocess NAME`: every registered dataset that names the command building it.
-PREPROCESS: dict[str, Callable[[list[str]], int]] = {
-    name: build_command(DATASETS.get(name).build_cli) for name in DATASETS.registered() if DATASETS.get(name).build_cli}
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (train.train_baseline_main, "train one source model on one bin"),
     "train-all": (train.train_all_main, "train one source model per bin (complete ones skipped)"),
@@ -45,7 +43,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 def usage() -> str:
     lines = ["usage: multisource COMMAND [flags]   (multisource COMMAND --help for its flags)", "", "commands:",
-             f"  {'preprocess NAME':<18} build a dataset: {', '.join(PREPROCESS)}"]
+             f"  {'preprocess NAME':<18} build a dataset: {', '.join(preprocess_commands())}"]
     lines += [f"  {name:<18} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -57,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "preprocess":
-        if not rest or rest[0] not in PREPROCESS:
-            print(f"error: multisource preprocess needs a dataset: {', '.join(PREPROCESS)}.", file=sys.stderr)
+        builds = preprocess_commands()
+        if not rest or rest[0] not in builds:
+            print(f"error: multisource preprocess needs a dataset: {', '.join(builds)}.", file=sys.stderr)
             return 2
         sys.argv = [f"multisource preprocess {rest[0]}", *rest[1:]]
-        return PREPROCESS[rest[0]](rest[1:])
+        return builds[rest[0]](rest[1:])
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'.\n{usage()}", file=sys.stderr)
         return 2

@@ -251,3 +251,13 @@ def build_clear(name: str, source_dir: Path, output_dir: Path, *, seed: int = 42
         if cache_size:
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)
     return card
+
+
+def build_clear10(source_dir: Path, output_dir: Path, **options) -> dict:
+    """CLEAR-10's builder, as its registry entry names it (``build_clear`` with the name)."""
+    return build_clear("clear10", source_dir, output_dir, **options)
+
+
+def build_clear100(source_dir: Path, output_dir: Path, **options) -> dict:
+    """CLEAR-100's (30 classes) builder, as its registry entry names it (``build_clear`` with the name)."""
+    return build_clear("clear100", source_dir, output_dir, **options)

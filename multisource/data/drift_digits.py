@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +30,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DriftDigitsConfig:
-    image_size: int = 32
-    seed: int = 42
-    upstream_fraction: float = 0.15  # of each class's instances, reserved for pretraining
-    train_renders: int = 3  # fresh jitter per render; renders never cross splits
-    eval_renders: int = 3  # val/test renders of the same instances: steadier estimates
-    max_rotation: float = 42.0  # degrees at the last era; 0 at the first
-    rotation_power: float = 0.6  # < 1 front-loads the rotation steps, so early eras drift as much as late ones
+    # Each field is the builder's flag too (cli/preprocess.py): its "help" says what it means.
+    image_size: int = field(default=32, metadata={"help": "image side in pixels"})
+    seed: int = field(default=42, metadata={"help": "seed of every draw (same seed and options, same bytes)"})
+    upstream_fraction: float = field(default=0.15, metadata={
+        "help": "share of each class's instances reserved for the upstream (pretraining) pool"})
+    train_renders: int = field(default=3, metadata={
+        "help": "renders per training instance (fresh jitter each; renders never cross splits)"})
+    eval_renders: int = field(default=3, metadata={
+        "help": "renders per val/test instance (of the same instances: steadier estimates)"})
+    max_rotation: float = field(default=42.0, metadata={"help": "rotation in degrees at the last era (0 at the first)"})
+    rotation_power: float = field(default=0.6, metadata={
+        "help": "below 1 front-loads the rotation steps, so early eras drift as much as late ones"})
 
     def __post_init__(self) -> None:
         check_seed(self)

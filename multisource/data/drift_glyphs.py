@@ -27,7 +27,7 @@ import math
 import multiprocessing
 import os
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -63,16 +63,19 @@ MAX_BINS = 64
 
 @dataclass(frozen=True)
 class DriftGlyphsConfig:
-    num_bins: int = 6  # --bins
-    image_size: int = 32
-    seed: int = 42
-    characters: str = string.ascii_uppercase  # one class per character
-    train_per_class: int = 40
-    val_per_class: int = 10
+    # Each field is the builder's flag too (cli/preprocess.py): its "help" says what it means.
+    num_bins: int = field(default=6, metadata={"help": f"number of eras (at most {MAX_BINS})", "flags": ("--bins",)})
+    image_size: int = field(default=32, metadata={"help": "image side in pixels"})
+    seed: int = field(default=42, metadata={"help": "seed of every draw (same seed and options, same bytes)"})
+    characters: str = field(default=string.ascii_uppercase, metadata={"help": "one class per character"})
+    train_per_class: int = field(default=40, metadata={"help": "train images per class and era"})
+    val_per_class: int = field(default=10, metadata={"help": "val images per class and era"})
     # 77 x 26 = 2,002 test images per bin: a 95% interval on an accuracy near 0.9 is about +/-1.3 points
-    test_per_class: int = 77
-    upstream_per_class: int = 80  # upstream train images per class (val and test: a tenth each, at least 2)
-    workers: int = 2  # processes rendering; the bytes do not depend on it
+    test_per_class: int = field(default=77, metadata={
+        "help": "test images per class and era (77: 2,002 test images per era with 26 classes)"})
+    upstream_per_class: int = field(default=80, metadata={
+        "help": "upstream (pretraining) train images per class (val and test: a tenth each, at least 2)"})
+    workers: int = field(default=2, metadata={"help": "rendering processes (the bytes do not depend on it)"})
 
     def __post_init__(self) -> None:
         check_seed(self)

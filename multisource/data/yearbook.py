@@ -20,13 +20,14 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import check_choice
 from .card import IMAGE_EXTENSIONS, build_card, write_card
 from .datasets import get_dataset
 from .raw import (Candidate, Placement, RawDataError, building, check_unique, copy_placements, default_workers,
                   make_layout, small_data_warnings, summarize_skipped, verify_images, write_manifests)
-from .packed import pack_dataset
 from .splits import split_stratum
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,18 @@ def label_of(year: int, gender: str, label: str) -> str:
     if label == "gender":
         return gender
     return DECADE_CLASSES[0] if year < DECADE_BOUNDARIES[period_of(year)] else DECADE_CLASSES[1]
+
+
+@dataclass
+class YearbookSettings:
+    """What a Yearbook build is asked for besides the shared flags (its command's own flags)."""
+
+    label: str = field(default="gender", metadata={
+        "help": "gender (F/M, the paper's task) or decade (earlier/later decade within the period, what the "
+                "released code did)"})
+
+    def __post_init__(self) -> None:
+        check_choice(self, "label", LABELS)
 
 
 def classes_for(label: str) -> list[str]:
@@ -194,5 +207,7 @@ def build_yearbook(source_dir: Path, output_dir: Path, *, label: str = "gender",
                           extra=extra, bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)
         if cache_size:
+            from .packed import pack_dataset  # torchvision: imported only when a cache is asked for (--help stays light)
+
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)
     return card
