@@ -5,6 +5,7 @@ scripts, and every reader opens what it built from the card, without a line anyw
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def registered(monkeypatch):
     yield info
 
 
-def test_a_new_embedded_dataset_needs_its_builder_and_one_registration(registered, tmp_path, capsys):
+def test_a_new_embedded_dataset_needs_its_builder_and_one_registration(registered, tmp_path, capsys, monkeypatch):
     files = generated_files()
     script = files[f"preprocessing/{NAME}_preprocessing.py"]
     assert f'build_main(dataset="{NAME}")' in script
@@ -89,8 +90,34 @@ def test_a_new_embedded_dataset_needs_its_builder_and_one_registration(registere
     err = capsys.readouterr().err
     assert "StripesSettings.per_class" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
     assert f"{NAME}" in cli_main.usage().split("build a dataset:")[1].split("\n")[0]
+    monkeypatch.setattr(sys, "argv", ["multisource"])  # main() names the subcommand in sys.argv for argparse
     assert cli_main.main(["preprocess", NAME, "--output_dir", str(tmp_path / "again"), "--n", "1"]) == 0
     assert open_dataset(NAME, tmp_path / "again").card["config"]["per_class"] == 1
+    # a settings file's top level and data: section hold its settings, as they do drifting digits'
+    cfg = tmp_path / "stripes.yaml"
+    cfg.write_text(f"dataset: {NAME}\nimage_size: 10\ndata:\n  per_class: 2\n")
+    assert build_main(["--config", str(cfg), "--output_dir", str(tmp_path / "from_file")], dataset=NAME) == 0
+    built = open_dataset(NAME, tmp_path / "from_file").card
+    assert (built["image_size"], built["config"]["per_class"]) == (10, 2)
+
+
+def test_a_registration_that_cannot_build_is_refused_when_made():
+    with pytest.raises(ValueError, match="does not name its builder and build_settings"):
+        DatasetInfo(name="x", dir_name="X", bins=("a", "b"), classes=("c", "d"), embedded=True,
+                    builder=f"{__name__}:build_stripes")
+
+
+@dataclass(frozen=True)
+class ClashingSettings:
+    workers: int = 1  # the raw build command's own --workers
+
+
+def test_a_settings_field_named_like_a_shared_flag_is_said_to_be_the_registrations_mistake(monkeypatch):
+    info = DatasetInfo(name=NAME, dir_name="Stripes", bins=("a", "b"), classes=("c", "d"),
+                       builder=f"{__name__}:build_stripes", build_settings=f"{__name__}:ClashingSettings")
+    monkeypatch.setitem(DATASETS._items, NAME, info)
+    with pytest.raises(SystemExit, match="ClashingSettings.workers is also the build command's own flag --workers"):
+        build_main(["--help"], dataset=NAME)
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,22 @@ _NOT_SETTINGS = ("config", "verbose", "output_dir", "overwrite", "progress")
 
 
 def add_settings_flags(p: argparse.ArgumentParser, settings_cls: type) -> None:
-    """One flag per field of ``settings_cls`` (plus the aliases in its ``flags`` metadata), help from its
-    ``help`` metadata; values stay text until the settings loader converts and checks them."""
+    """One flag per field of ``settings_cls`` (plus the aliases in its ``flags`` metadata), help from its ``help``
+    metadata and choices from its ``choices``; values stay text until the settings loader converts and checks
+    them. A field named like one of the command's own flags is the registration's mistake, said as such."""
+    taken = {o for action in p._actions for o in action.option_strings}
     for f in dataclasses.fields(settings_cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        text = f.metadata.get("help", f.name.replace("_", " "))
-        p.add_argument(*f.metadata.get("flags", ()), f"--{f.name}", dest=f.name, default=None,
-                       help=f"{text} (default {default})")
+        names = [*f.metadata.get("flags", ()), f"--{f.name}"]
+        clash = [n for n in names if n in taken]
+        if clash:
+            raise SystemExit(f"error: {settings_cls.__name__}.{f.name} is also the build command's own flag "
+                             f"{clash[0]}; rename the field (or its 'flags' alias) in the dataset's settings class.")
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        text = f"{f.metadata.get('help', f.name.replace('_', ' '))} (default {default})".replace("%", "%%")
+        p.add_argument(*names, dest=f.name, default=None, choices=f.metadata.get("choices"), help=text)
 
 
 def build_main(argv: list[str] | None = None, *, dataset: str) -> int:

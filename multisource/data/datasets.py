@@ -54,6 +54,11 @@ class DatasetInfo:
     # sweep resolves its targets against the built dataset's card instead.
     bins_from_build: bool = False
 
+    def __post_init__(self) -> None:
+        if self.embedded and not (self.builder and self.build_settings):
+            raise ValueError(f"dataset {self.name!r} is embedded but does not name its builder and build_settings "
+                             "(\"module:attribute\" each); name both in its registration.")
+
     @property
     def scripts_dir(self) -> str:
         return self.training_dir or self.name

@@ -62,7 +62,7 @@ class YearbookSettings:
 
     label: str = field(default="gender", metadata={
         "help": "gender (F/M, the paper's task) or decade (earlier/later decade within the period, what the "
-                "released code did)"})
+                "released code did)", "choices": LABELS})
 
     def __post_init__(self) -> None:
         check_choice(self, "label", LABELS)
@@ -207,7 +207,7 @@ def build_yearbook(source_dir: Path, output_dir: Path, *, label: str = "gender",
                           extra=extra, bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)
         if cache_size:
-            from .packed import pack_dataset  # torchvision: imported only when a cache is asked for (--help stays light)
+            from .packed import pack_dataset  # torchvision: only when a cache is asked for (--help stays light)
 
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)
     return card

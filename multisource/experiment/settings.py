@@ -27,8 +27,6 @@ import logging
 from typing import Any, Mapping
 
 from ..config import ConfigError, Layer, build, convert_field, field_names, load_yaml
-from ..data.drift_digits import DriftDigitsConfig
-from ..data.drift_glyphs import DriftGlyphsConfig
 from ..data.embedded import data_config_classes, embedded_build
 from ..data.importer import ImportConfig
 from ..executors import EXECUTORS
@@ -43,8 +41,9 @@ from .sweep import SweepConfig
 
 log = logging.getLogger(__name__)
 
-SECTIONS: dict[str, type] = {"data": DriftDigitsConfig, "import": ImportConfig, "sources": SourceTrainConfig,
-                             "sweep": SweepConfig, "run": RunOptions}
+# data: the settings class of the embedded benchmark the file names (see _section_cls)
+SECTIONS: dict[str, type | None] = {"data": None, "import": ImportConfig, "sources": SourceTrainConfig,
+                                    "sweep": SweepConfig, "run": RunOptions}
 SECTION_ALIASES = {"source_training": "sources"}
 METHOD_KEYS = ("methods", "method_configs")  # per-method mappings, at the top level or in ``sweep:``
 # The same setting under another name in one stage (the paper's --model_name; a sweep's list of models).
@@ -52,8 +51,10 @@ RENAMES: dict[type, dict[str, str]] = {SourceTrainConfig: {"model": "model_name"
                                        ExperimentConfig: {"model_name": "model"},
                                        SweepConfig: {"model": "models", "model_name": "models",
                                                      "target_fraction": "target_fractions"}}
-STAGES = (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, DriftDigitsConfig, DriftGlyphsConfig,
-          ImportConfig)
+def stages() -> tuple[type, ...]:
+    """Every stage's settings class: a top-level key of a settings file is a field of one of them (the embedded
+    benchmarks' from the dataset registry, so a new one's settings are read like the others')."""
+    return (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, *data_config_classes(), ImportConfig)
 
 
 def _names(cls: type) -> set[str]:
@@ -79,7 +80,7 @@ def _method_fields() -> dict[str, set[str]]:
 
 def _owner(key: str) -> type | None:
     """The first class that has ``key`` (for checking a top-level value's type)."""
-    for cls in STAGES:
+    for cls in stages():
         if key in field_names(cls):
             return cls
     for m in list_methods():
@@ -129,7 +130,7 @@ def read_settings(path: str | None) -> Layer | None:
         if key in raw.lines:
             file.lines[name] = raw.lines[key]
     methods = _method_fields()
-    top_keys = set().union(*(_names(c) for c in STAGES), *methods.values())
+    top_keys = set().union(*(_names(c) for c in stages()), *methods.values())
     for key, value in file.items():
         if key == "data" and file.get("dataset") is None:  # which benchmark it builds is the command's to say
             _check_data_fields(file.sub(key))
