@@ -174,3 +174,51 @@ def build_digits(root: Path, image_size: int, renders: int = 1) -> Path:
 
     build_drift_digits(root, DriftDigitsConfig(image_size=image_size, train_renders=renders, eval_renders=1))
     return root
+
+
+def add_merge_flags(p: argparse.ArgumentParser, repeats: int, quick_repeats: int, what: str) -> None:
+    """--model, --K and --repeats of the merge benches (resnet18 and K = 6 by default; tiny-resnet and K = 3
+    with --quick); ``what`` says what a repeat is."""
+    p.add_argument("--model", default=None, help="source architecture (default resnet18; tiny-resnet with --quick)")
+    p.add_argument("--K", type=int, default=None, help="number of sources (default 6; 3 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"{what} (default {repeats}; {quick_repeats} with --quick)")
+
+
+def merge_setting(args: argparse.Namespace, repeats: int, quick_repeats: int) -> tuple[str, int, int]:
+    """(model, K, repeats) from the flags of :func:`add_merge_flags`."""
+    return (args.model or ("tiny-resnet" if args.quick else "resnet18"), args.K or (3 if args.quick else 6),
+            args.repeats or (quick_repeats if args.quick else repeats))
+
+
+def shared_start_sources(root: Path, model: str, k: int) -> dict[str, Any]:
+    """A shared start and ``k`` sources moved from it by their own noise (as fine-tuning from it would), saved as
+    checkpoints under ``root``: {model, spec, classes, paths, start, heads, vectors (the task-vector parameters:
+    outside the head), not_task_vectors, model_bytes}."""
+    import torch
+
+    from multisource.models.checkpoint import head_prefixes, save_checkpoint
+    from multisource.models.factory import create_model, resolve_model
+
+    classes = [str(d) for d in range(10)]
+    spec = resolve_model(model)
+    torch.manual_seed(0)
+    start = create_model(model, 10, image_size=32)
+    start_path = save_checkpoint(root / "start.ckpt", start, model_name=spec.name, classes=classes,
+                                 config={"image_size": 32})
+    paths = {}
+    for i in range(k):
+        g = torch.Generator().manual_seed(100 + i)
+        net = create_model(model, 10, image_size=32)
+        with torch.no_grad():
+            for name, v in net.state_dict().items():
+                if torch.is_floating_point(v):
+                    v.copy_(start.state_dict()[name] + 0.01 * torch.randn(v.shape, generator=g))
+        paths[f"s{i}"] = save_checkpoint(root / f"s{i}.ckpt", net, model_name=spec.name, classes=classes,
+                                         config={"image_size": 32, "pretrained": True,
+                                                 "pretrained_from": str(start_path)})
+    heads = head_prefixes(start)
+    vectors = [n for n, _ in start.named_parameters() if not n.startswith(heads)]
+    return {"model": model, "spec": spec, "classes": classes, "paths": paths, "start": start_path, "heads": heads,
+            "vectors": vectors, "not_task_vectors": [n for n in start.state_dict() if n not in vectors],
+            "model_bytes": sum(t.numel() * t.element_size() for t in start.state_dict().values())}

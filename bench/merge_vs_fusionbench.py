@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (load_average, machine, median, parser, print_table, quiet_lightning, run_forked,  # noqa: E402
-                    setup, steady_malloc, write_report)
+from common import (add_merge_flags, load_average, machine, median, merge_setting, parser,  # noqa: E402
+                    print_table, quiet_lightning, run_forked, setup, shared_start_sources, steady_malloc, write_report)
 
 LAMBDA = {"average": 1.0, "task_arithmetic": 0.3, "ties": 1.0, "dare": 0.3}
 DENSITY, DROP_RATE = 0.2, 0.5
@@ -160,47 +160,11 @@ def measure(side: str, method: str, setting: dict, keep: bool) -> dict:
     return {"seconds": seconds, "peak_bytes": peak, "vectors": vectors}
 
 
-def build_sources(root: Path, model: str, k: int) -> dict:
-    """A shared start and K sources moved from it by their own noise, saved as checkpoints."""
-    import torch
-
-    from multisource.models.checkpoint import head_prefixes, save_checkpoint
-    from multisource.models.factory import create_model, resolve_model
-
-    classes = [str(d) for d in range(10)]
-    spec = resolve_model(model)
-    torch.manual_seed(0)
-    start = create_model(model, 10, image_size=32)
-    start_path = save_checkpoint(root / "start.ckpt", start, model_name=spec.name, classes=classes,
-                                 config={"image_size": 32})
-    paths = {}
-    for i in range(k):
-        g = torch.Generator().manual_seed(100 + i)
-        net = create_model(model, 10, image_size=32)
-        with torch.no_grad():
-            for name, v in net.state_dict().items():
-                if torch.is_floating_point(v):
-                    v.copy_(start.state_dict()[name] + 0.01 * torch.randn(v.shape, generator=g))
-        paths[f"s{i}"] = save_checkpoint(root / f"s{i}.ckpt", net, model_name=spec.name, classes=classes,
-                                         config={"image_size": 32, "pretrained": True,
-                                                 "pretrained_from": str(start_path)})
-    heads = head_prefixes(start)
-    vectors = [n for n, _ in start.named_parameters() if not n.startswith(heads)]
-    not_task_vectors = [n for n in start.state_dict() if n not in vectors]  # heads and buffers
-    model_bytes = sum(t.numel() * t.element_size() for t in start.state_dict().values())
-    return {"model": model, "classes": classes, "paths": paths, "start": start_path, "heads": heads,
-            "vectors": vectors, "not_task_vectors": not_task_vectors, "model_bytes": model_bytes}
-
-
 def main() -> int:
     p = parser(__doc__.split("\n")[0], "tiny-resnet, K = 3, 1 repeat")
-    p.add_argument("--model", default=None, help="source architecture (default resnet18; tiny-resnet with --quick)")
-    p.add_argument("--K", type=int, default=None, help="number of sources (default 6; 3 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="processes per cell (default 3; 1 with --quick)")
+    add_merge_flags(p, repeats=3, quick_repeats=1, what="processes per cell")
     args = p.parse_args()
-    model = args.model or ("tiny-resnet" if args.quick else "resnet18")
-    k = args.K or (3 if args.quick else 6)
-    repeats = args.repeats or (1 if args.quick else 3)
+    model, k, repeats = merge_setting(args, repeats=3, quick_repeats=1)
     setup(args)
     quiet_lightning()
     load_before = load_average()
@@ -218,7 +182,7 @@ def main() -> int:
         print("fusion-bench is not installed: measuring our side only (see the docstring to install it).")
     sides = ("ours", "fusionbench") if fusion_bench else ("ours",)
     with tempfile.TemporaryDirectory(prefix="bench_merge_fb_") as tmp:
-        setting = build_sources(Path(tmp), model, k)
+        setting = shared_start_sources(Path(tmp), model, k)
         cells: dict[tuple[str, str], list[dict]] = {(s, m): [] for m in LAMBDA for s in sides}
         for repeat in range(repeats):  # alternating, so a busy spell of the machine falls on both sides
             for key in cells:

@@ -22,18 +22,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, median, parser, print_table, quiet_lightning, setup, write_report  # noqa: E402
+from common import (add_merge_flags, load_average, machine, median, merge_setting, parser,  # noqa: E402
+                    print_table, quiet_lightning, setup, write_report)
 
 
 def main() -> int:
     p = parser(__doc__.split("\n")[0], "tiny-resnet, K = 3, 2 repeats")
-    p.add_argument("--model", default=None, help="source architecture (default resnet18; tiny-resnet with --quick)")
-    p.add_argument("--K", type=int, default=None, help="number of sources (default 6; 3 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="alternating repeats (default 5; 2 with --quick)")
+    add_merge_flags(p, repeats=5, quick_repeats=2, what="alternating repeats")
     args = p.parse_args()
-    model = args.model or ("tiny-resnet" if args.quick else "resnet18")
-    k = args.K or (3 if args.quick else 6)
-    repeats = args.repeats or (2 if args.quick else 5)
+    model, k, repeats = merge_setting(args, repeats=5, quick_repeats=2)
     setup(args)
     quiet_lightning()
     load_before = load_average()

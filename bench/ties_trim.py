@@ -18,19 +18,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, median, parser, print_table, quiet_lightning, setup, write_report  # noqa: E402
+from common import (add_merge_flags, load_average, machine, median, merge_setting, parser,  # noqa: E402
+                    print_table, quiet_lightning, setup, shared_start_sources, write_report)
 
 
 def main() -> int:
     p = parser(__doc__.split("\n")[0], "tiny-resnet, K = 3, 2 repeats")
-    p.add_argument("--model", default=None, help="source architecture (default resnet18; tiny-resnet with --quick)")
-    p.add_argument("--K", type=int, default=None, help="number of sources (default 6; 3 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="alternating repeats (default 3; 2 with --quick)")
+    add_merge_flags(p, repeats=3, quick_repeats=2, what="alternating repeats")
     p.add_argument("--density", type=float, default=0.2, help="TIES density (default 0.2, the paper's)")
     args = p.parse_args()
-    model = args.model or ("tiny-resnet" if args.quick else "resnet18")
-    k = args.K or (3 if args.quick else 6)
-    repeats = args.repeats or (2 if args.quick else 3)
+    model, k, repeats = merge_setting(args, repeats=3, quick_repeats=2)
     setup(args)
     quiet_lightning()
     load_before = load_average()
@@ -40,28 +37,10 @@ def main() -> int:
     from multisource.methods.base import SourcePool
     from multisource.methods.merge import disjoint_mean
     from multisource.methods.task_vectors import MACS_PER_ENTRY, TiesConfig, merge_task_vectors, ties_trim
-    from multisource.models.checkpoint import save_checkpoint
-    from multisource.models.factory import create_model, resolve_model
 
-    classes = [str(d) for d in range(10)]
-    spec = resolve_model(model)
     with tempfile.TemporaryDirectory(prefix="bench_ties_") as tmp:
-        torch.manual_seed(0)
-        start = create_model(model, 10, image_size=32)
-        start_path = save_checkpoint(Path(tmp) / "start.ckpt", start, model_name=spec.name, classes=classes,
-                                     config={"image_size": 32})
-        paths = {}
-        for i in range(k):  # each source: the start moved by its own noise, as fine-tuning from it would
-            g = torch.Generator().manual_seed(100 + i)
-            net = create_model(model, 10, image_size=32)
-            with torch.no_grad():
-                for name, v in net.state_dict().items():
-                    if torch.is_floating_point(v):
-                        v.copy_(start.state_dict()[name] + 0.01 * torch.randn(v.shape, generator=g))
-            paths[f"s{i}"] = save_checkpoint(Path(tmp) / f"s{i}.ckpt", net, model_name=spec.name, classes=classes,
-                                             config={"image_size": 32, "pretrained": True,
-                                                     "pretrained_from": str(start_path)})
-        del net, start
+        setting = shared_start_sources(Path(tmp), model, k)
+        paths, spec, classes = setting["paths"], setting["spec"], setting["classes"]
 
         def merge(trim: str) -> float:
             pool = SourcePool(paths, model=spec, classes=classes, image_size=32, device=torch.device("cpu"))
