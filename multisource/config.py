@@ -310,21 +310,11 @@ def build(cls: type[C], *layers: Mapping[str, Any] | None, strict: bool = True) 
                 values[key] = convert_field(cls, key, value, where)
                 origins[key] = where
     try:
-        obj = cls(**values)
+        return cls(**values)
     except ConfigError as exc:
         if exc.field in origins and isinstance(origins[exc.field], str) and origins[exc.field] != exc.field:
             raise ConfigError(f"{origins[exc.field]}: {exc}", exc.field) from None
         raise
-    # kept for a check that can only run later (a sweep's targets against the opened build): see origin()
-    object.__setattr__(obj, "_origins", {k: v for k, v in origins.items() if isinstance(v, str) and v != k})
-    return obj
-
-
-def origin(obj: Any, name: str) -> str:
-    """Where :func:`build` took field ``name`` of ``obj`` from, as a message prefix ("--targets: ", "configs/x.yaml,
-    line 4, sweep.targets: "), or "" when it was not given by a flag or a file."""
-    where = getattr(obj, "_origins", {}).get(name)
-    return f"{where}: " if where else ""
 
 
 def pick(mapping: Mapping[str, Any] | None, cls: type) -> dict[str, Any]:

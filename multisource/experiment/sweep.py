@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import ConfigError, build, check_range, check_seed, origin
+from ..config import ConfigError, build, check_range, check_seed
 from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
 from ..executors import make_executor
@@ -132,7 +132,17 @@ class SweepConfig:
                 raise ConfigError(f"SweepConfig.{name} lists a value twice: {list(values)}.")
         if not self.models or not self.methods:
             raise ConfigError("A sweep needs at least one model and one method (--model, --methods).")
-        self.targets = resolve_targets(self.targets, None)  # bin names are the opened build's: checked by plan_sweep
+        info = get_dataset(self.dataset)
+        if info.bins_from_build and info.root is None:  # its bins are the build's: resolved by plan_sweep
+            self.targets = resolve_targets(self.targets, None)
+            unknown = []
+        else:
+            bins = info.bins
+            self.targets = resolve_targets(self.targets, bins)
+            unknown = [t for t in self.targets if t not in bins]
+        if unknown:
+            raise ConfigError(f"targets {unknown} are not bins of {get_dataset(self.dataset).name}; its bins are "
+                              f"{list(bins)}. Name some of them, or use 'all' or 'newest'.", "targets")
         self.method_configs = {variant_label(get_method(split_label(m)[0]).name, split_label(m)[1]): v
                                for m, v in (self.method_configs or {}).items()}
         self.num_sources = tuple(sorted(self.num_sources))
@@ -207,11 +217,7 @@ def plan_sweep(config: SweepConfig, opts: RunOptions) -> SweepPlan:
         raise ConfigError(f"--checkpoint_dir holds one model's checkpoints, but this sweep runs {list(config.models)};"
                           " run one model per sweep or use the default checkpoint locations.")
     handle = open_dataset(config.dataset, opts.data_root)
-    wanted = resolve_targets(config.targets, handle.bins)  # "newest": the last bin of this build
-    unknown = [t for t in wanted if t not in handle.bins]
-    if unknown:
-        raise ConfigError(f"{origin(config, 'targets')}targets {unknown} are not bins of {handle.info.name}; its bins "
-                          f"are {list(handle.bins)}. Name some of them, or use 'all' or 'newest'.", "targets")
+    wanted = resolve_targets(config.targets, handle.bins)  # "newest" of a dataset whose bins are the build's
     handle.check_bins(*(wanted or handle.bins))  # present in this build of the dataset
     targets = [b for b in handle.bins if b in wanted] if wanted else list(handle.bins)
     method_configs = {m: make_config(split_label(m)[0], config.method_configs.get(m)) for m in config.methods}
