@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import threading
@@ -118,6 +119,14 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
+def start_worker_server() -> None:
+    """Start the fork server now, without waiting for it: its imports (seconds) then overlap whatever the caller
+    does before the first task (the upstream pretraining before the sources), instead of delaying that task."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        worker_context()
+        multiprocessing.forkserver.ensure_running()
+
+
 class ProcessExecutor:
     """``workers`` processes on this machine (forked from a fork server), each with its share of the CPU cores."""
 
@@ -126,6 +135,7 @@ class ProcessExecutor:
         self.threads = max(1, (os.cpu_count() or 1) // self.workers)
 
     def __enter__(self) -> "ProcessExecutor":
+        start_worker_server()
         return self
 
     def __exit__(self, *exc: Any) -> None:

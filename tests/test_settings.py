@@ -113,7 +113,7 @@ def test_demo_config_sections_are_honoured_by_each_command():
     raw = load_yaml(DEMO)["methods"]["grasp"]
     assert exp.method_config.initial_epochs == raw["initial_epochs"] and exp.method_config.learning_rate == 1e-3
     sweep, _ = resolve_sweep(file, Layer())
-    assert sweep.targets == ("era_5",) and sweep.num_trials == 2
+    assert (sweep.targets, sweep.protocol, sweep.num_trials) == (("era_5",), "window:2", 1)
     assert sweep.methods == tuple(load_yaml(DEMO)["methods"])
     assert sweep.method_configs["pearl"].adapter_dim == 4
     assert resolve_data(file).image_size == 32

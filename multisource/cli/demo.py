@@ -24,6 +24,12 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", default=None)
     args = p.parse_args(argv)
     setup_logging(bool(args.verbose))
+    if args.workers is None or int(args.workers) > 1:
+        from ..executors import start_worker_server
+
+        # The workers' fork server imports torch and Lightning (about 10 s) on the second core while this
+        # process imports them on the first, rather than later beside the upstream pretraining.
+        start_worker_server()
     return run_main(lambda: run_demo(args))
 
 

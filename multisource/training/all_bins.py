@@ -156,14 +156,14 @@ def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
         return {b: results[b] for b in bins}
     handle.check_trainable([c.bin for c in todo])
     handle.warn_upscale(cfg.image_size or handle.info.image_size, cfg.model_name)
-    start = resolve_start(cfg, opts, handle)
-    log.info("Every source starts from the %s.", start.describe())
     parallel = len(todo) > 1 and (opts.workers > 1 or opts.executor != "local")
-    if parallel:
-        opts = replace(opts, progress=False)
-    else:
-        opts = replace(opts, executor="local", workers=1)
-    with make_executor(opts) as executor:
+    run_opts = replace(opts, progress=False) if parallel else replace(opts, executor="local", workers=1)
+    # The executor is entered before the shared start is resolved: a pool's workers get ready while the upstream
+    # pretraining (if any) runs here, instead of after it.
+    with make_executor(run_opts) as executor:
+        start = resolve_start(cfg, opts, handle)
+        log.info("Every source starts from the %s.", start.describe())
+        opts = run_opts
         for i, value in executor.run(_run_listed, [(c, opts, handle, start, force) for c in todo]):
             if isinstance(value, BaseException):  # the worker died (killed, out of memory, lost node)
                 value = SourceOutcome(todo[i].bin, "failed", str(source_checkpoint_path(todo[i], opts)),
