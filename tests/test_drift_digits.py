@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,17 +64,20 @@ def small_builds(tmp_path_factory) -> dict[str, Path]:
         build_drift_digits(b, cfg, overwrite=True)  # a folder of someone's files is never replaced
     assert (b / "stale.txt").read_text() == "left from an old build"
     (b / "stale.txt").unlink()
-    build_drift_digits(b, cfg)  # an empty folder is built into
+    build_drift_digits(b, replace(cfg, workers=1))  # an empty folder is built into, here in one process
     build_drift_digits(b, cfg, overwrite=True)  # a dataset this project built is rebuilt
+    d = base / "d"
+    build_drift_digits(d, replace(cfg, workers=1))
     c = base / "c"
     build_drift_digits(c, DriftDigitsConfig(image_size=8, train_renders=2, eval_renders=1, seed=7))
-    return {"a": a, "b": b, "c": c}
+    return {"a": a, "b": b, "c": c, "d": d}
 
 
 def test_same_seed_builds_are_byte_identical(small_builds):
     a, b = _digests(small_builds["a"]), _digests(small_builds["b"])
     assert len(a) == 1797 + 1  # one render of every digit, plus the card
     assert a == b
+    assert _digests(small_builds["d"]) == a  # rendered in one process or two: the same bytes
     assert not list(small_builds["a"].parent.glob(".*building*"))  # no temporary folder left behind
     assert not list(small_builds["a"].parent.glob(".*old*"))
 

@@ -8,7 +8,10 @@ every source model starts from that checkpoint (SPEC 2.4).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import multiprocessing
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ class DriftDigitsConfig:
     max_rotation: float = field(default=42.0, metadata={"help": "rotation in degrees at the last era (0 at the first)"})
     rotation_power: float = field(default=0.6, metadata={
         "help": "below 1 front-loads the rotation steps, so early eras drift as much as late ones"})
+    workers: int = field(default=2, metadata={"help": "rendering processes (the bytes do not depend on it)"})
 
     def __post_init__(self) -> None:
         check_seed(self)
@@ -51,6 +55,7 @@ class DriftDigitsConfig:
         check_range(self, "eval_renders", 1)
         check_range(self, "max_rotation", 0, 180)
         check_range(self, "rotation_power", 0, 10, low_open=True)
+        check_range(self, "workers", 1, 256)
 
 
 @dataclass(frozen=True)
@@ -146,21 +151,47 @@ def build_drift_digits(output_dir: Path, cfg: DriftDigitsConfig = DriftDigitsCon
     return card
 
 
-def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.ndarray,
-            assignment: dict[str, dict[str, list[int]]], cfg: DriftDigitsConfig, progress: bool = True) -> dict:
-    """Every image and the card into ``tmp``."""
-    jobs = [(b, s, i) for b in [UPSTREAM, *bins] for s in SPLITS for i in assignment[b][s]]
-    for b, split, i in progress_bar(jobs, desc="Rendering drifting digits", unit="digit", leave=False, enabled=progress):
-        renders = cfg.train_renders if split == "train" else cfg.eval_renders
-        folder = tmp / b / split / info.classes[int(targets[i])]
+def _render_digits(tmp: Path, classes: list[str], bins: list[str], b: str, split: str, indices: list[int],
+                   images: np.ndarray, targets: np.ndarray, cfg: DriftDigitsConfig) -> int:
+    """Render digits ``indices`` (their ``images`` and ``targets``) into bin ``b``'s ``split`` (a worker's task);
+    returns how many. Each render draws from its own seed, so the bytes do not depend on how work is split."""
+    renders = cfg.train_renders if split == "train" else cfg.eval_renders
+    for i, image, target in zip(indices, images, targets):
+        folder = tmp / b / split / classes[int(target)]
         folder.mkdir(parents=True, exist_ok=True)
         for r in range(renders):
             rng = np.random.default_rng(derive_seed(cfg.seed, "render", b, split, i, r))
             style = upstream_style(cfg, rng) if b == UPSTREAM else era_style(bins.index(b), len(bins), cfg, rng)
-            render_digit(images[i], style, cfg.image_size, rng).save(folder / f"d{i:04d}_r{r}.png", optimize=False)
-    card = build_card(tmp, dataset="drift_digits", classes=list(info.classes), bins=bins, seed=cfg.seed,
+            render_digit(image, style, cfg.image_size, rng).save(folder / f"d{i:04d}_r{r}.png", optimize=False)
+    return len(indices)
+
+
+def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.ndarray,
+            assignment: dict[str, dict[str, list[int]]], cfg: DriftDigitsConfig, progress: bool = True) -> dict:
+    """Every image and the card into ``tmp``, in ``cfg.workers`` processes."""
+    classes = list(info.classes)
+    chunks = [(b, s, assignment[b][s][k:k + 64]) for b in [UPSTREAM, *bins] for s in SPLITS
+              for k in range(0, len(assignment[b][s]), 64)]
+    tasks = [(tmp, classes, bins, b, s, idx, images[idx], targets[idx], cfg) for b, s, idx in chunks]
+    bar = progress_bar(total=sum(len(idx) for _, _, idx in chunks), desc="Rendering drifting digits", unit="digit",
+                       leave=False, enabled=progress)
+    try:
+        if cfg.workers <= 1:
+            for task in tasks:
+                bar.update(_render_digits(*task))
+        else:
+            # fork: the workers need the digits and nothing this process imported since (no torch work yet)
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                              else "spawn")
+            with concurrent.futures.ProcessPoolExecutor(min(cfg.workers, os.cpu_count() or 1), mp_context=ctx) as pool:
+                for n in pool.map(_render_digits, *zip(*tasks)):
+                    bar.update(n)
+    finally:
+        bar.close()
+    card = build_card(tmp, dataset="drift_digits", classes=classes, bins=bins, seed=cfg.seed,
                       image_size=cfg.image_size, hflip=info.hflip, example_group=info.example_group,
-                      extra={"config": cfg.__dict__, "source": "sklearn.datasets.load_digits (1797 8x8 digits)"},
+                      extra={"config": {k: v for k, v in cfg.__dict__.items() if k != "workers"},
+                             "source": "sklearn.datasets.load_digits (1797 8x8 digits)"},
                       bin_extra={b: {"era": k + 1} for k, b in enumerate(bins)})
     card[UPSTREAM] = build_card(tmp, dataset="drift_digits", classes=list(info.classes), bins=[UPSTREAM],
                                 seed=cfg.seed)["bins"][UPSTREAM]
