@@ -147,3 +147,57 @@ def test_a_dead_runs_claim_on_a_finished_result_is_removed_and_a_live_one_kept(t
     with claimed_by_another_process(ckpt):
         claims.remove_if_stale(ckpt)
         assert claims.claim_path(ckpt).exists()
+
+
+def test_parallel_workers_get_ready_while_the_shared_start_is_resolved(tmp_path, monkeypatch, digits_root):
+    """The pool is entered (its fork server starts importing) before the upstream pretraining runs, so the two
+    overlap; training the bins themselves uses the pool's options, the start the caller's."""
+    from multisource.data.loaders import open_dataset
+    from multisource.training.start import SharedStart
+
+    events = []
+
+    class Pool:
+        def __init__(self, options):
+            self.options = options
+
+        def __enter__(self):
+            events.append(("enter", self.options.workers, self.options.progress))
+            return self
+
+        def __exit__(self, *exc):
+            events.append(("exit",))
+
+        def run(self, fn, tasks):
+            for i, args in enumerate(tasks):
+                events.append(("task", args[0].bin))
+                yield i, all_bins.SourceOutcome(args[0].bin, "trained", "-", "")
+
+    def start(cfg, opts, handle):
+        events.append(("start", opts.progress))
+        return SharedStart("upstream", "stands/for/the/upstream.ckpt", "0" * 16)
+
+    monkeypatch.setattr(all_bins, "make_executor", Pool)
+    monkeypatch.setattr(all_bins, "resolve_start", start)
+    cfg = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL)
+    handle = open_dataset("drift_digits", digits_root)
+    all_bins.train_all_bins(cfg, RunOptions(results_dir=str(tmp_path), workers=2), handle, ["era_1", "era_2"])
+    assert events == [("enter", 2, False), ("start", True), ("task", "era_1"), ("task", "era_2"), ("exit",)]
+
+
+def test_entering_a_process_pool_starts_its_fork_server(tmp_path):
+    """In a fresh interpreter (this one may have started it already): none before, one once a pool is entered."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform (spawn is used)")
+    code = ("import multiprocessing.forkserver as f\n"
+            "from multisource.executors import ProcessExecutor\n"
+            "from multisource.options import RunOptions\n"
+            "assert f._forkserver._forkserver_pid is None\n"
+            "with ProcessExecutor(RunOptions(workers=2)):\n"
+            "    assert f._forkserver._forkserver_pid is not None\n")
+    err = tmp_path / "stderr"
+    with err.open("w") as stderr:  # a file, not a pipe: the fork server inherits it and outlives the interpreter
+        done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=stderr, timeout=120)
+    assert done.returncode == 0, err.read_text()

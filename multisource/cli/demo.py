@@ -61,7 +61,7 @@ def run_demo(args: argparse.Namespace) -> int:
     sweep_opts = replace(sweep_opts, train_missing=True)
     plan = plan_sweep(sweep_cfg, sweep_opts)
     n_targets = len({job.config.target for job in plan.jobs})
-    print("[2/4] Source models (upstream pretraining once, then one model per era; complete ones are reused)",
+    print("[2/4] Source models (upstream pretraining once, then one model per source era; complete ones are reused)",
           flush=True)
     clock = {"t0": time.perf_counter()}
 
