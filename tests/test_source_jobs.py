@@ -170,7 +170,7 @@ def test_parallel_workers_get_ready_while_the_shared_start_is_resolved(tmp_path,
 
         def run(self, fn, tasks):
             for i, args in enumerate(tasks):
-                events.append(("task", args[0].bin))
+                events.append(("task", args[0].bin, args[1].progress))
                 yield i, all_bins.SourceOutcome(args[0].bin, "trained", "-", "")
 
     def start(cfg, opts, handle):
@@ -182,7 +182,8 @@ def test_parallel_workers_get_ready_while_the_shared_start_is_resolved(tmp_path,
     cfg = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL)
     handle = open_dataset("drift_digits", digits_root)
     all_bins.train_all_bins(cfg, RunOptions(results_dir=str(tmp_path), workers=2), handle, ["era_1", "era_2"])
-    assert events == [("enter", 2, False), ("start", True), ("task", "era_1"), ("task", "era_2"), ("exit",)]
+    assert events == [("enter", 2, False), ("start", True), ("task", "era_1", False), ("task", "era_2", False),
+                      ("exit",)]
 
 
 def test_entering_a_process_pool_starts_its_fork_server(tmp_path):

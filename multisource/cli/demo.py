@@ -24,11 +24,13 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", default=None)
     args = p.parse_args(argv)
     setup_logging(bool(args.verbose))
-    if args.workers is None or int(args.workers) > 1:
+    if args.workers is None or (args.workers.isdigit() and int(args.workers) > 1):
         from ..executors import start_worker_server
 
         # The workers' fork server imports torch and Lightning (about 10 s) on the second core while this
-        # process imports them on the first, rather than later beside the upstream pretraining.
+        # process imports them on the first, rather than later beside the upstream pretraining. Started before
+        # the settings are read (that import is what it overlaps): a settings file that asks for one worker
+        # leaves it unused; a bad --workers is refused by the settings loader as always.
         start_worker_server()
     return run_main(lambda: run_demo(args))
 

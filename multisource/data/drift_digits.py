@@ -173,21 +173,24 @@ def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.nd
     chunks = [(b, s, assignment[b][s][k:k + 64]) for b in [UPSTREAM, *bins] for s in SPLITS
               for k in range(0, len(assignment[b][s]), 64)]
     tasks = [(tmp, classes, bins, b, s, idx, images[idx], targets[idx], cfg) for b, s, idx in chunks]
+    pool = None
+    if cfg.workers > 1:
+        # fork: the workers need the digits and nothing this process imported since (no torch work yet); they
+        # are forked here, before the progress bar starts a thread
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = concurrent.futures.ProcessPoolExecutor(min(cfg.workers, os.cpu_count() or 1), mp_context=ctx)
+        counts = pool.map(_render_digits, *zip(*tasks))
+    else:
+        counts = (_render_digits(*task) for task in tasks)
     bar = progress_bar(total=sum(len(idx) for _, _, idx in chunks), desc="Rendering drifting digits", unit="digit",
                        leave=False, enabled=progress)
     try:
-        if cfg.workers <= 1:
-            for task in tasks:
-                bar.update(_render_digits(*task))
-        else:
-            # fork: the workers need the digits and nothing this process imported since (no torch work yet)
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                              else "spawn")
-            with concurrent.futures.ProcessPoolExecutor(min(cfg.workers, os.cpu_count() or 1), mp_context=ctx) as pool:
-                for n in pool.map(_render_digits, *zip(*tasks)):
-                    bar.update(n)
+        for n in counts:
+            bar.update(n)
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed chunk stops the ones not yet started
     card = build_card(tmp, dataset="drift_digits", classes=classes, bins=bins, seed=cfg.seed,
                       image_size=cfg.image_size, hflip=info.hflip, example_group=info.example_group,
                       extra={"config": {k: v for k, v in cfg.__dict__.items() if k != "workers"},
