@@ -204,3 +204,32 @@ def test_the_shipped_variants_file_dry_runs_every_variant(trained_sources, tmp_p
     assert "120 experiments" in out
     for label in ("grasp[near-best]", "grasp[far-guard]", "pearl[base-rest]", "target_only era_5 trial 2"):
         assert label in out
+
+
+def _table_rows(text: str, heading: str) -> dict[str, list[str]]:
+    """The rows of the first markdown table after ``heading``, keyed by the first cell's `label`."""
+    block = text[text.index(heading):]
+    rows, started = {}, False
+    for line in block.splitlines():
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            label = cells[0].split("`")[1] if cells[0].count("`") >= 2 else cells[0]
+            rows[label] = cells[1:]
+        elif started:
+            break
+    return rows
+
+
+def test_the_readme_variant_table_quotes_the_measured_tables_in_docs_methods():
+    """The README's GRASP/PEARL variant rows are copies of docs/methods.md's two measured tables (drifting digits,
+    then own data): a re-measured table there must be copied here too."""
+    readme = (ROOT / "README.md").read_text()
+    methods = (ROOT / "docs" / "methods.md").read_text()
+    quoted = _table_rows(readme, "## Which GRASP setting to use")
+    digits = _table_rows(methods, "## Options measured on the built-in benchmark")
+    own = _table_rows(methods, "**The same sweep under stronger drift with little data**")
+    rows = {k: v for k, v in quoted.items() if k.startswith(("grasp", "pearl"))}
+    assert len(rows) >= 5
+    for label, cells in rows.items():
+        assert cells[0] == digits[label][0] and cells[1] == own[label][0], label
