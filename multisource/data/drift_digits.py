@@ -8,10 +8,7 @@ every source model starts from that checkpoint (SPEC 2.4).
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import multiprocessing
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +19,8 @@ from PIL import Image, ImageFilter
 from ..utils.seed import derive_seed
 from ..config import check_range, check_seed
 from ..paths import UPSTREAM
-from ..utils.progress import progress_bar
 from .card import build_card, write_card
-from .raw import building
+from .raw import building, render_in_processes
 from .datasets import get_dataset
 from .splits import SPLITS, split_stratum
 
@@ -173,24 +169,8 @@ def _render(tmp: Path, info, bins: list[str], images: np.ndarray, targets: np.nd
     chunks = [(b, s, assignment[b][s][k:k + 64]) for b in [UPSTREAM, *bins] for s in SPLITS
               for k in range(0, len(assignment[b][s]), 64)]
     tasks = [(tmp, classes, bins, b, s, idx, images[idx], targets[idx], cfg) for b, s, idx in chunks]
-    pool = None
-    if cfg.workers > 1:
-        # fork: the workers need the digits and nothing this process imported since (no torch work yet); they
-        # are forked here, before the progress bar starts a thread
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = concurrent.futures.ProcessPoolExecutor(min(cfg.workers, os.cpu_count() or 1), mp_context=ctx)
-        counts = pool.map(_render_digits, *zip(*tasks))
-    else:
-        counts = (_render_digits(*task) for task in tasks)
-    bar = progress_bar(total=sum(len(idx) for _, _, idx in chunks), desc="Rendering drifting digits", unit="digit",
-                       leave=False, enabled=progress)
-    try:
-        for n in counts:
-            bar.update(n)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # a failed chunk stops the ones not yet started
+    render_in_processes(_render_digits, tasks, workers=cfg.workers, total=sum(len(idx) for _, _, idx in chunks),
+                        desc="Rendering drifting digits", unit="digit", progress=progress)
     card = build_card(tmp, dataset="drift_digits", classes=classes, bins=bins, seed=cfg.seed,
                       image_size=cfg.image_size, hflip=info.hflip, example_group=info.example_group,
                       extra={"config": {k: v for k, v in cfg.__dict__.items() if k != "workers"},

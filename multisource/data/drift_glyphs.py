@@ -21,11 +21,8 @@ alone, so a build is the same bytes whatever the number of worker processes, and
 from __future__ import annotations
 
 import colorsys
-import concurrent.futures
 import logging
 import math
-import multiprocessing
-import os
 import string
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -36,11 +33,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..config import ConfigError, check_range, check_seed
 from ..paths import UPSTREAM
-from ..utils.progress import progress_bar
 from ..utils.seed import derive_seed
 from .card import build_card, write_card
 from .datasets import get_dataset
-from .raw import building
+from .raw import building, render_in_processes
 from .splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -310,20 +306,8 @@ def build_drift_glyphs(output_dir: Path, cfg: DriftGlyphsConfig = DriftGlyphsCon
                 for label, char in enumerate(classes):
                     tasks.append((str(tmp / b / split / char), cfg, b, t, split, label, sizes[split]))
         total = sum(task[-1] for task in tasks)
-        bar = progress_bar(total=total, desc="Rendering drifting glyphs", unit="img", leave=False, enabled=progress)
-        try:
-            if cfg.workers <= 1:
-                for task in tasks:
-                    bar.update(_render_folder(*task))
-            else:
-                ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                                  else "spawn")
-                with concurrent.futures.ProcessPoolExecutor(min(cfg.workers, os.cpu_count() or 1),
-                                                            mp_context=ctx) as pool:
-                    for n in pool.map(_render_folder, *zip(*tasks), chunksize=4):
-                        bar.update(n)
-        finally:
-            bar.close()
+        render_in_processes(_render_folder, tasks, workers=cfg.workers, total=total,
+                            desc="Rendering drifting glyphs", unit="img", progress=progress, chunksize=4)
         card = build_card(tmp, dataset="drift_glyphs", classes=classes, bins=bins, seed=cfg.seed,
                           image_size=cfg.image_size, hflip=info.hflip, example_group=info.example_group,
                           extra={"config": {k: v for k, v in asdict(cfg).items() if k != "workers"},

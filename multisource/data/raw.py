@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,29 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, desc
     finally:
         bar.close()
     return results
+
+
+def render_in_processes(fn: Callable[..., int], tasks: Sequence[tuple], *, workers: int, total: int, desc: str,
+                        unit: str, progress: bool = True, chunksize: int = 1) -> None:
+    """``fn(*task)`` for every task, in ``workers`` processes (in this one for 1), the progress bar advanced by what
+    each call returns (out of ``total``). For the generated benchmarks' renderers: drawing is Python and numpy
+    work that holds the GIL, so processes, not threads. Forked before the bar starts a thread, they need nothing
+    this process imported since (no torch work yet); a failure cancels the tasks not yet started."""
+    pool = None
+    if workers > 1:
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = ProcessPoolExecutor(min(workers, os.cpu_count() or 1), mp_context=ctx)
+        counts: Iterator[int] = pool.map(fn, *zip(*tasks), chunksize=chunksize)
+    else:
+        counts = (fn(*task) for task in tasks)
+    bar = progress_bar(total=total, desc=desc, unit=unit, leave=False, enabled=progress)
+    try:
+        for n in counts:
+            bar.update(n)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def image_problem(candidate: Candidate) -> str | None:
