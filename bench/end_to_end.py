@@ -35,7 +35,7 @@ def pipeline(tmp: Path, args) -> tuple[dict[str, float], dict]:
     from multisource.data.loaders import open_dataset
     from multisource.experiment.config import ExperimentConfig
     from multisource.experiment.runner import run_experiment
-    from multisource.options import RunOptions
+    from multisource.options import ExperimentOptions, TrainOptions
     from multisource.training.fit import SourceTrainConfig
     from multisource.training.source import train_source
     from multisource.training.upstream import ensure_upstream
@@ -54,7 +54,7 @@ def pipeline(tmp: Path, args) -> tuple[dict[str, float], dict]:
     digits = DriftDigitsConfig(train_renders=renders, eval_renders=renders)
     stage("build_data", lambda: build_drift_digits(root, digits))
     handle = open_dataset("drift_digits", root)
-    opts = RunOptions(data_root=str(root), results_dir=str(results), progress=False)
+    opts = TrainOptions(data_root=str(root), results_dir=str(results), progress=False)
     base = SourceTrainConfig(dataset="drift_digits", model_name=MODEL, max_epochs=args.source_epochs,
                              batch_size=args.batch_size, seed=0)
     stage("upstream_pretraining", lambda: ensure_upstream(handle, base, opts, epochs=args.upstream_epochs))
@@ -62,7 +62,7 @@ def pipeline(tmp: Path, args) -> tuple[dict[str, float], dict]:
         stage(f"train_source:{b}", lambda b=b: train_source(SourceTrainConfig(**{**base.__dict__, "bin": b}), opts))
     times["train_sources"] = round(sum(v for k, v in times.items() if k.startswith("train_source:")), 2)
     scores = {}
-    eopts = RunOptions(data_root=str(root), results_dir=str(results), device=args.device, overwrite=True)
+    eopts = ExperimentOptions(data_root=str(root), results_dir=str(results), device=args.device, overwrite=True)
     for method, mcfg in method_configs(args.method_epochs, args.learning_rate).items():
         cfg = ExperimentConfig(dataset="drift_digits", model=MODEL, method=method, target=TARGET,
                                batch_size=args.batch_size, method_config=mcfg)

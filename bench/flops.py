@@ -173,7 +173,7 @@ def cross_check(data_root: Path, tmp: Path, num_sources: int = 4) -> list[dict]:
 
     from multisource.data.loaders import open_dataset
     from multisource.experiment.config import ExperimentConfig
-    from multisource.options import RunOptions
+    from multisource.options import ExperimentOptions
     from multisource.experiment.runner import run_experiment
     from multisource.models.checkpoint import save_checkpoint
     from multisource.models.factory import create_model
@@ -196,7 +196,7 @@ def cross_check(data_root: Path, tmp: Path, num_sources: int = 4) -> list[dict]:
     configs = {"ensemble": {}, "fusion": hp["fusion"], "fusion-logits": {"mode": "logits", **hp["fusion"]},
                "grasp": hp["grasp"], "pearl": hp["pearl"]}
     cost = model_costs(model_name, handle.num_classes, 32, 16, meta=False)
-    opts = RunOptions(data_root=str(data_root), checkpoint_dir=str(tmp / "ckpt"), results_dir=str(tmp / "res"),
+    opts = ExperimentOptions(data_root=str(data_root), checkpoint_dir=str(tmp / "ckpt"), results_dir=str(tmp / "res"),
                              device="cpu", save_model=False, overwrite=True)
     rows = []
     for name, mcfg in configs.items():

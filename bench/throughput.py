@@ -178,14 +178,14 @@ class Bench:
 
     def source_trainer(self) -> dict:
         from multisource.training.module import ClassifierModule
-        from multisource.options import RunOptions
+        from multisource.options import TrainOptions
         from multisource.training.fit import SourceTrainConfig, fit_classifier
 
         timer = _epoch_timer(self.cuda)
         cfg = SourceTrainConfig(dataset=self.handle.info.name, bin=BIN, model_name=self.model_name,
                                 max_epochs=self.epochs, batch_size=self.batch_size, learning_rate=LR, weight_decay=WD,
                                 gradient_clip=CLIP, image_size=self.image_size, pretrained=False, seed=0)
-        opts = RunOptions(device="cuda" if self.cuda else "cpu", devices=1, precision=self.precision,
+        opts = TrainOptions(device="cuda" if self.cuda else "cpu", devices=1, precision=self.precision,
                           progress=False)
         t_call = _now(self.cuda)
         with mock.patch.object(ClassifierModule, "configure_callbacks", lambda module: [timer]):

@@ -1,13 +1,16 @@
-"""How to run (hardware, precision, parallelism, paths): one options class for every command.
+"""How to run (hardware, precision, parallelism, paths), per command.
 
 Kept apart from *what* to run (dataset, model, method, hyper-parameters, seed), which the stage configs hold.
-The ``run:`` section of a settings file and the "how to run" flags map onto it.
+:class:`RunOptions` holds what every command shares; each command that has more adds them in its own class:
+source training (:class:`TrainOptions`), one experiment (:class:`ExperimentOptions`) and a sweep
+(:class:`SweepOptions`, which may also train missing sources). The ``run:`` section of a settings file and the
+"how to run" flags map onto them: a command takes the keys of its own class, so one file serves every command.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .config import ConfigError, check_choice, check_range
@@ -23,12 +26,9 @@ PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "16": "16-mixed", "fp16": "1
 
 @dataclass
 class RunOptions:
-    """How a command runs. ``workers`` processes (local) or Ray tasks run bins or experiments in parallel."""
+    """How any command runs. ``workers`` processes (local) or Ray tasks run bins or experiments in parallel."""
 
     device: str = "auto"  # auto (cuda when available), cpu or cuda
-    devices: int | str = "auto"  # Lightning: number of devices or a list such as "0,1" (source training)
-    num_nodes: int = 1
-    strategy: str = "auto"  # Lightning strategy (ddp, ...) for source training
     precision: str = "auto"  # auto: 16-mixed on CUDA, 32 on CPU
     num_workers: int = 0  # data-loader workers
     data_root: str | None = None
@@ -38,12 +38,7 @@ class RunOptions:
     workers: int = 1
     ray_address: str | None = None
     ray_cpus_per_task: int = 1
-    overwrite: bool = False
-    save_model: bool = True
     progress: bool = True
-    train_missing: bool = False  # sweeps: train missing source checkpoints first
-    summarize: bool = True  # sweeps: write the summaries at the end
-    batch_augment: bool = False  # experiments: the target's train augmentation per batch on the device
 
     def __post_init__(self) -> None:
         self.device = {"gpu": "cuda"}.get(self.device, self.device)
@@ -52,10 +47,7 @@ class RunOptions:
         check_choice(self, "precision", PRECISIONS)
         check_range(self, "num_workers", 0)
         check_range(self, "workers", 1)
-        check_range(self, "num_nodes", 1)
         check_range(self, "ray_cpus_per_task", 1)
-        if isinstance(self.devices, str) and self.devices.isdigit():
-            self.devices = int(self.devices)
 
     def torch_device(self):
         import torch  # only when work starts: importing torch takes seconds, and --help must not
@@ -89,3 +81,42 @@ class RunOptions:
         if self.checkpoint_dir:
             return Path(self.checkpoint_dir).resolve() / f"{bin_name}.ckpt"
         return checkpoint_path(self.results_path(), dataset, model, bin_name)
+
+
+@dataclass
+class TrainOptions(RunOptions):
+    """How source training (and the upstream pretraining) runs: Lightning's hardware settings as well."""
+
+    devices: int | str = "auto"  # Lightning: number of devices or a list such as "0,1"
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy (ddp, ...)
+    batch_augment: bool = False  # the train augmentation per batch on the device
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "num_nodes", 1)
+        if isinstance(self.devices, str) and self.devices.isdigit():
+            self.devices = int(self.devices)
+
+
+@dataclass
+class ExperimentOptions(RunOptions):
+    """How one experiment runs and what it keeps."""
+
+    overwrite: bool = False  # re-run a finished experiment
+    save_model: bool = True  # write the final model
+    batch_augment: bool = False  # the target's train augmentation per batch on the device
+
+
+@dataclass
+class SweepOptions(ExperimentOptions, TrainOptions):
+    """How a sweep runs: its experiments' options, and source training's for the missing sources it trains."""
+
+    train_missing: bool = False  # train missing source checkpoints first
+    summarize: bool = True  # write the summaries at the end
+
+
+def recorded(opts: RunOptions, cls: type[RunOptions]) -> dict:
+    """The options a result records: those of the stage's class ``cls`` (an experiment's are ExperimentOptions
+    whether an experiment command or a sweep ran it), so equal runs record equal options."""
+    return {f.name: getattr(opts, f.name) for f in fields(cls)}

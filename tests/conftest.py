@@ -42,14 +42,14 @@ def trained_sources(digits_root, tmp_path_factory) -> dict:
 
     Returns {"results_dir", "checkpoint_dir", "data_root", "model", "bins", "reports"}.
     """
-    from multisource.options import RunOptions
+    from multisource.options import TrainOptions
     from multisource.training.fit import SourceTrainConfig
     from multisource.training.source import train_source
     from multisource.training.upstream import ensure_upstream
     from multisource.data.loaders import open_dataset
 
     results = tmp_path_factory.mktemp("results")
-    opts = RunOptions(data_root=str(digits_root), results_dir=str(results), progress=False)
+    opts = TrainOptions(data_root=str(digits_root), results_dir=str(results), progress=False)
     handle = open_dataset("drift_digits", digits_root)
     base = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL, max_epochs=SOURCE_EPOCHS,
                              batch_size=SOURCE_BATCH, seed=0)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from multisource.config import ConfigError, build, check_choice, check_range, load_yaml, pick, to_dict
-from multisource.options import RunOptions
+from multisource.options import RunOptions, TrainOptions
 from multisource.training.fit import SourceTrainConfig
 
 
@@ -87,7 +87,7 @@ def test_run_options_precision_choice_aliases_and_what_really_runs():
     # mixed precision runs on CUDA only: on CPU the truth (32) is what runs and is recorded
     assert RunOptions(precision="16-mixed").precision_on("cpu") == "32"
     assert RunOptions(precision="bf16-mixed").precision_on("cuda") == "bf16-mixed"
-    assert RunOptions(device="gpu").device == "cuda" and RunOptions(devices="2").devices == 2
+    assert RunOptions(device="gpu").device == "cuda" and TrainOptions(devices="2").devices == 2
 
 
 def test_load_yaml_errors(tmp_path):

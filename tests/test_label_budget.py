@@ -17,7 +17,7 @@ from multisource.experiment.config import ExperimentConfig
 from multisource.experiment.sweep import SweepConfig, run_sweep
 from multisource.measure.statistics import mean_over_targets_interval
 from multisource.methods.inputs import target_data
-from multisource.options import RunOptions
+from multisource.options import SweepOptions
 from multisource.utils.io import read_json
 
 MODEL = "tiny-resnet"
@@ -88,7 +88,7 @@ def test_target_data_subsamples_train_and_val_only_the_same_for_every_call(digit
 
 @pytest.mark.xdist_group("trained_sources")
 def test_a_budget_sweep_keeps_budgets_apart_and_writes_the_data_efficiency_summary(trained_sources, tmp_path):
-    opts = RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(tmp_path / "budgets"),
+    opts = SweepOptions(data_root=str(trained_sources["data_root"]), results_dir=str(tmp_path / "budgets"),
                       checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
     base = dict(dataset="drift_digits", models=(MODEL,), methods=("fusion", "target_only"), targets=("era_2",),
                 num_trials=1, seed=7, method_configs=CHEAP)
@@ -112,7 +112,7 @@ def test_a_budget_sweep_keeps_budgets_apart_and_writes_the_data_efficiency_summa
         assert records[0.25][m]["val"]["num_samples"] < records[1.0][m]["val"]["num_samples"]
 
     # at 1 the results equal a sweep that never heard of budgets, prediction by prediction
-    plain = RunOptions(**{**opts.__dict__, "results_dir": str(tmp_path / "plain")})
+    plain = SweepOptions(**{**opts.__dict__, "results_dir": str(tmp_path / "plain")})
     run_sweep(SweepConfig(**base), plain)
     for m in ("fusion", "target_only"):
         a = pd.read_csv(model_dir / m / "era_2" / "trial_1" / "test_predictions.csv")

@@ -458,7 +458,7 @@ def test_target_training_can_take_its_augmentation_per_batch_on_the_device(share
     """--batch_augment: the target's train batches come as uint8 crops and are jittered and normalised per batch;
     a method trains on them like on any loader (the same images per epoch, the read noted), through the runner."""
     from multisource.data.batch_augment import DeviceBatches
-    from multisource.options import RunOptions
+    from multisource.options import ExperimentOptions
 
     target = target_data("drift_digits", "era_5", model=MODEL, data_root=shared_start_pool["data_root"],
                          batch_size=64, seed=1, batch_augment=True)
@@ -477,7 +477,7 @@ def test_target_training_can_take_its_augmentation_per_batch_on_the_device(share
     folder = shared_start_pool["paths"]["era_1"].parent
     report = run_experiment(ExperimentConfig(method="fusion", target="era_5", sources=BINS,
                                              method_config={"finetune_epochs": 1, "learning_rate": 1e-3}),
-                            RunOptions(batch_augment=True, checkpoint_dir=str(folder), save_model=False, device="cpu",
+                            ExperimentOptions(batch_augment=True, checkpoint_dir=str(folder), save_model=False, device="cpu",
                                        data_root=str(shared_start_pool["data_root"]),
                                        results_dir=str(folder / "results")))
     assert report.extra["options"]["batch_augment"] is True and report.budget.target_epochs == 1

@@ -10,7 +10,7 @@ from multisource.config import ConfigError
 from multisource.experiment.num_sources import num_sources_markdown
 from multisource.experiment.plots import figure_num_sources, overlapping_texts
 from multisource.experiment.sweep import SweepConfig, plan_sweep, run_sweep
-from multisource.options import RunOptions
+from multisource.options import SweepOptions
 from multisource.utils.io import read_json
 
 MODEL = "tiny-resnet"
@@ -30,7 +30,7 @@ def test_bad_counts_and_a_window_protocol_beside_them_are_refused():
 
 
 def test_each_k_plans_the_k_nearest_earlier_bins_and_skips_what_the_past_cannot_fill(digits_root, tmp_path):
-    opts = RunOptions(data_root=str(digits_root), results_dir=str(tmp_path))
+    opts = SweepOptions(data_root=str(digits_root), results_dir=str(tmp_path))
     plan = plan_sweep(SweepConfig(methods=("grasp",), targets=("era_2", "era_4"), num_trials=1,
                                   num_sources=(1, 3)), opts)
     got = {(j.config.protocol, j.config.target): list(j.sources) for j in plan.jobs}
@@ -44,7 +44,7 @@ def test_each_k_plans_the_k_nearest_earlier_bins_and_skips_what_the_past_cannot_
 
 @pytest.mark.xdist_group("trained_sources")
 def test_a_k_sweep_writes_accuracy_and_models_resident_against_k(trained_sources, tmp_path):
-    opts = RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(tmp_path),
+    opts = SweepOptions(data_root=str(trained_sources["data_root"]), results_dir=str(tmp_path),
                       checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
     config = SweepConfig(dataset="drift_digits", models=(MODEL,), methods=("ensemble", "fusion", "grasp"),
                          targets=("era_3", "era_4"), num_trials=1, seed=3, method_configs=CHEAP,

@@ -40,7 +40,7 @@ METHOD_FLAGS = {
 
 
 def parse(argv, method=None, dataset=None):
-    """(SweepConfig, RunOptions) exactly as the sweep command resolves them."""
+    """(SweepConfig, SweepOptions) exactly as the sweep command resolves them."""
     from multisource.experiment.settings import cli_layer, read_settings, resolve_sweep
 
     parser, owners = sweep_cli.build_parser(method, dataset)

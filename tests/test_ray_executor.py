@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from multisource.options import RunOptions
+from multisource.options import SweepOptions
 from multisource.experiment.sweep import SweepConfig, run_sweep
 from multisource.utils.io import read_json
 
@@ -16,7 +16,7 @@ CONFIG = dict(dataset="drift_digits", models=(MODEL,), methods=("ensemble",), ta
 
 
 def run(trained_sources, results_dir, targets=CONFIG["targets"], **sweep_opts):
-    opts = RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
+    opts = SweepOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
                       checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu",
                       summarize=False, **sweep_opts)
     return run_sweep(SweepConfig(**{**CONFIG, "targets": targets}), opts)

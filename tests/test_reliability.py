@@ -26,7 +26,7 @@ from multisource.experiment.config import ExperimentConfig
 from multisource.experiment.sweep import SweepConfig, run_sweep
 from multisource.experiment.summary import write_summaries
 from multisource.models import CheckpointError, load_checkpoint, save_checkpoint
-from multisource.options import RunOptions
+from multisource.options import SweepOptions
 from multisource.training.loop import FinetuneConfig, TrainingDiverged, finetune
 from multisource.training.module import ClassifierModule
 from multisource.utils.io import read_json, write_json
@@ -37,8 +37,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-resnet"
 
 
-def _opts(trained_sources, results, **kw) -> RunOptions:
-    return RunOptions(**{"data_root": str(trained_sources["data_root"]), "results_dir": str(results),
+def _opts(trained_sources, results, **kw) -> SweepOptions:
+    return SweepOptions(**{"data_root": str(trained_sources["data_root"]), "results_dir": str(results),
                          "checkpoint_dir": str(trained_sources["checkpoint_dir"]), "device": "cpu",
                          "save_model": False, **kw})
 
@@ -114,17 +114,17 @@ BAD_INPUTS = [  # (command, argv, what the one line must say)
     ("train", ["--image_size", "-5"], "SourceTrainConfig.image_size=-5 is out of range"),
     ("train", ["--weight_decay", "-1"], "SourceTrainConfig.weight_decay=-1.0 is out of range"),
     ("train", ["--learning_rate", "fast"], "--learning_rate: 'fast' is not"),
-    ("train", ["--precision", "fp8"], "RunOptions.precision='fp8' is not valid"),
+    ("train", ["--precision", "fp8"], "TrainOptions.precision='fp8' is not valid"),
     ("train", ["--model_name", "no-such-model"], "Unknown model 'no-such-model'"),
     ("train", ["--bin", "era_9"], "Unknown bin(s) ['era_9']"),
     ("train_all", ["--executor", "dask"], "Unknown executor 'dask'. Available: local, ray"),
-    ("train_all", ["--workers", "0"], "RunOptions.workers=0 is out of range"),
+    ("train_all", ["--workers", "0"], "TrainOptions.workers=0 is out of range"),
     ("grasp", ["--alignment_threshold", "5"], "GraspConfig.alignment_threshold=5.0 is out of range; use a value "
                                               "in [-1, 1]"),
     ("grasp", ["--weight_decay", "-1"], "GraspConfig.weight_decay=-1.0 is out of range"),
     ("grasp", ["--image_size", "0"], "ExperimentConfig.image_size=0 is out of range"),
     ("grasp", ["--batch_size", "0"], "ExperimentConfig.batch_size=0 is out of range"),
-    ("grasp", ["--precision", "fp8"], "RunOptions.precision='fp8' is not valid"),
+    ("grasp", ["--precision", "fp8"], "ExperimentOptions.precision='fp8' is not valid"),
     ("grasp", ["--target", "era_9"], "Unknown bin(s) ['era_9']"),
     ("grasp", ["--sources", "era_2", "era_2"], "--sources lists a bin twice"),
     ("grasp", ["--sources", "era_1"], "Target bin era_1 is also listed as a source"),
@@ -428,12 +428,12 @@ def test_ctrl_c_with_worker_processes_stops_promptly():
     code = (
         "import signal, sys, time\n"
         "from multisource.executors import ProcessExecutor\n"
-        "from multisource.options import RunOptions\n"
+        "from multisource.options import SweepOptions\n"
         "signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))\n"
         "signal.alarm(8)\n"
         "t0 = time.perf_counter()\n"
         "try:\n"
-        "    for _ in ProcessExecutor(RunOptions(workers=2)).run(time.sleep, [(60,)] * 6):\n"
+        "    for _ in ProcessExecutor(SweepOptions(workers=2)).run(time.sleep, [(60,)] * 6):\n"
         "        pass\n"
         "except KeyboardInterrupt:\n"
         "    print(f'interrupted after {time.perf_counter() - t0:.1f}s')\n"

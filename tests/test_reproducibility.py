@@ -17,7 +17,7 @@ def test_source_model_is_bitwise_identical_with_or_without_the_upstream_checkpoi
     process, and consumes random numbers) and in one where the upstream checkpoint already exists (reused from
     disk): bitwise-equal weights. Its own folder and group, so it runs beside the trained-sources tests."""
     from multisource.models.checkpoint import read_checkpoint
-    from multisource.options import RunOptions
+    from multisource.options import TrainOptions
     from multisource.training import start as start_module
     from multisource.training.fit import SourceTrainConfig
     from multisource.training.source import train_source
@@ -34,7 +34,7 @@ def test_source_model_is_bitwise_identical_with_or_without_the_upstream_checkpoi
         if name == "upstream reused from disk":
             (results / upstream_rel).parent.mkdir(parents=True)
             shutil.copy(tmp_path / "upstream_pretrained_first" / upstream_rel, results / upstream_rel)
-        opts = RunOptions(data_root=str(digits_root), results_dir=str(results), progress=False)
+        opts = TrainOptions(data_root=str(digits_root), results_dir=str(results), progress=False)
         states[name] = read_checkpoint(train_source(cfg, opts)["checkpoint"])["state_dict"]
     first, second = states.values()
     assert first.keys() == second.keys()
@@ -46,11 +46,11 @@ def test_upstream_checkpoint_is_reused_on_the_same_build_and_pretrained_again_on
     """A rebuilt dataset may put upstream images into the bins' test splits: its upstream start is made again."""
     from multisource.data.loaders import DatasetHandle, open_dataset
     from multisource.models.checkpoint import read_checkpoint_meta
-    from multisource.options import RunOptions
+    from multisource.options import TrainOptions
     from multisource.training.fit import SourceTrainConfig
     from multisource.training.upstream import ensure_upstream
 
-    opts = RunOptions(data_root=str(digits_root), results_dir=str(tmp_path), progress=False)
+    opts = TrainOptions(data_root=str(digits_root), results_dir=str(tmp_path), progress=False)
     handle = open_dataset("drift_digits", digits_root)
     cfg = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL, batch_size=SOURCE_BATCH, seed=0)
     path = ensure_upstream(handle, cfg, opts, epochs=1)

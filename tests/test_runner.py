@@ -16,7 +16,7 @@ import torch
 from multisource.config import ConfigError
 from multisource.data.folder import DataError
 from multisource.experiment.config import ExperimentConfig
-from multisource.options import RunOptions
+from multisource.options import ExperimentOptions
 from multisource.experiment.runner import ExperimentExists, run_experiment
 from multisource.models import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -44,10 +44,10 @@ REQUIRED = {"dataset", "model", "method", "target", "sources", "trial", "seed", 
             "flops", "memory", "time", "params", "record", "budget", "information_used"}
 
 
-def _opts(trained_sources, results: Path, **kw) -> RunOptions:
+def _opts(trained_sources, results: Path, **kw) -> ExperimentOptions:
     base = {"data_root": str(trained_sources["data_root"]), "checkpoint_dir": str(trained_sources["checkpoint_dir"]),
             "results_dir": str(results), "device": "cpu"}
-    return RunOptions(**{**base, **kw})
+    return ExperimentOptions(**{**base, **kw})
 
 
 def test_every_registered_method_has_its_fast_flags_and_contract_rows():

@@ -15,9 +15,10 @@ from multisource.cli.own_data import drift_main, import_main
 from multisource.cli.preprocess import build_main
 from multisource.cli.sweep import summarize_main, sweep_main
 from multisource.cli.train import train_all_main, train_baseline_main
-from multisource.config import ConfigError, Layer, build, load_yaml
-from multisource.experiment.settings import (cli_layer, read_settings, resolve_data, resolve_experiment,
-                                             resolve_sweep, resolve_training)
+from multisource.config import ConfigError, Layer, build, field_names, load_yaml
+from multisource.experiment.settings import (SECTIONS, cli_layer, read_settings, resolve_data, resolve_experiment,
+                                             resolve_options, resolve_sweep, resolve_training)
+from multisource.options import ExperimentOptions, RunOptions, SweepOptions, TrainOptions
 from multisource.training.fit import SourceTrainConfig
 
 drift_digits_main = functools.partial(build_main, dataset="drift_digits")  # preprocessing/drift_digits_preprocessing.py
@@ -101,6 +102,34 @@ def test_command_line_beats_the_file_beats_the_defaults(tmp_path):
     assert (train.max_epochs, train.learning_rate, train.batch_size) == (2, 1e-3, 32)
     with pytest.raises(ConfigError, match="--max_epochs: 'two' is not an integer"):
         resolve_training(file, Layer({"max_epochs": "two"}, flag=True))
+
+
+def test_each_command_takes_its_own_options_from_one_run_section(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("run:\n  workers: 2\n  strategy: ddp\n  devices: 2\n  save_model: false\n  train_missing: true\n")
+    file = read_settings(cfg)
+    _, train = resolve_training(file, Layer())
+    assert type(train) is TrainOptions and (train.workers, train.strategy, train.devices) == (2, "ddp", 2)
+    assert not hasattr(train, "save_model") and not hasattr(train, "train_missing")
+    _, one = resolve_experiment(file, Layer({"target": "era_1"}, flag=True), "ensemble", set())
+    assert type(one) is ExperimentOptions and (one.workers, one.save_model) == (2, False)
+    assert not hasattr(one, "strategy") and not hasattr(one, "train_missing")
+    _, sweep = resolve_sweep(file, Layer({"overwrite": True}, flag=True))
+    assert type(sweep) is SweepOptions
+    assert (sweep.strategy, sweep.save_model, sweep.train_missing, sweep.overwrite) == ("ddp", False, True, True)
+    assert type(resolve_options(file, Layer())) is RunOptions  # the drift report's and summarize's
+    # a key no command has is still refused, naming the line and every command's keys
+    cfg.write_text("run:\n  save_modle: false\n")
+    with pytest.raises(ConfigError, match=r"line 2.*unknown key 'save_modle'.*save_model.*strategy.*train_missing"):
+        read_settings(cfg)
+
+
+def test_the_run_section_is_checked_against_every_commands_options():
+    def subclasses(cls: type) -> list[type]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    every = set().union(*(field_names(c) for c in subclasses(RunOptions)))
+    assert len(subclasses(RunOptions)) >= 3 and every == field_names(SECTIONS["run"])
 
 
 def test_demo_config_sections_are_honoured_by_each_command():

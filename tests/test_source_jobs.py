@@ -16,7 +16,7 @@ import pytest
 
 from multisource import claims
 from multisource.failures import failure_paths
-from multisource.options import RunOptions
+from multisource.options import RunOptions, TrainOptions
 from multisource.training import all_bins
 from multisource.training.fit import SourceTrainConfig
 from multisource.utils.io import read_json
@@ -24,9 +24,9 @@ from multisource.utils.io import read_json
 from conftest import PROJECT_ROOT, TINY_MODEL
 
 
-def _job(tmp_path: Path) -> tuple[SourceTrainConfig, RunOptions, Path]:
+def _job(tmp_path: Path) -> tuple[SourceTrainConfig, TrainOptions, Path]:
     cfg = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL, bin="era_2")
-    opts = RunOptions(results_dir=str(tmp_path))
+    opts = TrainOptions(results_dir=str(tmp_path))
     return cfg, opts, all_bins.source_checkpoint_path(cfg, opts)
 
 
@@ -181,7 +181,7 @@ def test_parallel_workers_get_ready_while_the_shared_start_is_resolved(tmp_path,
     monkeypatch.setattr(all_bins, "resolve_start", start)
     cfg = SourceTrainConfig(dataset="drift_digits", model_name=TINY_MODEL)
     handle = open_dataset("drift_digits", digits_root)
-    all_bins.train_all_bins(cfg, RunOptions(results_dir=str(tmp_path), workers=2), handle, ["era_1", "era_2"])
+    all_bins.train_all_bins(cfg, TrainOptions(results_dir=str(tmp_path), workers=2), handle, ["era_1", "era_2"])
     assert events == [("enter", 2, False), ("start", True), ("task", "era_1", False), ("task", "era_2", False),
                       ("exit",)]
 

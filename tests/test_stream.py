@@ -21,7 +21,7 @@ from multisource.experiment.sweep import SweepConfig, plan_sweep, run_sweep
 from multisource.methods import get_method
 from multisource.methods.merge import is_averageable
 from multisource.models.checkpoint import CheckpointError, read_checkpoint
-from multisource.options import RunOptions
+from multisource.options import SweepOptions
 from multisource.utils.io import read_json
 
 MODEL = "tiny-resnet"
@@ -41,7 +41,7 @@ def test_the_stream_protocol_has_one_new_source_per_bin():
 
 def test_a_stream_plan_carries_the_previous_bins_model_and_refuses_methods_without_a_running_form(digits_root,
                                                                                                 tmp_path):
-    opts = RunOptions(data_root=str(digits_root), results_dir=str(tmp_path))
+    opts = SweepOptions(data_root=str(digits_root), results_dir=str(tmp_path))
     plan = plan_sweep(SweepConfig(methods=("grasp", "source_finetune", "target_only"), targets=("era_4",),
                                   num_trials=1, protocol="stream"), opts)
     # era_4 continues era_3, which continues era_2: the stream runs from its start; era_1 has no source
@@ -88,11 +88,11 @@ def test_a_settings_file_that_configures_methods_streams_those_that_can(digits_r
     assert {"grasp", "fusion", "source_finetune", "target_only"} <= set(sweep.methods)
     named, _ = resolve_sweep(own, Layer({"protocol": "stream", "methods": ["grasp", "ensemble"]}, flag=True))
     with pytest.raises(ConfigError, match="Drop ensemble from --methods"):
-        plan_sweep(named, RunOptions(data_root=str(digits_root), results_dir=str(tmp_path)))
+        plan_sweep(named, SweepOptions(data_root=str(digits_root), results_dir=str(tmp_path)))
 
 
-def _options(trained_sources, results) -> RunOptions:
-    return RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results),
+def _options(trained_sources, results) -> SweepOptions:
+    return SweepOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results),
                       checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu",
                       progress=False)
 

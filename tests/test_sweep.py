@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from multisource.experiment import runner
-from multisource.options import RunOptions
+from multisource.options import SweepOptions
 from multisource.experiment.summary import METRICS, TIMING_KEYS
 from conftest import file_value
 from multisource.failures import failure_paths
@@ -25,8 +25,8 @@ MODEL = "tiny-resnet"
 CHEAP = {"fusion": {"finetune_epochs": 1}}
 
 
-def options(trained_sources, results_dir) -> RunOptions:
-    return RunOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
+def options(trained_sources, results_dir) -> SweepOptions:
+    return SweepOptions(data_root=str(trained_sources["data_root"]), results_dir=str(results_dir),
                       checkpoint_dir=str(trained_sources["checkpoint_dir"]), save_model=False, device="cpu")
 
 
@@ -49,7 +49,7 @@ def comparable(summary: dict) -> dict:
 def test_plan_order_sources_and_seeds(digits_root, tmp_path):
     cfg = SweepConfig(dataset="drift_digits", models=(MODEL,), methods=("grasp", "ensemble"),
                       targets=("era_4", "era_2"), num_trials=2, seed=5)
-    jobs = plan_sweep(cfg, RunOptions(data_root=str(digits_root), results_dir=str(tmp_path))).jobs
+    jobs = plan_sweep(cfg, SweepOptions(data_root=str(digits_root), results_dir=str(tmp_path))).jobs
     assert [(j.config.method, j.config.target, j.config.trial) for j in jobs] == [
         ("grasp", "era_2", 1), ("grasp", "era_2", 2), ("grasp", "era_4", 1), ("grasp", "era_4", 2),
         ("ensemble", "era_2", 1), ("ensemble", "era_4", 1)]  # deterministic: one run per target

@@ -17,7 +17,7 @@ from multisource.data.loaders import open_dataset, split_loader
 from multisource.models import create_model, data_config, load_checkpoint, read_checkpoint_meta
 from multisource.training.loop import accuracy
 from multisource.training.optim import param_groups, warmup_cosine
-from multisource.options import RunOptions
+from multisource.options import RunOptions, TrainOptions
 from multisource.training.fit import SourceTrainConfig
 from multisource.training.source import is_complete, source_checkpoint_path, train_source
 
@@ -144,7 +144,7 @@ def test_checkpoint_path_is_deterministic_and_canonical(tmp_path):
 
 
 def test_train_source_errors_before_training(digits_root, tmp_path):
-    opts = RunOptions(data_root=str(digits_root), results_dir=str(tmp_path), progress=False)
+    opts = TrainOptions(data_root=str(digits_root), results_dir=str(tmp_path), progress=False)
     with pytest.raises(ConfigError, match=r"No bin given; pass one of \['era_1', "):
         train_source(SourceTrainConfig(bin=""), opts)
     with pytest.raises(DataError, match=r"Unknown bin\(s\) \['era_6'\]"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..options import RunOptions
+from ..options import ExperimentOptions
 from .. import claims
 from ..failures import failure_paths  # noqa: F401  (where an experiment's failure is recorded)
 from . import runner
@@ -53,7 +53,7 @@ class Outcome:
                             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
-def execute(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
+def execute(plan: ExperimentPlan, opts: ExperimentOptions) -> Outcome:
     """Run one experiment; its own failure is returned as an Outcome, never raised (Ctrl-C still propagates).
 
     An experiment another live process has claimed is not run here: its outcome is ``claimed``."""
@@ -61,7 +61,7 @@ def execute(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
         return _execute_claimed(plan, opts) if held else Outcome.for_plan(plan, "claimed")
 
 
-def _execute_claimed(plan: ExperimentPlan, opts: RunOptions) -> Outcome:
+def _execute_claimed(plan: ExperimentPlan, opts: ExperimentOptions) -> Outcome:
     t0 = time.perf_counter()
     try:
         report = runner.run_plan(plan, opts)  # looked up at call time, so tests can substitute the runner

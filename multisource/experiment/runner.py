@@ -28,7 +28,7 @@ from ..methods import get_method
 from ..methods.inputs import source_pool, target_data
 from ..models.checkpoint import CheckpointError, save_checkpoint
 from ..models.factory import count_parameters
-from ..options import RunOptions
+from ..options import ExperimentOptions, recorded
 from ..paths import BUDGETS, MODEL_FILE, budget_folder, model_results_dir, variant_folder
 from ..training.start import StartMismatch, common_start
 from ..training.loop import predict
@@ -125,11 +125,11 @@ def remove_stale_staging(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None,
+def run_experiment(cfg: ExperimentConfig, opts: ExperimentOptions | None = None,
                    reference_config: Any | None = None) -> ExperimentRecord:
     """Resolve, check and run one experiment; returns its record (metrics.json). ``reference_config``: the
     reference method's config a ``matched`` budget follows (default: its defaults)."""
-    opts = opts or RunOptions()
+    opts = opts or ExperimentOptions()
     plan = plan_experiment(cfg, opts, reference_config=reference_config)
     check_checkpoints([plan])
     with claims.holding(plan.out_dir) as held:
@@ -141,7 +141,7 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions | None = None,
         return run_plan(plan, opts)
 
 
-def run_plan(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord:
+def run_plan(plan: ExperimentPlan, opts: ExperimentOptions) -> ExperimentRecord:
     """Run a resolved experiment (its checkpoints already checked) and write its folder atomically."""
     out = plan.out_dir
     if is_finished(out) and not opts.overwrite:
@@ -184,7 +184,7 @@ def start_fingerprint(plan: ExperimentPlan) -> str | None:
         return None
 
 
-def _same_inputs(found: ExperimentRecord, plan: ExperimentPlan, opts: RunOptions) -> bool:
+def _same_inputs(found: ExperimentRecord, plan: ExperimentPlan, opts: ExperimentOptions) -> bool:
     """A finished result was computed from exactly what ``plan`` would read: the same data build, seed, method
     configuration, batch, image size, augmentation path, precision and device as they ran, and shared start (its
     protocol and sources aside)."""
@@ -198,7 +198,7 @@ def _same_inputs(found: ExperimentRecord, plan: ExperimentPlan, opts: RunOptions
             and config.start_fingerprint is not None and config.start_fingerprint == start_fingerprint(plan))
 
 
-def reuse_twin(plan: ExperimentPlan, opts: RunOptions) -> ExperimentRecord | None:
+def reuse_twin(plan: ExperimentPlan, opts: ExperimentOptions) -> ExperimentRecord | None:
     """For a method that reads no source model (TARGET_ONLY), the same experiment finished under another protocol
     with the same inputs is the same result: copy it in (its record says from where) instead of computing it
     again. None when there is no such twin."""
@@ -244,7 +244,7 @@ def _replace_dir(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
-def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> ExperimentRecord:
+def _execute(plan: ExperimentPlan, opts: ExperimentOptions, device, staging: Path) -> ExperimentRecord:
     cfg, handle, method = plan.config, plan.handle, plan.config.method
     seed_everything(plan.seed)
     meter = Meter(device)
@@ -303,7 +303,7 @@ def _execute(plan: ExperimentPlan, opts: RunOptions, device, staging: Path) -> E
                                        "target_train_split": target.train_size(),
                                        "target_sample": target.budget_sample,
                                        "target_val_split": len(target.val.dataset)}, "budget"),
-        extra={"options": {**asdict(opts), "data_root": str(handle.root)},
+        extra={"options": {**recorded(opts, ExperimentOptions), "data_root": str(handle.root)},
                "checkpoints": {b: str(p) for b, p in plan.checkpoints.items()},
                "params": {**params, "transferred": transferred}, "record": result.record,
                "history": result.history, "wall_time_s": time.perf_counter() - t0})
@@ -372,7 +372,7 @@ def evaluate_stages(result, target, classes: list[str], val: dict, test: dict, m
     return out
 
 
-def _write_outputs(staging: Path, record: ExperimentRecord, result, handle: DatasetHandle, opts: RunOptions) -> None:
+def _write_outputs(staging: Path, record: ExperimentRecord, result, handle: DatasetHandle, opts: ExperimentOptions) -> None:
     title = f"{record.method} -> {record.target} (trial {record.trial})"
     plot_confusion(record.val.confusion_matrix, handle.classes, staging / "confusion_val.png", f"{title}, val")
     plot_confusion(record.test.confusion_matrix, handle.classes, staging / "confusion_test.png", f"{title}, test")

@@ -9,7 +9,8 @@ One grammar for every settings file (``--config FILE``), read the same way by ev
     sources: {...}             # source training (SourceTrainConfig); alias: source_training
     sweep:   {...}             # targets, num_trials, methods (SweepConfig)
     methods: {grasp: {...}}    # per-method hyper-parameters (a list instead only selects the methods)
-    run:     {...}             # how to run: device, precision, workers, executor, paths (RunOptions)
+    run:     {...}             # how to run: device, precision, workers, executor, paths (the command's options:
+                               #   RunOptions, TrainOptions, ExperimentOptions or SweepOptions)
 
 A section overrides the top level for its stage. The whole file is checked whichever command reads it, so an
 unknown key, a wrong type or a YAML syntax error anywhere is one line naming the file, the line and the key.
@@ -24,14 +25,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from ..config import ConfigError, Layer, build, convert_field, field_names, load_yaml
 from ..data.embedded import data_config_classes, embedded_build
 from ..data.importer import ImportConfig
 from ..executors import EXECUTORS
 from ..methods import get_method, list_methods, reference_method
-from ..options import RunOptions
+from ..options import ExperimentOptions, RunOptions, SweepOptions, TrainOptions
 from ..training.fit import SourceTrainConfig
 from .config import ExperimentConfig
 from ..methods.base import default_methods, stream_refusal
@@ -40,10 +41,13 @@ from .protocols import STREAM
 from .sweep import SweepConfig
 
 log = logging.getLogger(__name__)
+O = TypeVar("O", bound=RunOptions)
 
 # data: the settings class of the embedded benchmark the file names (see _section_cls)
 SECTIONS: dict[str, type | None] = {"data": None, "import": ImportConfig, "sources": SourceTrainConfig,
-                                    "sweep": SweepConfig, "run": RunOptions}
+                                    "sweep": SweepConfig, "run": SweepOptions}
+# ``run:`` is checked against SweepOptions, which has every command's options (a test keeps it so): each command
+# takes its own class's keys from it, so a file read by training and by sweeps may hold either's options.
 SECTION_ALIASES = {"source_training": "sources"}
 METHOD_KEYS = ("methods", "method_configs")  # per-method mappings, at the top level or in ``sweep:``
 # The same setting under another name in one stage (the paper's --model_name; a sweep's list of models).
@@ -54,7 +58,7 @@ RENAMES: dict[type, dict[str, str]] = {SourceTrainConfig: {"model": "model_name"
 def stages() -> tuple[type, ...]:
     """Every stage's settings class: a top-level key of a settings file is a field of one of them (the embedded
     benchmarks' from the dataset registry, so a new one's settings are read like the others')."""
-    return (SourceTrainConfig, ExperimentConfig, SweepConfig, RunOptions, *data_config_classes(), ImportConfig)
+    return (SourceTrainConfig, ExperimentConfig, SweepConfig, SweepOptions, *data_config_classes(), ImportConfig)
 
 
 def _names(cls: type) -> set[str]:
@@ -231,19 +235,21 @@ def _methods_listed(file: Layer | None) -> bool:
     return bool((sweep is not None and sweep.get("methods")) or isinstance(file.get("methods"), (list, tuple, str)))
 
 
-def resolve_options(file: Layer | None, cli: Layer, defaults: Mapping[str, Any] | None = None) -> RunOptions:
-    """How to run: ``defaults`` (a command's own) < the file's top level < ``run:`` < flags."""
-    opts = build(RunOptions, defaults, *stage_layers(file, RunOptions, "run"), _renamed(cli, RunOptions))
+def resolve_options(file: Layer | None, cli: Layer, defaults: Mapping[str, Any] | None = None,
+                    cls: type[O] = RunOptions) -> O:
+    """How a command runs, as its options class ``cls``: ``defaults`` (the command's own) < the file's top level
+    < ``run:`` < flags. Keys of another command's options are not this command's and are left to it."""
+    opts = build(cls, defaults, *stage_layers(file, cls, "run"), _renamed(cli, cls))
     EXECUTORS.canonical(opts.executor)  # an unknown executor fails now, listing the registered ones
     return opts
 
 
 def resolve_training(file: Layer | None, cli: Layer, fixed: Mapping[str, Any] | None = None
-                     ) -> tuple[SourceTrainConfig, RunOptions]:
+                     ) -> tuple[SourceTrainConfig, TrainOptions]:
     """Source training: top level < ``sources:`` < flags < what the command fixes (its dataset, its bin)."""
     cfg = build(SourceTrainConfig, *stage_layers(file, SourceTrainConfig, "sources"),
                 _renamed(cli, SourceTrainConfig), dict(fixed or {}))
-    return cfg, resolve_options(file, cli)
+    return cfg, resolve_options(file, cli, cls=TrainOptions)
 
 
 def resolve_method_config(file: Layer | None, method: str, cli: Layer | None = None) -> Any:
@@ -253,18 +259,18 @@ def resolve_method_config(file: Layer | None, method: str, cli: Layer | None = N
 
 
 def resolve_experiment(file: Layer | None, cli: Layer, method: str, method_flags: set[str]
-                       ) -> tuple[ExperimentConfig, RunOptions]:
+                       ) -> tuple[ExperimentConfig, ExperimentOptions]:
     """One experiment: the method's config is built here, once, and handed down in the ExperimentConfig."""
     method = get_method(method).name
     method_cli = cli.only(method_flags)
     cfg = build(ExperimentConfig, *stage_layers(file, ExperimentConfig),
                 _renamed(cli.only(set(cli) - method_flags), ExperimentConfig),
                 {"method": method, "method_config": resolve_method_config(file, method, method_cli)})
-    return cfg, resolve_options(file, cli)
+    return cfg, resolve_options(file, cli, cls=ExperimentOptions)
 
 
 def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, dataset: str | None = None,
-                  method_flags: dict[str, list[str]] | None = None) -> tuple[SweepConfig, RunOptions]:
+                  method_flags: dict[str, list[str]] | None = None) -> tuple[SweepConfig, SweepOptions]:
     """A sweep: which methods (flag > file > the paper's four and the reference rows), each one's config built once; the file's
     ``sources:`` section is kept for ``--train_missing``."""
     owners = method_flags or {}
@@ -300,7 +306,7 @@ def resolve_sweep(file: Layer | None, cli: Layer, *, method: str | None = None, 
             cfg.methods = kept
     # A sweep saves no experiment's model unless asked (--save_model, or run: save_model: true): dozens of full
     # models (94 MB each for ResNet-50) that no summary reads. A single experiment keeps saving its model.
-    return cfg, resolve_options(file, cli, defaults={"save_model": False})
+    return cfg, resolve_options(file, cli, defaults={"save_model": False}, cls=SweepOptions)
 
 
 def resolve_import(file: Layer | None, cli: Layer) -> ImportConfig:

@@ -28,7 +28,7 @@ from ..methods import get_method, reference_method
 from ..methods.base import PAPER_METHODS, default_methods  # noqa: F401  (PAPER_METHODS: bench scripts)
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
-from ..options import RunOptions
+from ..options import RunOptions, SweepOptions
 from ..paths import budget_folder, model_results_dir, split_label, tag_problem, variant_label
 from ..training.all_bins import SourceOutcome, train_all_bins
 from ..training.fit import SourceTrainConfig
@@ -316,7 +316,7 @@ def train_command(dataset: str, model: str, opts: RunOptions, bins: list[str]) -
     return cmd + f" --bins {' '.join(bins)}"
 
 
-def ensure_checkpoints(plan: SweepPlan, opts: RunOptions, jobs: list[ExperimentPlan]
+def ensure_checkpoints(plan: SweepPlan, opts: SweepOptions, jobs: list[ExperimentPlan]
                        ) -> dict[str, dict[str, SourceOutcome]]:
     """Train missing source checkpoints (``--train_missing``) or raise listing them and the command to train them.
     Returns {model: {bin: how its training went}} (empty when none was missing)."""
@@ -369,13 +369,13 @@ def split_finished(jobs: list[ExperimentPlan], overwrite: bool) -> tuple[list[Ex
     return done, [j for j in jobs if id(j) not in done_ids]
 
 
-def run_sweep(config: SweepConfig | SweepPlan, opts: RunOptions | None = None,
+def run_sweep(config: SweepConfig | SweepPlan, opts: SweepOptions | None = None,
               progress: Callable[[ExperimentPlan, Outcome, int, int], None] | None = None,
               stage: StageCallback | None = None) -> SweepResult:
     """Run the :data:`STAGES` in order: the missing sources, every experiment that has not finished yet, the
     summaries. ``progress`` hears of each experiment; ``stage(name, detail)`` of each stage as it starts (for
     "sources", once it is done, with {model: {bin: SourceOutcome}})."""
-    opts = opts or RunOptions()
+    opts = opts or SweepOptions()
     stage = stage or (lambda name, detail: None)
     plan = config if isinstance(config, SweepPlan) else plan_sweep(config, opts)
     jobs = plan.jobs

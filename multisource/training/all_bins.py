@@ -16,7 +16,7 @@ from .. import claims
 from ..data.loaders import DatasetHandle
 from ..executors import make_executor
 from ..failures import clear_failure, write_failure
-from ..options import RunOptions
+from ..options import TrainOptions
 from .fit import SourceTrainConfig
 from .source import is_complete, source_checkpoint_path, train_source
 from .start import SharedStart, resolve_start
@@ -53,7 +53,7 @@ def failure_stem(ckpt: Path) -> Path:
     return ckpt.with_suffix("")
 
 
-def is_distributed(opts: RunOptions) -> bool:
+def is_distributed(opts: TrainOptions) -> bool:
     """Training runs on several processes (devices or nodes): every rank must train the same bins in the same
     order, so such a run never defers a bin another command holds (it refuses it instead)."""
     if is_secondary_rank() or opts.num_nodes > 1:
@@ -68,7 +68,7 @@ def is_distributed(opts: RunOptions) -> bool:
     return text == "-1" or len([d for d in text.split(",") if d.strip()]) > 1
 
 
-def run_source_job(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart | None,
+def run_source_job(cfg: SourceTrainConfig, opts: TrainOptions, handle: DatasetHandle, start: SharedStart | None,
                    *, raise_errors: bool = False, force: bool = True) -> SourceOutcome:
     """Train one bin under its claim; a failure is recorded on disk and returned (or, with ``raise_errors``,
     raised after it is recorded), never lost. Without ``force``, a bin another process completed meanwhile is
@@ -110,13 +110,13 @@ def run_source_job(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHand
         return SourceOutcome(cfg.bin, "trained", str(ckpt), detail, val, test, seconds)
 
 
-def _run_listed(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart,
+def _run_listed(cfg: SourceTrainConfig, opts: TrainOptions, handle: DatasetHandle, start: SharedStart,
                 force: bool) -> SourceOutcome:
     """A bin of train_all_bins's list (an executor task): trained unless complete by now (or ``force``)."""
     return run_source_job(cfg, opts, handle, start, force=force)
 
 
-def wait_for_other_training(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, start: SharedStart,
+def wait_for_other_training(cfg: SourceTrainConfig, opts: TrainOptions, handle: DatasetHandle, start: SharedStart,
                             poll_s: float = 1.0) -> SourceOutcome:
     """Another process claimed the bin: wait until it lets go, then take its checkpoint, or train the bin here
     when that process left none (it failed or died)."""
@@ -133,7 +133,7 @@ def wait_for_other_training(cfg: SourceTrainConfig, opts: RunOptions, handle: Da
         time.sleep(poll_s)  # a fresh claim under this very tag (a restarted container) is held until stale
 
 
-def train_all_bins(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle, bins: list[str], *,
+def train_all_bins(cfg: SourceTrainConfig, opts: TrainOptions, handle: DatasetHandle, bins: list[str], *,
                    force: bool = False) -> dict[str, SourceOutcome]:
     """Train each of ``bins`` (checked by the caller); skip complete ones unless ``force``; continue past failures.
 

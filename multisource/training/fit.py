@@ -17,7 +17,7 @@ from ..data.batch_augment import BatchAugment, UInt8Crops
 from ..data.loaders import DatasetHandle, make_loader, split_loader
 from ..measure.metrics import classification_metrics
 from ..models.factory import data_config, resolve_model
-from ..options import RunOptions
+from ..options import TrainOptions
 from .loop import predict
 from .progress import PlainProgress, output_is_terminal
 from .module import ClassifierModule
@@ -65,7 +65,7 @@ class SourceTrainConfig:
 
 
 def fit_classifier(handle: DatasetHandle, bin_name: str, model: torch.nn.Module, cfg: SourceTrainConfig,
-                   opts: RunOptions, log_dir: Path, name: str) -> tuple[ClassifierModule, L.Trainer, dict]:
+                   opts: TrainOptions, log_dir: Path, name: str) -> tuple[ClassifierModule, L.Trainer, dict]:
     """Train ``model`` on ``bin_name``'s train split, selecting on its val split (best-val weights kept)."""
     dcfg = data_config(model, cfg.image_size or handle.info.image_size, hflip=handle.info.hflip)
     if opts.batch_augment:  # uint8 crops; colour jitter + normalisation per batch on the device (the module's hook)

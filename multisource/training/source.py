@@ -11,7 +11,7 @@ from ..data.datasets import get_dataset
 from ..data.loaders import DatasetHandle, open_dataset
 from ..models.checkpoint import read_checkpoint_meta, save_checkpoint
 from ..models.factory import data_config
-from ..options import RunOptions
+from ..options import TrainOptions, recorded
 from ..utils.env import environment
 from ..utils.io import read_json, write_json
 from ..utils.seed import derive_seed, seed_everything
@@ -21,7 +21,7 @@ from .start import SharedStart, model_from_start, resolve_start
 log = logging.getLogger(__name__)
 
 
-def source_checkpoint_path(cfg: SourceTrainConfig, opts: RunOptions) -> Path:
+def source_checkpoint_path(cfg: SourceTrainConfig, opts: TrainOptions) -> Path:
     return opts.source_checkpoint(get_dataset(cfg.dataset).name, cfg.model_name, cfg.bin)
 
 
@@ -46,13 +46,13 @@ def source_seed(cfg: SourceTrainConfig) -> int:
     return derive_seed(cfg.seed, "source", cfg.bin)
 
 
-def train_source(cfg: SourceTrainConfig, opts: RunOptions | None = None,
+def train_source(cfg: SourceTrainConfig, opts: TrainOptions | None = None,
                  handle: DatasetHandle | None = None, start: SharedStart | None = None) -> dict:
     """Train one source model on ``cfg.bin``; write ``<bin>.ckpt`` (best val) and ``<bin>.json`` (metrics).
 
     ``handle`` is the opened dataset (the caller has checked the bin) and ``start`` the sources' shared start
     (resolved once by the caller); without them they are resolved here."""
-    opts = opts or RunOptions()
+    opts = opts or TrainOptions()
     if not cfg.bin:
         raise ConfigError(f"No bin given; pass one of {list(get_dataset(cfg.dataset).bins)} (--bin).")
     if handle is None:
@@ -81,7 +81,7 @@ def train_source(cfg: SourceTrainConfig, opts: RunOptions | None = None,
     save_checkpoint(ckpt, best, model_name=cfg.model_name, classes=handle.classes, dataset=handle.info.name,
                     bin_name=cfg.bin, config=resolved, metrics=metrics, extra={"data_fingerprint": handle.fingerprint})
     report = {"status": "complete", "dataset": handle.info.name, "bin": cfg.bin, "model": cfg.model_name,
-              "checkpoint": str(ckpt), "data_fingerprint": handle.fingerprint, "config": resolved, "options": asdict(opts), "seed": seed, **metrics,
+              "checkpoint": str(ckpt), "data_fingerprint": handle.fingerprint, "config": resolved, "options": recorded(opts, TrainOptions), "seed": seed, **metrics,
               "test": test, "environment": environment(str(trainer.strategy.root_device)), **info}
     write_json(ckpt.with_suffix(".json"), report)
     log.info("Trained %s on %s/%s: val %.3f, test %.3f -> %s", cfg.model_name, handle.info.name, cfg.bin,

@@ -27,7 +27,7 @@ import torch
 
 from ..models.checkpoint import load_backbone, read_checkpoint, read_checkpoint_meta, save_checkpoint
 from ..models.factory import ModelError, create_model, missing_weights_message, pretrained_file, resolve_model
-from ..options import RunOptions
+from ..options import TrainOptions
 from ..paths import UPSTREAM, safe_name
 from ..utils.seed import derive_seed, seed_everything
 from .fit import SourceTrainConfig
@@ -76,12 +76,12 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def random_start_path(handle: DatasetHandle, model_name: str, seed: int, opts: RunOptions) -> Path:
+def random_start_path(handle: DatasetHandle, model_name: str, seed: int, opts: TrainOptions) -> Path:
     return (opts.results_path() / safe_name(handle.info.name, "Dataset name") / "starts"
             / f"{safe_name(model_name, 'Model name')}-random-seed{seed}.ckpt")
 
 
-def ensure_random_start(handle: DatasetHandle, cfg: SourceTrainConfig, opts: RunOptions) -> Path:
+def ensure_random_start(handle: DatasetHandle, cfg: SourceTrainConfig, opts: TrainOptions) -> Path:
     """One seeded random initialisation of ``cfg.model_name`` for this dataset's classes, saved once."""
     path = random_start_path(handle, cfg.model_name, cfg.seed, opts)
     if path.is_file():
@@ -102,7 +102,7 @@ def ensure_random_start(handle: DatasetHandle, cfg: SourceTrainConfig, opts: Run
     return path
 
 
-def resolve_start(cfg: SourceTrainConfig, opts: RunOptions, handle: DatasetHandle) -> SharedStart:
+def resolve_start(cfg: SourceTrainConfig, opts: TrainOptions, handle: DatasetHandle) -> SharedStart:
     """The shared start of ``cfg``'s sources (made once if it is pretrained upstream or random); raises at once,
     before any bin trains, when pretrained weights are asked for and cannot be found."""
     spec = resolve_model(cfg.model_name)

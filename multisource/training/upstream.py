@@ -10,7 +10,7 @@ from ..data.folder import DataError
 from ..data.loaders import DatasetHandle
 from ..models.checkpoint import read_checkpoint_meta, save_checkpoint
 from ..models.factory import create_model
-from ..options import RunOptions
+from ..options import TrainOptions
 from ..paths import UPSTREAM
 from ..utils.io import write_json
 from ..utils.seed import derive_seed, seed_everything
@@ -22,11 +22,11 @@ UPSTREAM_EPOCHS = 15
 UPSTREAM_LR = 3e-3
 
 
-def upstream_checkpoint(handle: DatasetHandle, model_name: str, opts: RunOptions) -> Path:
+def upstream_checkpoint(handle: DatasetHandle, model_name: str, opts: TrainOptions) -> Path:
     return opts.results_path() / handle.info.name / UPSTREAM / f"{model_name}.ckpt"
 
 
-def ensure_upstream(handle: DatasetHandle, cfg: SourceTrainConfig, opts: RunOptions, *, force: bool = False,
+def ensure_upstream(handle: DatasetHandle, cfg: SourceTrainConfig, opts: TrainOptions, *, force: bool = False,
                     epochs: int = UPSTREAM_EPOCHS) -> Path:
     """Return the upstream checkpoint for ``cfg.model_name``, pretraining it once if it does not exist.
 
