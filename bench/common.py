@@ -170,7 +170,7 @@ def run_forked(fn: Callable, *args: Any, timeout: float | None = None) -> Any:
 
 def build_digits(root: Path, image_size: int, renders: int = 1) -> Path:
     """Drifting digits (SPEC 2.4) at ``image_size`` with ``renders`` renders per train instance."""
-    from multisource.data.drift_digits import DriftDigitsConfig, build_drift_digits
+    from multisource.data.build.drift_digits import DriftDigitsConfig, build_drift_digits
 
     build_drift_digits(root, DriftDigitsConfig(image_size=image_size, train_renders=renders, eval_renders=1))
     return root

@@ -26,7 +26,7 @@ import PIL
 import torch
 from PIL import Image
 
-from multisource.data.clear import build_clear
+from multisource.data.build.clear import build_clear
 from multisource.data.datasets import get_dataset
 from multisource.data.folder import BinSplitDataset
 from multisource.data.batch_augment import BatchAugment, DeviceBatches, UInt8Crops

@@ -31,7 +31,7 @@ def method_configs(epochs: int, lr: float) -> dict[str, dict]:
 
 def pipeline(tmp: Path, args) -> tuple[dict[str, float], dict]:
     """One run of every stage; returns seconds per stage and what each method scored."""
-    from multisource.data.drift_digits import DriftDigitsConfig, build_drift_digits
+    from multisource.data.build.drift_digits import DriftDigitsConfig, build_drift_digits
     from multisource.data.loaders import open_dataset
     from multisource.experiment.config import ExperimentConfig
     from multisource.experiment.runner import run_experiment

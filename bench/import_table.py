@@ -25,8 +25,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, machine, median, parser, print_table, write_report  # noqa: E402
 
-from multisource.data.importer import ImportConfig, import_table  # noqa: E402
-from multisource.data.raw import default_workers  # noqa: E402
+from multisource.data.build.importer import ImportConfig, import_table  # noqa: E402
+from multisource.data.build.raw import default_workers  # noqa: E402
 
 
 def make_table(root: Path, rows: int, seed: int = 0) -> Path:

@@ -29,7 +29,7 @@ SOURCE_BATCH = 16
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory) -> Path:
     """Drifting digits with one render per instance (fast), default seed and style."""
-    from multisource.data.drift_digits import DriftDigitsConfig, build_drift_digits
+    from multisource.data.build.drift_digits import DriftDigitsConfig, build_drift_digits
 
     root = tmp_path_factory.mktemp("data") / "DriftDigits"
     build_drift_digits(root, DriftDigitsConfig(train_renders=1, eval_renders=1))

@@ -30,7 +30,7 @@ from multisource.cli.sweep import summarize_main
 from multisource.cli.train import train_baseline_main
 from multisource.config import ConfigError, load_yaml
 from multisource.data.card import CARD_NAME
-from multisource.data.timebins import TimeStampError, parse_timestamps
+from multisource.data.build.timebins import TimeStampError, parse_timestamps
 from multisource import claims
 from multisource.experiment import runner
 from multisource.experiment.config import ExperimentConfig

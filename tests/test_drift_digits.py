@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from multisource.data.card import CARD_NAME, file_list_checksum, read_card
-from multisource.data.drift_digits import (UPSTREAM, DriftDigitsConfig, build_drift_digits, era_style,
+from multisource.data.build.drift_digits import (UPSTREAM, DriftDigitsConfig, build_drift_digits, era_style,
                                            render_digit)
 from multisource.data.splits import SPLITS, split_stratum
 

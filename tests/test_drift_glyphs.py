@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 
 from multisource.config import ConfigError
 from multisource.data.card import CARD_NAME, read_card
-from multisource.data.drift_glyphs import UPSTREAM, DriftGlyphsConfig, bin_names, build_drift_glyphs
+from multisource.data.build.drift_glyphs import UPSTREAM, DriftGlyphsConfig, bin_names, build_drift_glyphs
 from multisource.data.loaders import open_dataset
 from multisource.data.splits import SPLITS
 from multisource.paths import PROJECT_ROOT
@@ -166,7 +166,7 @@ def test_a_sweep_and_its_summaries_take_the_builds_bins_not_the_registrys(tiny_b
 
 def test_draws_differ_between_bins_at_the_same_time(tmp_path):
     """Each folder's generator is seeded by its bin too: two bins with the same time draw different images."""
-    from multisource.data.drift_glyphs import _render_folder
+    from multisource.data.build.drift_glyphs import _render_folder
 
     for b in ("era_01", "era_02"):
         _render_folder(str(tmp_path / b), TINY, b, 0.5, "test", 0, 3)

@@ -17,7 +17,7 @@ from PIL import Image
 from multisource.cli.own_data import import_main
 from multisource.data.card import CARD_NAME
 from multisource.data.datasets import get_dataset
-from multisource.data.importer import MIN_STRATUM, ImportConfig, import_table
+from multisource.data.build.importer import MIN_STRATUM, ImportConfig, import_table
 from multisource.data.loaders import open_dataset
 from multisource.utils.io import read_json
 

@@ -82,6 +82,18 @@ def test_the_package_has_no_import_circle():
     assert not circles, "\n".join(circles)
 
 
+def test_only_the_commands_that_build_data_import_the_build_side():
+    """data/ has a read side (registry, card, loaders, packed cache reader) and a build side (data/build: builders,
+    importer, cache writer). Reading a built dataset, training and running methods never load a builder; the
+    commands (cli) build, and the settings loader knows the build stages' settings classes."""
+    build = "multisource.data.build"
+    importers = sorted(m for m, targets in graph().items()
+                       if not m.startswith(build) and any(t == build or t.startswith(build + ".") for t in targets))
+    assert importers and all(m.startswith("multisource.cli.") or m == "multisource.experiment.settings"
+                             for m in importers), importers
+    assert {"multisource.data.loaders", "multisource.data.packed"} <= set(graph())  # the read side is where it was
+
+
 def test_the_checker_resolves_relative_imports_and_ranks_layers():
     """The checker itself: relative imports resolve to package modules, and layers rank as documented."""
     found = imports(PACKAGE / "training" / "source.py")

@@ -195,7 +195,7 @@ def test_a_built_dataset_is_its_card(tmp_path):
     import json
 
     from multisource.data.card import CARD_NAME
-    from multisource.data.drift_digits import DriftDigitsConfig, build_drift_digits
+    from multisource.data.build.drift_digits import DriftDigitsConfig, build_drift_digits
 
     root = tmp_path / "Digits24"
     build_drift_digits(root, DriftDigitsConfig(image_size=24, train_renders=1, eval_renders=1), progress=False)

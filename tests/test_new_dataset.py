@@ -19,9 +19,9 @@ from multisource.cli.preprocess import build_main
 from multisource.config import check_range
 from multisource.data.card import build_card, write_card
 from multisource.data.datasets import DATASETS, DatasetInfo
-from multisource.data.embedded import data_config_classes, embedded_build
+from multisource.data.build.embedded import data_config_classes, embedded_build
 from multisource.data.loaders import open_dataset
-from multisource.data.raw import building
+from multisource.data.build.raw import building
 
 NAME = "stripes"
 

@@ -16,7 +16,8 @@ from multisource.cli.preprocess import build_main
 from multisource.data.card import build_card, read_card, write_card
 from multisource.data.folder import BinSplitDataset
 from multisource.data.loaders import make_loader, open_dataset
-from multisource.data.packed import PackedDataset, open_packed, pack_dataset, packed_paths, stored_size
+from multisource.data.build.pack import pack_dataset, stored_size
+from multisource.data.packed import PackedDataset, open_packed, packed_paths
 from multisource.data.transforms import DataConfig, make_transform
 from multisource.utils.io import read_json, write_json
 

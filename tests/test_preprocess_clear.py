@@ -13,11 +13,11 @@ from PIL import Image
 
 from multisource.cli.preprocess import build_main
 from multisource.data.card import file_list_checksum, read_card
-from multisource.data.clear import build_clear
+from multisource.data.build.clear import build_clear
 from multisource.data.datasets import get_dataset
 from multisource.data.datasets import CLEAR10_CLASSES, CLEAR100_30_CLASSES
 from multisource.data.loaders import open_dataset
-from multisource.data.raw import RawDataError
+from multisource.data.build.raw import RawDataError
 from multisource.data.splits import SPLITS, split_stratum
 
 clear10_main = functools.partial(build_main, dataset="clear10")  # preprocessing/clear10_preprocessing.py
@@ -223,7 +223,7 @@ def test_existing_output_needs_overwrite_and_failures_leave_no_half_build(clear1
     build_clear("clear10", raw, out, progress=False)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    import multisource.data.clear as clear_mod
+    import multisource.data.build.clear as clear_mod
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

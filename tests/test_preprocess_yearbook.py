@@ -14,9 +14,9 @@ from PIL import Image
 
 from multisource.cli.preprocess import build_main
 from multisource.data.loaders import open_dataset
-from multisource.data.raw import RawDataError
+from multisource.data.build.raw import RawDataError
 from multisource.data.splits import SPLITS
-from multisource.data.yearbook import RAW_FOLDER, build_yearbook, label_of, period_of
+from multisource.data.build.yearbook import RAW_FOLDER, build_yearbook, label_of, period_of
 
 yearbook_main = functools.partial(build_main, dataset="yearbook")  # preprocessing/yearbook_preprocessing.py
 

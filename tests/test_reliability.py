@@ -280,8 +280,8 @@ def test_class_order_mismatch_names_both_orders(trained_sources, tmp_path):
 
 
 def test_yearbook_names_the_missing_gender_folder_and_skips_impossible_years(tmp_path):
-    from multisource.data.raw import RawDataError
-    from multisource.data.yearbook import RAW_FOLDER, YEAR_RANGE, locate_yearbook_root, scan
+    from multisource.data.build.raw import RawDataError
+    from multisource.data.build.yearbook import RAW_FOLDER, YEAR_RANGE, locate_yearbook_root, scan
 
     root = tmp_path / RAW_FOLDER
     (root / "M").mkdir(parents=True)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multisource.data.timebins import (TimeStampError, assign_bins, order_named_bins, parse_bin_rule,
+from multisource.data.build.timebins import (TimeStampError, assign_bins, order_named_bins, parse_bin_rule,
                                        parse_timestamps)
 
 DATES = pd.Series(["2019-03-01", "2019-07-15T08:30:00", "2020-05-05T10:00:00Z", "2021-12-31", "2022-01-02"])

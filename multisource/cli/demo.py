@@ -38,7 +38,7 @@ def demo_main(argv: list[str] | None = None) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     # The library is imported here, when work starts (see cli/common.py).
     from ..data.card import read_card
-    from ..data.drift_digits import build_drift_digits
+    from ..data.build.drift_digits import build_drift_digits
     from ..experiment.settings import cli_layer, read_settings, resolve_data, resolve_sweep
     from ..experiment.summary import comparison_markdown, summary_dir
     from ..experiment.sweep import plan_sweep, run_sweep

@@ -80,7 +80,7 @@ def import_main(argv: list[str] | None = None) -> int:
 
     def main() -> int:
         from ..config import Layer, build
-        from ..data.importer import ImportConfig, import_folder, import_table
+        from ..data.build.importer import ImportConfig, import_folder, import_table
         from ..paths import UPSTREAM
 
         if args.workers is not None and args.workers < 1:

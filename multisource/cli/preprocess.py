@@ -22,7 +22,7 @@ import dataclasses
 import time
 
 from ..data.datasets import DATASETS, DatasetInfo
-from ..data.embedded import load
+from ..data.build.embedded import load
 from ..paths import DATASETS_DIR, resolve
 from .common import run_main, setup_logging
 
@@ -111,8 +111,8 @@ def _raw_main(info: DatasetInfo, argv: list[str] | None) -> int:
 
     def main() -> None:
         from ..config import Layer, build
-        from ..data.packed import pack_dataset
-        from ..data.raw import default_workers
+        from ..data.build.pack import pack_dataset
+        from ..data.build.raw import default_workers
 
         out = resolve(args.output_dir, DATASETS_DIR / info.dir_name)
         args.workers = default_workers() if args.workers is None else args.workers

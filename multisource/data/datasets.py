@@ -92,16 +92,16 @@ DATASETS.register("drift_digits", DatasetInfo(
     name="drift_digits", dir_name="DriftDigits", bins=("era_1", "era_2", "era_3", "era_4", "era_5"),
     classes=tuple(str(d) for d in range(10)), image_size=32, bin_flag="era_name",
     preprocess_script="drift_digits_preprocessing.py", embedded=True, title="drifting digits",
-    builder="multisource.data.drift_digits:build_drift_digits",
-    build_settings="multisource.data.drift_digits:DriftDigitsConfig", hflip=False, example_group=r"^(d\d+)_r\d+$",
+    builder="multisource.data.build.drift_digits:build_drift_digits",
+    build_settings="multisource.data.build.drift_digits:DriftDigitsConfig", hflip=False, example_group=r"^(d\d+)_r\d+$",
     description="Embedded offline benchmark: scikit-learn digits rendered with an era-dependent style.",
 ), aliases=("driftdigits", "digits"))
 DATASETS.register("drift_glyphs", DatasetInfo(
     name="drift_glyphs", dir_name="DriftGlyphs", bins=("era_01", "era_02", "era_03", "era_04", "era_05", "era_06"),
     classes=tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), image_size=32, bin_flag="era_name",
     preprocess_script="drift_glyphs_preprocessing.py", embedded=True, title="drifting glyphs",
-    builder="multisource.data.drift_glyphs:build_drift_glyphs",
-    build_settings="multisource.data.drift_glyphs:DriftGlyphsConfig", hflip=False, example_group="",
+    builder="multisource.data.build.drift_glyphs:build_drift_glyphs",
+    build_settings="multisource.data.build.drift_glyphs:DriftGlyphsConfig", hflip=False, example_group="",
     bins_from_build=True,
     description="Embedded offline benchmark: letters in matplotlib's fonts, every image an independent draw whose "
                 "style drifts over as many bins as asked for (a build's card holds its bins).",
@@ -109,13 +109,13 @@ DATASETS.register("drift_glyphs", DatasetInfo(
 DATASETS.register("clear10", DatasetInfo(
     name="clear10", dir_name="CLEAR10", bins=CLEAR_BINS, classes=CLEAR10_CLASSES, image_size=224,
     bin_flag="year_name", preprocess_script="clear10_preprocessing.py",
-    builder="multisource.data.clear:build_clear10", title="CLEAR-10",
+    builder="multisource.data.build.clear:build_clear10", title="CLEAR-10",
     description="CLEAR-10 (10 object classes, buckets 1-10 paired into five two-year bins).",
 ), aliases=("clear-10",))
 DATASETS.register("clear100", DatasetInfo(
     name="clear100", dir_name="CLEAR100_30classes", bins=CLEAR_BINS, classes=CLEAR100_30_CLASSES,
     image_size=224, bin_flag="year_name", preprocess_script="clear100_preprocessing.py",
-    builder="multisource.data.clear:build_clear100", title="CLEAR-100 (30 classes)",
+    builder="multisource.data.build.clear:build_clear100", title="CLEAR-100 (30 classes)",
     training_dir="clear100_30classes",
     description="CLEAR-100, 30-class subset, buckets 1-10 paired into five two-year bins.",
 ), aliases=("clear-100", "clear100_30classes"))
@@ -123,7 +123,7 @@ DATASETS.register("yearbook", DatasetInfo(
     name="yearbook", dir_name="Yearbook_Decades", bins=("before_1950s", "1950s_1960s", "1970s_1980s",
                                                         "1990s_and_later"),
     classes=("F", "M"), image_size=224, bin_flag="subset_name", preprocess_script="yearbook_preprocessing.py",
-    builder="multisource.data.yearbook:build_yearbook", build_settings="multisource.data.yearbook:YearbookSettings",
+    builder="multisource.data.build.yearbook:build_yearbook", build_settings="multisource.data.build.yearbook:YearbookSettings",
     title="Yearbook",
     description="Yearbook portraits 1905-2013 in four periods; binary gender classification.",
 ), aliases=("yearbook_decades",))

@@ -28,8 +28,8 @@ import logging
 from typing import Any, Mapping, TypeVar
 
 from ..config import ConfigError, Layer, build, convert_field, field_names, load_yaml
-from ..data.embedded import data_config_classes, embedded_build
-from ..data.importer import ImportConfig
+from ..data.build.embedded import data_config_classes, embedded_build
+from ..data.build.importer import ImportConfig
 from ..executors import EXECUTORS
 from ..methods import get_method, list_methods, reference_method
 from ..options import ExperimentOptions, RunOptions, SweepOptions, TrainOptions

@@ -23,12 +23,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import check_choice
-from .card import IMAGE_EXTENSIONS, build_card, write_card
-from .datasets import get_dataset
+from ...config import check_choice
+from ..card import IMAGE_EXTENSIONS, build_card, write_card
+from ..datasets import get_dataset
+from ..splits import split_stratum
 from .raw import (Candidate, Placement, RawDataError, building, check_unique, copy_placements, default_workers,
                   make_layout, small_data_warnings, summarize_skipped, verify_images, write_manifests)
-from .splits import split_stratum
 
 log = logging.getLogger(__name__)
 RAW_FOLDER = "faces_aligned_small_mirrored_co_aligned_cropped_cleaned"
@@ -207,7 +207,7 @@ def build_yearbook(source_dir: Path, output_dir: Path, *, label: str = "gender",
                           extra=extra, bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)
         if cache_size:
-            from .packed import pack_dataset  # torchvision: only when a cache is asked for (--help stays light)
+            from .pack import pack_dataset  # torchvision: only when a cache is asked for (--help stays light)
 
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)
     return card

@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..config import check_seed
-from ..paths import UPSTREAM, name_problem
-from ..utils.seed import derive_seed
-from .card import IMAGE_EXTENSIONS, build_card, write_card
-from .datasets import DATASETS
+from ...config import check_seed
+from ...paths import UPSTREAM, name_problem
+from ...utils.seed import derive_seed
+from ..card import IMAGE_EXTENSIONS, build_card, write_card
+from ..datasets import DATASETS
+from ..splits import SPLITS, split_stratum
 from .raw import (Placement, RawDataError, building, default_workers, make_layout, parallel_map, small_data_warnings,
                   write_manifests)
-from .splits import SPLITS, split_stratum
 from .timebins import BinRule, assign_bins, natural_key, order_named_bins, parse_bin_rule, parse_timestamps
 
 log = logging.getLogger(__name__)

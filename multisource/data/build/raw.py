@@ -22,12 +22,12 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from PIL import Image
 
-from ..paths import UPSTREAM
-from ..utils.io import current_umask, read_json, write_text
-from ..utils.progress import progress_bar
-from .card import CARD_NAME
-from .errors import DataError
-from .splits import SPLITS
+from ...paths import UPSTREAM
+from ...utils.io import current_umask, read_json, write_text
+from ...utils.progress import progress_bar
+from ..card import CARD_NAME
+from ..errors import DataError
+from ..splits import SPLITS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

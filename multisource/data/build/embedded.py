@@ -8,7 +8,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .datasets import DATASETS, DatasetInfo, get_dataset
+from ..datasets import DATASETS, DatasetInfo, get_dataset
 
 DEFAULT_EMBEDDED = "drift_digits"
 

@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..config import ConfigError, check_range, check_seed
-from ..paths import UPSTREAM
-from ..utils.seed import derive_seed
-from .card import build_card, write_card
-from .datasets import get_dataset
+from ...config import ConfigError, check_range, check_seed
+from ...paths import UPSTREAM
+from ...utils.seed import derive_seed
+from ..card import build_card, write_card
+from ..datasets import get_dataset
+from ..splits import SPLITS
 from .raw import building, render_in_processes
-from .splits import SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .card import build_card, list_images, write_card
-from .datasets import DatasetInfo, get_dataset
+from ..card import build_card, list_images, write_card
+from ..datasets import DatasetInfo, get_dataset
+from ..splits import SPLITS, split_stratum
 from .raw import (Candidate, Placement, RawDataError, building, check_unique, copy_placements, default_workers,
                   make_layout, small_data_warnings, summarize_skipped, verify_images, write_manifests)
-from .splits import SPLITS, split_stratum
 
 log = logging.getLogger(__name__)
 TITLES = {"clear10": "CLEAR-10", "clear100": "CLEAR-100"}
@@ -248,7 +248,7 @@ def build_clear(name: str, source_dir: Path, output_dir: Path, *, seed: int = 42
                           extra=extra, bin_extra=bin_details(bins, placements, skipped))
         write_card(tmp, card)
         if cache_size:
-            from .packed import pack_dataset  # torchvision: only when a cache is asked for
+            from .pack import pack_dataset  # torchvision: only when a cache is asked for
 
             pack_dataset(tmp, cache_size, workers=workers, progress=progress)
     return card

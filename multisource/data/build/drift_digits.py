@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..utils.seed import derive_seed
-from ..config import check_range, check_seed
-from ..paths import UPSTREAM
-from .card import build_card, write_card
+from ...config import check_range, check_seed
+from ...paths import UPSTREAM
+from ...utils.seed import derive_seed
+from ..card import build_card, write_card
+from ..datasets import get_dataset
+from ..splits import SPLITS, split_stratum
 from .raw import building, render_in_processes
-from .datasets import get_dataset
-from .splits import SPLITS, split_stratum
 
 log = logging.getLogger(__name__)
 
