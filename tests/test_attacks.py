@@ -391,7 +391,7 @@ def test_a_full_disk_while_saving_a_checkpoint_names_the_file_and_the_fix(traine
 
 
 def test_a_full_disk_during_an_import_names_output_dir_not_results_dir(tmp_path, monkeypatch, capsys):
-    from multisource.data import importer
+    from multisource.data.build import importer
 
     table = image_table(tmp_path)
 

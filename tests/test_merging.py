@@ -477,7 +477,7 @@ def test_target_training_can_take_its_augmentation_per_batch_on_the_device(share
     folder = shared_start_pool["paths"]["era_1"].parent
     report = run_experiment(ExperimentConfig(method="fusion", target="era_5", sources=BINS,
                                              method_config={"finetune_epochs": 1, "learning_rate": 1e-3}),
-                            ExperimentOptions(batch_augment=True, checkpoint_dir=str(folder), save_model=False, device="cpu",
-                                       data_root=str(shared_start_pool["data_root"]),
-                                       results_dir=str(folder / "results")))
+                            ExperimentOptions(batch_augment=True, checkpoint_dir=str(folder), save_model=False,
+                                              device="cpu", data_root=str(shared_start_pool["data_root"]),
+                                              results_dir=str(folder / "results")))
     assert report.extra["options"]["batch_augment"] is True and report.budget.target_epochs == 1

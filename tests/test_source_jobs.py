@@ -16,7 +16,7 @@ import pytest
 
 from multisource import claims
 from multisource.failures import failure_paths
-from multisource.options import RunOptions, TrainOptions
+from multisource.options import TrainOptions
 from multisource.training import all_bins
 from multisource.training.fit import SourceTrainConfig
 from multisource.utils.io import read_json

@@ -123,7 +123,8 @@ DATASETS.register("yearbook", DatasetInfo(
     name="yearbook", dir_name="Yearbook_Decades", bins=("before_1950s", "1950s_1960s", "1970s_1980s",
                                                         "1990s_and_later"),
     classes=("F", "M"), image_size=224, bin_flag="subset_name", preprocess_script="yearbook_preprocessing.py",
-    builder="multisource.data.build.yearbook:build_yearbook", build_settings="multisource.data.build.yearbook:YearbookSettings",
+    builder="multisource.data.build.yearbook:build_yearbook",
+    build_settings="multisource.data.build.yearbook:YearbookSettings",
     title="Yearbook",
     description="Yearbook portraits 1905-2013 in four periods; binary gender classification.",
 ), aliases=("yearbook_decades",))

@@ -1,4 +1,4 @@
-"""What one experiment runs (ExperimentConfig). How it runs is a :class:`multisource.options.RunOptions`."""
+"""What one experiment runs (ExperimentConfig). How it runs is a :class:`multisource.options.ExperimentOptions`."""
 
 from __future__ import annotations
 

@@ -372,7 +372,8 @@ def evaluate_stages(result, target, classes: list[str], val: dict, test: dict, m
     return out
 
 
-def _write_outputs(staging: Path, record: ExperimentRecord, result, handle: DatasetHandle, opts: ExperimentOptions) -> None:
+def _write_outputs(staging: Path, record: ExperimentRecord, result, handle: DatasetHandle,
+                   opts: ExperimentOptions) -> None:
     title = f"{record.method} -> {record.target} (trial {record.trial})"
     plot_confusion(record.val.confusion_matrix, handle.classes, staging / "confusion_val.png", f"{title}, val")
     plot_confusion(record.test.confusion_matrix, handle.classes, staging / "confusion_test.png", f"{title}, test")

@@ -28,7 +28,7 @@ from ..methods import get_method, reference_method
 from ..methods.base import PAPER_METHODS, default_methods  # noqa: F401  (PAPER_METHODS: bench scripts)
 from ..methods.inputs import make_config
 from ..models.factory import resolve_model
-from ..options import RunOptions, SweepOptions
+from ..options import ExperimentOptions, RunOptions, SweepOptions
 from ..paths import budget_folder, model_results_dir, split_label, tag_problem, variant_label
 from ..training.all_bins import SourceOutcome, train_all_bins
 from ..training.fit import SourceTrainConfig
@@ -474,7 +474,7 @@ def sweep_summaries(config: SweepConfig, model: str, opts: RunOptions,
     return paths
 
 
-def wait_for_other_run(job: ExperimentPlan, opts: RunOptions, since: datetime, poll_s: float = 1.0) -> Outcome:
+def wait_for_other_run(job: ExperimentPlan, opts: ExperimentOptions, since: datetime, poll_s: float = 1.0) -> Outcome:
     """Another sweep claimed ``job``: wait until it lets go, then report what it left (finished, or failed
     after ``since``), or run the experiment here if that process died without a result."""
     while True:

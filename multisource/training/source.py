@@ -81,7 +81,8 @@ def train_source(cfg: SourceTrainConfig, opts: TrainOptions | None = None,
     save_checkpoint(ckpt, best, model_name=cfg.model_name, classes=handle.classes, dataset=handle.info.name,
                     bin_name=cfg.bin, config=resolved, metrics=metrics, extra={"data_fingerprint": handle.fingerprint})
     report = {"status": "complete", "dataset": handle.info.name, "bin": cfg.bin, "model": cfg.model_name,
-              "checkpoint": str(ckpt), "data_fingerprint": handle.fingerprint, "config": resolved, "options": recorded(opts, TrainOptions), "seed": seed, **metrics,
+              "checkpoint": str(ckpt), "data_fingerprint": handle.fingerprint, "config": resolved,
+              "options": recorded(opts, TrainOptions), "seed": seed, **metrics,
               "test": test, "environment": environment(str(trainer.strategy.root_device)), **info}
     write_json(ckpt.with_suffix(".json"), report)
     log.info("Trained %s on %s/%s: val %.3f, test %.3f -> %s", cfg.model_name, handle.info.name, cfg.bin,
