@@ -68,6 +68,31 @@ def test_error_bars_are_the_reported_intervals():
     plt.close(fig)
 
 
+def _vertical_bars(ax) -> list[tuple[float, float]]:
+    return sorted((round(float(min(s[:, 1])), 6), round(float(max(s[:, 1])), 6))
+                  for coll in ax.collections for s in coll.get_segments())
+
+
+def test_accuracy_vs_cost_draws_the_targets_interval_when_there_is_one_target():
+    """The demo's case: one target has no spread over targets, so each method's bar is its bootstrap interval on
+    that target (none was drawn under a '± std' label before); with several targets, ± std over targets."""
+    one = comparison(LONG_BINS[:1], ["grasp", "fusion"])
+    for r in one["methods"]:
+        r["accuracy_std"] = None  # as the summary writes it for one target
+    fig = plots.figure_accuracy_vs_cost(one)
+    wanted = sorted((round(lo, 6), round(hi, 6)) for r in one["methods"] for lo, hi in
+                    r["per_target_accuracy_ci95"].values())
+    assert all(_vertical_bars(ax) == wanted for ax in fig.axes[:3])
+    assert "95% bootstrap interval" in fig.axes[0].get_ylabel() and LONG_BINS[0] in fig.axes[0].get_ylabel()
+    plt.close(fig)
+    several = comparison(LONG_BINS[:3], ["grasp"])
+    fig = plots.figure_accuracy_vs_cost(several)
+    mean = several["methods"][0]["accuracy_mean"]
+    assert _vertical_bars(fig.axes[0]) == [(round(mean - 0.02, 6), round(mean + 0.02, 6))]
+    assert "± std" in fig.axes[0].get_ylabel()
+    plt.close(fig)
+
+
 def test_drift_heatmap_names_every_bin_and_its_test_count():
     bins = [f"{2000 + i}-01-01_to_{2000 + i}-12-31" for i in range(12)]
     matrix = np.random.default_rng(1).uniform(0.2, 1.0, (12, 12)).tolist()
