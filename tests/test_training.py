@@ -143,6 +143,21 @@ def test_checkpoint_path_is_deterministic_and_canonical(tmp_path):
     assert source_checkpoint_path(cfg, opts) == tmp_path / "mine" / "era_2.ckpt"
 
 
+def test_source_training_is_planned_once_dataset_opened_and_bins_checked(digits_root, tmp_path):
+    from multisource.training.all_bins import plan_sources
+
+    opts = TrainOptions(data_root=str(digits_root), results_dir=str(tmp_path))
+    cfg = SourceTrainConfig(dataset="drift_digits")
+    every = plan_sources(cfg, opts)
+    assert every.bins == tuple(every.handle.bins) == ("era_1", "era_2", "era_3", "era_4", "era_5")
+    assert every.handle.root == digits_root.resolve() and every.config is cfg
+    assert plan_sources(cfg, opts, ["era_3", "era_1"]).bins == ("era_3", "era_1")  # as asked
+    assert plan_sources(cfg, opts, []).bins == ()  # the upstream pretraining trains no bin
+    with pytest.raises(DataError, match=r"Unknown bin\(s\) \['era_9'\] for dataset drift_digits"):
+        plan_sources(cfg, opts, ["era_1", "era_9"])
+    assert not any(tmp_path.iterdir())  # planning writes nothing
+
+
 def test_train_source_errors_before_training(digits_root, tmp_path):
     opts = TrainOptions(data_root=str(digits_root), results_dir=str(tmp_path), progress=False)
     with pytest.raises(ConfigError, match=r"No bin given; pass one of \['era_1', "):

@@ -56,12 +56,10 @@ def train_baseline_main(argv: list[str] | None = None, *, dataset: str | None = 
     setup_logging(bool(args.verbose))
 
     def main() -> int:
-        from ..data.loaders import open_dataset
-        from ..training.all_bins import run_source_job
+        from ..training.all_bins import plan_sources, run_source_job
 
         cfg, opts = _resolve(args, {"dataset": dataset} if dataset else {})
-        handle = open_dataset(cfg.dataset, opts.data_root)
-        handle.check_bins(cfg.bin)
+        handle = plan_sources(cfg, opts, [cfg.bin]).handle
         outcome = run_source_job(cfg, opts, handle, None, raise_errors=True)
         if outcome.status == "claimed":
             print(f"{cfg.bin}: {outcome.detail} ({outcome.checkpoint}); nothing was done. Wait for it, or choose "
@@ -85,14 +83,12 @@ def train_all_main(argv: list[str] | None = None, *, dataset: str | None = None)
     setup_logging(bool(args.verbose))
 
     def main() -> int:
-        from ..data.loaders import open_dataset
-        from ..training.all_bins import train_all_bins
+        from ..training.all_bins import plan_sources, train_all_bins
 
         cfg, opts = _resolve(args, {"dataset": dataset} if dataset else {})
-        handle = open_dataset(cfg.dataset, opts.data_root)
-        bins = args.bins or handle.bins
-        handle.check_bins(*bins)
-        results = train_all_bins(cfg, opts, handle, bins, force=args.force)
+        plan = plan_sources(cfg, opts, args.bins)
+        handle = plan.handle
+        results = train_all_bins(cfg, opts, handle, list(plan.bins), force=args.force)
         print(f"\nSource models ({cfg.model_name} on {handle.info.name}):")
         for b, r in results.items():
             print(f"  {b:<18} {r.status:<8} {r.detail}")
@@ -113,11 +109,11 @@ def pretrain_upstream_main(argv: list[str] | None = None) -> int:
     setup_logging(bool(args.verbose))
 
     def main() -> int:
-        from ..data.loaders import open_dataset
+        from ..training.all_bins import plan_sources
         from ..training.upstream import UPSTREAM_EPOCHS, ensure_upstream
 
         cfg, opts = _resolve(args, {})
-        handle = open_dataset(cfg.dataset, opts.data_root)
+        handle = plan_sources(cfg, opts, []).handle  # the upstream pool, no bin
         epochs = cfg.max_epochs if args.max_epochs is not None else UPSTREAM_EPOCHS
         path = ensure_upstream(handle, cfg, opts, force=args.force, epochs=epochs)
         print(f"Upstream weights for {cfg.model_name}: {path}")

@@ -76,8 +76,8 @@ class DatasetHandle:
         return sum(len(list_images(c)) for c in folder.iterdir() if c.is_dir()) if folder.is_dir() else 0
 
     def check_trainable(self, bins: list[str]) -> None:
-        """Every bin a model trains on has train, val and test images: all problems in one message, before work."""
-        self.check_bins(*bins)
+        """Every bin a model trains on has train, val and test images: all problems in one message, before work.
+        The bins themselves were checked where the run was planned (``check_bins``)."""
         problems = [f"{b} ({', '.join(s for s in SPLITS if self.split_count(b, s) == 0)} empty)" for b in bins
                     if any(self.split_count(b, s) == 0 for s in SPLITS)]
         if problems:

@@ -11,9 +11,10 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 from .. import claims
-from ..data.loaders import DatasetHandle
+from ..data.loaders import DatasetHandle, open_dataset
 from ..executors import make_executor
 from ..failures import clear_failure, write_failure
 from ..options import TrainOptions
@@ -40,6 +41,25 @@ class SourceOutcome:
     test_accuracy: float | None = None
     time_s: float = 0.0
     error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """Source training resolved once, as an experiment's plan is: the dataset opened and the bins to train
+    checked against this build of it (in the order asked for; every bin when none was named)."""
+
+    config: SourceTrainConfig
+    handle: DatasetHandle
+    bins: tuple[str, ...]
+
+
+def plan_sources(cfg: SourceTrainConfig, opts: TrainOptions, bins: Sequence[str] | None = None) -> SourcePlan:
+    """Open ``cfg.dataset`` and check ``bins`` (default: all of them; an empty list for the upstream pretraining,
+    which trains none) once, before any work."""
+    handle = open_dataset(cfg.dataset, opts.data_root)
+    chosen = tuple(handle.bins if bins is None else bins)
+    handle.check_bins(*chosen)
+    return SourcePlan(cfg, handle, chosen)
 
 
 def is_secondary_rank() -> bool:
@@ -135,7 +155,7 @@ def wait_for_other_training(cfg: SourceTrainConfig, opts: TrainOptions, handle: 
 
 def train_all_bins(cfg: SourceTrainConfig, opts: TrainOptions, handle: DatasetHandle, bins: list[str], *,
                    force: bool = False) -> dict[str, SourceOutcome]:
-    """Train each of ``bins`` (checked by the caller); skip complete ones unless ``force``; continue past failures.
+    """Train each of ``bins`` (checked by :func:`plan_sources` or the sweep's plan); skip complete ones unless ``force``; continue past failures.
 
     Every bin's preconditions are checked, and the sources' shared start resolved (pretrained upstream or drawn
     at random, once), before the first bin trains: a problem is one message listing every bin it affects, never
