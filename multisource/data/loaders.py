@@ -87,9 +87,9 @@ class DatasetHandle:
                             "gives every split one), or leave those bins out (--bins).")
 
     def split(self, bin_name: str, split: str, transform=None) -> Dataset:
-        """One bin's split. Its bin was checked once, where the run was planned (``check_bins`` or
-        ``check_trainable``), not again for every split of every loader; a folder gone since is still one
-        clear DataError (from the folder dataset)."""
+        """One bin's split. Its bin was checked once, where the run was planned (``check_bins``), not again for
+        every split of every loader; a folder gone since is still one clear DataError (from the folder
+        dataset)."""
         packed = open_packed(self, bin_name, split, transform)
         if packed is not None:
             return packed

@@ -155,7 +155,8 @@ def wait_for_other_training(cfg: SourceTrainConfig, opts: TrainOptions, handle: 
 
 def train_all_bins(cfg: SourceTrainConfig, opts: TrainOptions, handle: DatasetHandle, bins: list[str], *,
                    force: bool = False) -> dict[str, SourceOutcome]:
-    """Train each of ``bins`` (checked by :func:`plan_sources` or the sweep's plan); skip complete ones unless ``force``; continue past failures.
+    """Train each of ``bins`` (checked by :func:`plan_sources` or the sweep's plan); skip complete ones unless
+    ``force``; continue past failures.
 
     Every bin's preconditions are checked, and the sources' shared start resolved (pretrained upstream or drawn
     at random, once), before the first bin trains: a problem is one message listing every bin it affects, never
